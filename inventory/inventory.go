@@ -1,0 +1,268 @@
+// Package inventory loads and validates gpuctl's TOML inventory: the hosts it
+// manages, how to reach them, and how model requests are routed between them.
+//
+// Every problem is reported with the file, line and column or the key path it
+// concerns, before anything is sent on the network.
+package inventory
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Defaults applied to keys left out of the inventory.
+const (
+	DefaultListen       = "127.0.0.1:11435"
+	DefaultContainer    = "ollama"
+	DefaultModelsDir    = "/mnt/models/ollama"
+	DefaultSSHPort      = 22
+	DefaultWOLPort      = 9
+	DefaultOllamaPort   = 11434
+	DefaultBootTimeout  = Duration(180 * time.Second)
+	DefaultIdleAfter    = Duration(30 * time.Minute)
+	DefaultMinUptime    = Duration(10 * time.Minute)
+	DefaultConnTimeout  = Duration(5 * time.Second)
+	DefaultGPUBusy      = 10
+	MinBootTimeout      = Duration(30 * time.Second)
+	DefaultMaxBody      = ByteSize(64 << 20)
+	DefaultMaxInFlight  = 256
+	DefaultMinFreeSpace = ByteSize(1 << 30)
+)
+
+// Inventory is a whole gpuctl configuration file.
+type Inventory struct {
+	// Path is the file the inventory was read from.
+	Path string `toml:"-"`
+
+	StateDir string  `toml:"state_dir"`
+	SSH      SSH     `toml:"ssh"`
+	Serve    Serve   `toml:"serve"`
+	Hosts    []Host  `toml:"host"`
+	Routes   []Route `toml:"route"`
+}
+
+// SSH holds defaults for every host's SSH connection.
+type SSH struct {
+	User           string   `toml:"user"`
+	IdentityFiles  []string `toml:"identity_files"`
+	KnownHosts     []string `toml:"known_hosts"`
+	ConnectTimeout Duration `toml:"connect_timeout"`
+	// Config is an ssh_config(5) file to read HostName, Port, User,
+	// IdentityFile and ProxyJump from; "" means ~/.ssh/config when it exists,
+	// "none" turns it off.
+	Config string `toml:"config"`
+}
+
+// Serve configures the routing proxy (`gpuctl serve`).
+type Serve struct {
+	Listen      HostPort `toml:"listen"`
+	DefaultHost string   `toml:"default_host"`
+	// MaxBody caps request bodies; larger ones get 413 and wake nothing.
+	MaxBody ByteSize `toml:"max_body"`
+	// MaxInFlight caps concurrent proxied requests; past it clients get 429.
+	MaxInFlight int `toml:"max_in_flight"`
+}
+
+// Host is one machine with an Ollama server: the always-on box or an
+// on-demand gaming PC that gpuctl wakes and powers off.
+type Host struct {
+	Name         string     `toml:"name"`
+	OnDemand     bool       `toml:"on_demand"`
+	MAC          MAC        `toml:"mac"`
+	Address      string     `toml:"address"`
+	WOLTo        []HostPort `toml:"wol_to"`
+	WOLInterface string     `toml:"wol_interface"`
+	// WOLPassword is an optional SecureOn password (4 or 6 bytes).
+	WOLPassword Secret      `toml:"wol_password"`
+	SSHPort     int         `toml:"ssh_port"`
+	SSHUser     string      `toml:"ssh_user"`
+	HostKey     string      `toml:"host_key"`
+	OllamaURL   URL         `toml:"ollama_url"`
+	Container   string      `toml:"container"`
+	ModelsDir   string      `toml:"models_dir"`
+	VRAM        ByteSize    `toml:"vram"`
+	Models      []ModelName `toml:"models"`
+	BootTimeout Duration    `toml:"boot_timeout"`
+	IdleAfter   Duration    `toml:"idle_after"`
+	MinUptime   Duration    `toml:"min_uptime"`
+	// OtherOSProbe is a TCP port (such as 3389, RDP) that answers only while
+	// the PC runs its other OS; gpuctl then never wakes or powers it off.
+	OtherOSProbe int `toml:"other_os_probe"`
+	// MinDriver is the lowest acceptable NVIDIA driver version ("550.54").
+	MinDriver string `toml:"min_driver"`
+	// MinFree is the free space the model drive must keep.
+	MinFree ByteSize `toml:"min_free"`
+	// GPUBusyPercent is the utilisation above which the GPU counts as busy
+	// for idle shutdown.
+	GPUBusyPercent int `toml:"gpu_busy_percent"`
+
+	NixOS *NixOS `toml:"nixos"`
+
+	// index is the host's position among the [[host]] tables.
+	index int
+}
+
+// Route sends requests for matching models to a host.
+type Route struct {
+	Models   []string `toml:"models"`
+	Host     string   `toml:"host"`
+	Fallback string   `toml:"fallback"`
+}
+
+// ConfigError is a problem in the inventory, located in its file.
+type ConfigError struct {
+	File string
+	Line int // 0 when unknown
+	Col  int
+	// Key is the dotted key path ("host[1].mac"), when known.
+	Key string
+	Msg string
+	Err error
+}
+
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+		if e.Col > 0 {
+			fmt.Fprintf(&b, ":%d", e.Col)
+		}
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// Errors is every problem found in one inventory.
+type Errors []*ConfigError
+
+func (es Errors) Error() string {
+	var b strings.Builder
+	for i, e := range es {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		b.WriteString(e.Error())
+	}
+	return b.String()
+}
+
+// Unwrap exposes each problem to errors.Is and errors.As.
+func (es Errors) Unwrap() []error {
+	out := make([]error, len(es))
+	for i, e := range es {
+		out[i] = e
+	}
+	return out
+}
+
+// ErrNotFound is returned by Find when no inventory file exists.
+var ErrNotFound = errors.New("no inventory file found")
+
+// Lookup is how the search order reads the environment.
+type Lookup struct {
+	Getenv   func(string) string
+	Exists   func(string) bool
+	Home     string
+	Explicit string // --config
+}
+
+// Find returns the inventory file to use and why: --config, $GPUCTL_CONFIG,
+// $XDG_CONFIG_HOME/gpuctl/gpuctl.toml (~/.config/gpuctl/gpuctl.toml), then
+// /etc/gpuctl/gpuctl.toml.
+func Find(l Lookup) (file, source string, err error) {
+	if l.Explicit != "" {
+		return l.Explicit, "--config", nil
+	}
+	getenv := l.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	exists := l.Exists
+	if exists == nil {
+		exists = func(p string) bool { _, err := os.Stat(p); return err == nil }
+	}
+	if p := getenv("GPUCTL_CONFIG"); p != "" {
+		return p, "$GPUCTL_CONFIG", nil
+	}
+	var tried []string
+	xdg := getenv("XDG_CONFIG_HOME")
+	if xdg != "" {
+		p := filepath.Join(xdg, "gpuctl", "gpuctl.toml")
+		if exists(p) {
+			return p, "$XDG_CONFIG_HOME", nil
+		}
+		tried = append(tried, p)
+	}
+	if l.Home != "" {
+		p := filepath.Join(l.Home, ".config", "gpuctl", "gpuctl.toml")
+		if xdg == "" || p != filepath.Join(xdg, "gpuctl", "gpuctl.toml") {
+			if exists(p) {
+				return p, "~/.config", nil
+			}
+			tried = append(tried, p)
+		}
+	}
+	const etc = "/etc/gpuctl/gpuctl.toml"
+	if exists(etc) {
+		return etc, "/etc", nil
+	}
+	tried = append(tried, etc)
+	return "", "", fmt.Errorf("%w (looked for --config, $GPUCTL_CONFIG, %s); write one from examples/gpuctl.toml",
+		ErrNotFound, strings.Join(tried, ", "))
+}
+
+// Host returns the host with the given name.
+func (inv *Inventory) Host(name string) (*Host, bool) {
+	for i := range inv.Hosts {
+		if inv.Hosts[i].Name == name {
+			return &inv.Hosts[i], true
+		}
+	}
+	return nil, false
+}
+
+// HostNames lists the hosts in inventory order.
+func (inv *Inventory) HostNames() []string {
+	out := make([]string, len(inv.Hosts))
+	for i, h := range inv.Hosts {
+		out[i] = h.Name
+	}
+	return out
+}
+
+// KnownHostsFile is gpuctl's own known_hosts, where `gpuctl trust` enrolls keys.
+func (inv *Inventory) KnownHostsFile() string {
+	return filepath.Join(inv.StateDir, "known_hosts")
+}
+
+// SSHAddr is the host:port gpuctl dials for SSH.
+func (h *Host) SSHAddr() string {
+	return HostPort{Host: h.Address, Port: uint16(h.SSHPort)}.String()
+}
+
+// MatchRoute returns the first route whose patterns match the model, or nil.
+// Patterns are path.Match globs ("llama3.3:*", "*:70b"); a pattern without a
+// tag also matches the model's ":latest" form.
+func (inv *Inventory) MatchRoute(model string) *Route {
+	norm := string(ModelName(model).Normalize())
+	for i := range inv.Routes {
+		for _, p := range inv.Routes[i].Models {
+			if ok, _ := path.Match(p, model); ok {
+				return &inv.Routes[i]
+			}
+			if ok, _ := path.Match(p, norm); ok {
+				return &inv.Routes[i]
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,575 @@
+package inventory
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+	"golang.org/x/crypto/ssh"
+)
+
+// Env supplies what defaults depend on. The zero value reads the process's
+// environment.
+type Env struct {
+	Getenv func(string) string
+	Home   string
+	// Root selects root's defaults (/var/lib/gpuctl).
+	Root bool
+}
+
+func (e Env) getenv(k string) string {
+	if e.Getenv != nil {
+		return e.Getenv(k)
+	}
+	return os.Getenv(k)
+}
+
+func (e Env) home() string {
+	if e.Home != "" {
+		return e.Home
+	}
+	if h := e.getenv("HOME"); h != "" {
+		return h
+	}
+	h, _ := os.UserHomeDir()
+	return h
+}
+
+// DefaultEnv describes the running process.
+func DefaultEnv() Env {
+	h, _ := os.UserHomeDir()
+	return Env{Getenv: os.Getenv, Home: h, Root: os.Geteuid() == 0}
+}
+
+// Load reads, validates and completes the inventory in file.
+func Load(file string, env Env) (*Inventory, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("inventory %s does not exist: %w", file, err)
+		}
+		return nil, fmt.Errorf("read inventory: %w", err)
+	}
+	inv, err := Parse(file, data, env)
+	if err != nil {
+		return nil, err
+	}
+	if st, err := os.Stat(file); err == nil && st.Mode().Perm()&0o077 != 0 {
+		for _, h := range inv.Hosts {
+			if len(h.WOLPassword) > 0 {
+				return nil, &ConfigError{File: file, Key: "host.wol_password",
+					Msg: fmt.Sprintf("host %q: wol_password is a secret, but the file is readable by other users (mode %04o); run: chmod 600 %s",
+						h.Name, st.Mode().Perm(), file)}
+			}
+		}
+	}
+	return inv, nil
+}
+
+// Parse decodes and validates an inventory held in memory; name is used in
+// error messages.
+func Parse(name string, data []byte, env Env) (*Inventory, error) {
+	src := string(data)
+	ps := scanPositions(src)
+	inv := &Inventory{Path: name}
+	md, err := toml.Decode(src, inv)
+	if err != nil {
+		return nil, decodeError(name, src, ps, err)
+	}
+	var errs Errors
+	for _, k := range md.Undecoded() {
+		errs = append(errs, unknownKey(name, ps, k)...)
+	}
+	for i := range inv.Hosts {
+		inv.Hosts[i].index = i
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	v := &validator{file: name, src: src, ps: ps, inv: inv, md: md}
+	v.check(env)
+	if len(v.errs) > 0 {
+		return nil, v.errs
+	}
+	return inv, nil
+}
+
+// decodeError turns a decoder error into a located ConfigError.
+func decodeError(name, src string, ps *positions, err error) error {
+	var pe toml.ParseError
+	if !errors.As(err, &pe) {
+		return &ConfigError{File: name, Msg: strings.TrimPrefix(err.Error(), "toml: "), Err: err}
+	}
+	ce := &ConfigError{File: name, Line: pe.Position.Line, Col: pe.Position.Col, Err: err}
+	msg := pe.Message
+	if pe.LastKey == "" || !strings.Contains(pe.Message, "\"") && pe.Usage == "" && !isValueError(pe) {
+		// A syntax error: the parser's own words.
+		ce.Msg = "syntax error: " + msg
+		return ce
+	}
+	// A value a typed field rejected. Find which element it was in.
+	p, ok := ps.onLine(pe.Position.Line)
+	if !ok || stripIndices(p) != pe.LastKey {
+		if q, ok2 := ps.find(pe.LastKey); ok2 {
+			p = q
+		} else {
+			p = pe.LastKey
+		}
+	}
+	if line, col := ps.at(p); line > 0 && (ce.Line == 0 || stripIndices(p) == pe.LastKey) {
+		ce.Line, ce.Col = line, col
+		if v := valueCol(src, line); v > 0 {
+			ce.Col = v
+		}
+	}
+	ce.Key = p
+	// Decode just the host names, so the message can say which host.
+	var names struct {
+		Hosts []Host `toml:"host"`
+	}
+	var loose struct {
+		Hosts []struct {
+			Name string `toml:"name"`
+		} `toml:"host"`
+	}
+	if _, err := toml.Decode(src, &loose); err == nil {
+		for _, h := range loose.Hosts {
+			names.Hosts = append(names.Hosts, Host{Name: h.Name})
+		}
+	}
+	ce.Msg = describe(p, &Inventory{Hosts: names.Hosts}) + msg
+	return ce
+}
+
+// isValueError reports whether a ParseError came from decoding a value into a
+// field rather than from the TOML syntax.
+func isValueError(pe toml.ParseError) bool {
+	return pe.LastKey != "" && pe.Usage == ""
+}
+
+// valueCol returns the column where the value starts on a "key = value" line.
+func valueCol(src string, line int) int {
+	lines := strings.Split(src, "\n")
+	if line < 1 || line > len(lines) {
+		return 0
+	}
+	l := lines[line-1]
+	i := strings.Index(l, "=")
+	if i < 0 {
+		return 0
+	}
+	j := i + 1
+	for j < len(l) && (l[j] == ' ' || l[j] == '\t') {
+		j++
+	}
+	return j + 1
+}
+
+// hostNames is filled before messages are built so they can say
+// `host "gaming-pc"` rather than `host[1]`.
+var hostNamePathRE = regexp.MustCompile(`^host\[(\d+)\]\.?(.*)$`)
+
+// describe renders a key path for a message: `host "gaming-pc": mac: `.
+func describe(p string, inv *Inventory) string {
+	if m := hostNamePathRE.FindStringSubmatch(p); m != nil {
+		i, _ := strconv.Atoi(m[1])
+		who := "host[" + m[1] + "]"
+		if inv != nil && i < len(inv.Hosts) && inv.Hosts[i].Name != "" {
+			who = fmt.Sprintf("host %q", inv.Hosts[i].Name)
+		}
+		if m[2] == "" {
+			return who + ": "
+		}
+		return who + ": " + m[2] + ": "
+	}
+	if p == "" {
+		return ""
+	}
+	return p + ": "
+}
+
+// tables maps a table's plain path to the struct that decodes it.
+var tables = map[string]reflect.Type{
+	"":           reflect.TypeOf(Inventory{}),
+	"ssh":        reflect.TypeOf(SSH{}),
+	"serve":      reflect.TypeOf(Serve{}),
+	"host":       reflect.TypeOf(Host{}),
+	"host.nixos": reflect.TypeOf(NixOS{}),
+	"route":      reflect.TypeOf(Route{}),
+}
+
+func keysOf(t reflect.Type) []string {
+	var out []string
+	for i := 0; i < t.NumField(); i++ {
+		tag := t.Field(i).Tag.Get("toml")
+		if tag != "" && tag != "-" {
+			out = append(out, tag)
+		}
+	}
+	return out
+}
+
+func unknownKey(name string, ps *positions, k toml.Key) []*ConfigError {
+	plain := k.String()
+	table, key := "", plain
+	if i := strings.LastIndex(plain, "."); i >= 0 {
+		table, key = plain[:i], plain[i+1:]
+	}
+	msg := fmt.Sprintf("unknown key %q", key)
+	if t, ok := tables[table]; ok {
+		if s := closest(key, keysOf(t)); s != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", s)
+		}
+	} else {
+		msg = fmt.Sprintf("unknown key %q", plain)
+	}
+	var out []*ConfigError
+	for _, p := range ps.order {
+		if stripIndices(p) != plain {
+			continue
+		}
+		line, col := ps.at(p)
+		parent := ""
+		if i := strings.LastIndex(p, "."); i >= 0 {
+			parent = p[:i]
+		}
+		out = append(out, &ConfigError{File: name, Line: line, Col: col, Key: p, Msg: describe(parent, nil) + msg})
+	}
+	if len(out) == 0 {
+		out = append(out, &ConfigError{File: name, Key: plain, Msg: msg})
+	}
+	return out
+}
+
+// closest returns the candidate within edit distance 2 of s, if exactly one
+// is nearest.
+func closest(s string, candidates []string) string {
+	best, bestD, ties := "", 3, 0
+	for _, c := range candidates {
+		d := levenshtein(s, c)
+		switch {
+		case d < bestD:
+			best, bestD, ties = c, d, 0
+		case d == bestD:
+			ties++
+		}
+	}
+	if ties > 0 || bestD > 2 {
+		return ""
+	}
+	return best
+}
+
+func levenshtein(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+type validator struct {
+	file string
+	src  string
+	ps   *positions
+	inv  *Inventory
+	md   toml.MetaData
+	errs Errors
+}
+
+// fail records a problem at a key path such as "host[1].mac".
+func (v *validator) fail(p, format string, args ...any) {
+	line, col := v.ps.at(p)
+	if _, exact := v.ps.pos[p]; exact && line > 0 && !strings.HasSuffix(p, "]") {
+		if c := valueCol(v.src, line); c > 0 {
+			col = c
+		}
+	}
+	v.errs = append(v.errs, &ConfigError{File: v.file, Line: line, Col: col, Key: p,
+		Msg: describe(p, v.inv) + fmt.Sprintf(format, args...)})
+}
+
+var (
+	hostNameRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+	addressRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$`)
+	containerRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+	ifaceRE     = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,15}$`)
+	userRE      = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	driverRE    = regexp.MustCompile(`^[0-9]+(\.[0-9]+){0,2}$`)
+)
+
+func (v *validator) check(env Env) {
+	inv := v.inv
+	home := env.home()
+
+	// Top level and [ssh].
+	if inv.StateDir == "" {
+		switch {
+		case env.Root:
+			inv.StateDir = "/var/lib/gpuctl"
+		case env.getenv("XDG_STATE_HOME") != "":
+			inv.StateDir = filepath.Join(env.getenv("XDG_STATE_HOME"), "gpuctl")
+		default:
+			inv.StateDir = filepath.Join(home, ".local", "state", "gpuctl")
+		}
+	} else {
+		inv.StateDir = v.expandPath(inv.StateDir, home)
+	}
+	if inv.SSH.User == "" {
+		inv.SSH.User = "gpuctl"
+	} else if !userRE.MatchString(inv.SSH.User) {
+		v.fail("ssh.user", "%q is not a valid user name", inv.SSH.User)
+	}
+	for i, f := range inv.SSH.IdentityFiles {
+		inv.SSH.IdentityFiles[i] = v.expandPath(f, home)
+	}
+	if len(inv.SSH.KnownHosts) == 0 {
+		inv.SSH.KnownHosts = []string{filepath.Join(home, ".ssh", "known_hosts")}
+	}
+	for i, f := range inv.SSH.KnownHosts {
+		inv.SSH.KnownHosts[i] = v.expandPath(f, home)
+	}
+	if inv.SSH.ConnectTimeout == 0 {
+		if v.md.IsDefined("ssh", "connect_timeout") {
+			v.fail("ssh.connect_timeout", "must be positive")
+		}
+		inv.SSH.ConnectTimeout = DefaultConnTimeout
+	}
+	if inv.SSH.Config != "" && inv.SSH.Config != "none" {
+		inv.SSH.Config = v.expandPath(inv.SSH.Config, home)
+	}
+
+	if len(inv.Hosts) == 0 {
+		v.errs = append(v.errs, &ConfigError{File: v.file, Key: "host",
+			Msg: "no [[host]] tables: declare at least one host"})
+	}
+	names := map[string]int{}
+	macs := map[MAC]int{}
+	for i := range inv.Hosts {
+		v.checkHost(i, names, macs)
+	}
+
+	// Routes.
+	for i := range inv.Routes {
+		r := &inv.Routes[i]
+		p := fmt.Sprintf("route[%d]", i)
+		if len(r.Models) == 0 {
+			v.fail(p+".models", "a route needs at least one model name or pattern")
+		}
+		for _, m := range r.Models {
+			if _, err := path.Match(m, ""); err != nil || m == "" {
+				v.fail(p+".models", "%q is not a valid pattern", m)
+				continue
+			}
+			if strings.ContainsAny(m, " \t\n'\"`$;&|<>\\") {
+				v.fail(p+".models", "%q contains characters no model name has", m)
+			}
+		}
+		if r.Host == "" {
+			v.fail(p+".host", "a route needs a host")
+		} else if _, ok := names[r.Host]; !ok {
+			v.fail(p+".host", "%q is not a host in this inventory%s", r.Host, suggest(r.Host, inv.HostNames()))
+		}
+		if r.Fallback != "" {
+			if _, ok := names[r.Fallback]; !ok {
+				v.fail(p+".fallback", "%q is not a host in this inventory%s", r.Fallback, suggest(r.Fallback, inv.HostNames()))
+			} else if r.Fallback == r.Host {
+				v.fail(p+".fallback", "%q is the route's own host", r.Fallback)
+			}
+		}
+	}
+
+	// [serve].
+	if inv.Serve.Listen == (HostPort{}) {
+		inv.Serve.Listen, _ = ParseHostPort(DefaultListen)
+	}
+	if inv.Serve.MaxBody == 0 {
+		inv.Serve.MaxBody = DefaultMaxBody
+	}
+	if inv.Serve.MaxInFlight == 0 {
+		inv.Serve.MaxInFlight = DefaultMaxInFlight
+	} else if inv.Serve.MaxInFlight < 0 {
+		v.fail("serve.max_in_flight", "must be positive")
+	}
+	if inv.Serve.DefaultHost == "" {
+		var always []string
+		for _, h := range inv.Hosts {
+			if !h.OnDemand {
+				always = append(always, h.Name)
+			}
+		}
+		if len(always) == 1 {
+			inv.Serve.DefaultHost = always[0]
+		}
+	} else if i, ok := names[inv.Serve.DefaultHost]; !ok {
+		v.fail("serve.default_host", "%q is not a host in this inventory%s", inv.Serve.DefaultHost, suggest(inv.Serve.DefaultHost, inv.HostNames()))
+	} else if inv.Hosts[i].OnDemand {
+		v.fail("serve.default_host", "%q is an on-demand host; the default host must be always on", inv.Serve.DefaultHost)
+	}
+	sort.SliceStable(v.errs, func(a, b int) bool { return v.errs[a].Line < v.errs[b].Line && v.errs[a].Line > 0 })
+}
+
+func suggest(s string, cands []string) string {
+	if c := closest(s, cands); c != "" {
+		return fmt.Sprintf(" (did you mean %q?)", c)
+	}
+	return ""
+}
+
+func (v *validator) expandPath(p, home string) string {
+	if p == "~" {
+		return home
+	}
+	if strings.HasPrefix(p, "~/") {
+		return filepath.Join(home, p[2:])
+	}
+	if !filepath.IsAbs(p) {
+		return filepath.Join(filepath.Dir(v.file), p)
+	}
+	return p
+}
+
+func (v *validator) checkHost(i int, names map[string]int, macs map[MAC]int) {
+	h := &v.inv.Hosts[i]
+	p := fmt.Sprintf("host[%d]", i)
+	switch {
+	case h.Name == "":
+		v.fail(p+".name", "every host needs a name")
+	case !hostNameRE.MatchString(h.Name):
+		v.fail(p+".name", "%q is not a valid host name (lowercase letters, digits, '.', '-', '_'; at most 63)", h.Name)
+	default:
+		if j, dup := names[h.Name]; dup {
+			line, _ := v.ps.at(fmt.Sprintf("host[%d].name", j))
+			v.fail(p+".name", "duplicate host name %q (first declared on line %d)", h.Name, line)
+		} else {
+			names[h.Name] = i
+		}
+	}
+	if !h.MAC.IsZero() {
+		if j, dup := macs[h.MAC]; dup {
+			v.fail(p+".mac", "%s is also the MAC of host %q", h.MAC, v.inv.Hosts[j].Name)
+		} else {
+			macs[h.MAC] = i
+		}
+	}
+	if h.Address == "" {
+		v.fail(p+".address", "every host needs an address (IP or DNS name) to reach it by")
+	} else if _, err := netip.ParseAddr(h.Address); err != nil && !addressRE.MatchString(h.Address) {
+		v.fail(p+".address", "%q is neither an IP address nor a host name", h.Address)
+	}
+	if h.OnDemand {
+		if h.MAC.IsZero() {
+			v.fail(p, "an on_demand host needs a mac to wake it by")
+		}
+	}
+	if len(h.WOLPassword) > 0 && h.MAC.IsZero() {
+		v.fail(p+".wol_password", "a SecureOn password needs a mac")
+	}
+	if h.WOLInterface != "" && !ifaceRE.MatchString(h.WOLInterface) {
+		v.fail(p+".wol_interface", "%q is not a network interface name", h.WOLInterface)
+	}
+	for _, t := range h.WOLTo {
+		if _, ok := t.Addr(); !ok {
+			v.fail(p+".wol_to", "%q: give an IP address, not a name (a sleeping host answers no DNS)", t.String())
+		}
+	}
+	if h.SSHPort == 0 {
+		h.SSHPort = DefaultSSHPort
+	} else if h.SSHPort < 1 || h.SSHPort > 65535 {
+		v.fail(p+".ssh_port", "%d is not a port number", h.SSHPort)
+	}
+	if h.SSHUser == "" {
+		h.SSHUser = v.inv.SSH.User
+	} else if !userRE.MatchString(h.SSHUser) {
+		v.fail(p+".ssh_user", "%q is not a valid user name", h.SSHUser)
+	}
+	if h.HostKey != "" {
+		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(h.HostKey)); err != nil {
+			v.fail(p+".host_key", "not a public key in authorized_keys form (\"ssh-ed25519 AAAA…\"): %v", err)
+		}
+	}
+	if h.OllamaURL.IsZero() && h.Address != "" {
+		u, err := ParseURL("http://" + HostPort{Host: h.Address, Port: DefaultOllamaPort}.String())
+		if err == nil {
+			h.OllamaURL = u
+		}
+	}
+	if h.Container == "" {
+		h.Container = DefaultContainer
+	} else if !containerRE.MatchString(h.Container) {
+		v.fail(p+".container", "%q is not a valid container name", h.Container)
+	}
+	if h.ModelsDir == "" {
+		h.ModelsDir = DefaultModelsDir
+	} else if !path.IsAbs(h.ModelsDir) || path.Clean(h.ModelsDir) != h.ModelsDir || strings.ContainsAny(h.ModelsDir, "\x00\n\r") {
+		v.fail(p+".models_dir", "%q must be a clean absolute path", h.ModelsDir)
+	}
+	seen := map[ModelName]bool{}
+	for _, m := range h.Models {
+		n := m.Normalize()
+		if seen[n] {
+			v.fail(p+".models", "%q is declared twice", m)
+		}
+		seen[n] = true
+	}
+	v.duration(p+".boot_timeout", []string{"host", "boot_timeout"}, &h.BootTimeout, DefaultBootTimeout)
+	if h.BootTimeout < MinBootTimeout {
+		v.fail(p+".boot_timeout", "%s is too short: hardware needs at least %s to boot", h.BootTimeout, MinBootTimeout)
+	}
+	v.duration(p+".idle_after", []string{"host", "idle_after"}, &h.IdleAfter, DefaultIdleAfter)
+	v.duration(p+".min_uptime", []string{"host", "min_uptime"}, &h.MinUptime, DefaultMinUptime)
+	if h.OtherOSProbe != 0 {
+		if h.OtherOSProbe < 1 || h.OtherOSProbe > 65535 {
+			v.fail(p+".other_os_probe", "%d is not a port number", h.OtherOSProbe)
+		} else if h.OtherOSProbe == h.SSHPort {
+			v.fail(p+".other_os_probe", "%d is the SSH port; pick a port only the other OS answers on (such as 3389)", h.OtherOSProbe)
+		}
+	}
+	if h.MinDriver != "" && !driverRE.MatchString(h.MinDriver) {
+		v.fail(p+".min_driver", "%q is not a driver version such as \"550.54\"", h.MinDriver)
+	}
+	if h.MinFree == 0 {
+		h.MinFree = DefaultMinFreeSpace
+	}
+	if h.GPUBusyPercent == 0 {
+		h.GPUBusyPercent = DefaultGPUBusy
+	} else if h.GPUBusyPercent < 1 || h.GPUBusyPercent > 100 {
+		v.fail(p+".gpu_busy_percent", "%d is not a percentage from 1 to 100", h.GPUBusyPercent)
+	}
+	if h.NixOS != nil {
+		v.checkNixOS(p+".nixos", h)
+	}
+}
+
+// duration applies a default and rejects an explicit zero.
+func (v *validator) duration(p string, _ []string, d *Duration, def Duration) {
+	if *d != 0 {
+		return
+	}
+	if _, ok := v.ps.pos[p]; ok {
+		v.fail(p, "must be positive")
+	}
+	*d = def
+}
