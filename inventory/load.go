@@ -87,8 +87,15 @@ func Parse(name string, data []byte, env Env) (*Inventory, error) {
 		return nil, decodeError(name, src, ps, err)
 	}
 	var errs Errors
+	undecoded := map[string]bool{}
 	for _, k := range md.Undecoded() {
-		errs = append(errs, unknownKey(name, ps, k)...)
+		undecoded[k.String()] = true
+	}
+	for _, k := range md.Undecoded() {
+		if len(k) > 1 && undecoded[k[:len(k)-1].String()] {
+			continue // reported with its table
+		}
+		errs = append(errs, unknownKey(name, ps, k, inv)...)
 	}
 	for i := range inv.Hosts {
 		inv.Hosts[i].index = i
@@ -108,13 +115,14 @@ func Parse(name string, data []byte, env Env) (*Inventory, error) {
 func decodeError(name, src string, ps *positions, err error) error {
 	var pe toml.ParseError
 	if !errors.As(err, &pe) {
-		return &ConfigError{File: name, Msg: strings.TrimPrefix(err.Error(), "toml: "), Err: err}
+		return typeError(name, src, ps, err)
 	}
 	ce := &ConfigError{File: name, Line: pe.Position.Line, Col: pe.Position.Col, Err: err}
-	msg := pe.Message
-	if pe.LastKey == "" || !strings.Contains(pe.Message, "\"") && pe.Usage == "" && !isValueError(pe) {
-		// A syntax error: the parser's own words.
-		ce.Msg = "syntax error: " + msg
+	// A document that does not parse on its own is a syntax error: the
+	// parser's own words.
+	var any map[string]any
+	if _, serr := toml.Decode(src, &any); serr != nil {
+		ce.Msg = "syntax error: " + pe.Message
 		return ce
 	}
 	// A value a typed field rejected. Find which element it was in.
@@ -133,22 +141,51 @@ func decodeError(name, src string, ps *positions, err error) error {
 		}
 	}
 	ce.Key = p
-	// Decode just the host names, so the message can say which host.
-	var names struct {
-		Hosts []Host `toml:"host"`
-	}
+	ce.Msg = describe(p, looseNames(src)) + pe.Message
+	return ce
+}
+
+// looseNames decodes just the host names, so a message can say which host
+// even when the full decode failed.
+func looseNames(src string) *Inventory {
 	var loose struct {
 		Hosts []struct {
 			Name string `toml:"name"`
 		} `toml:"host"`
 	}
+	inv := &Inventory{}
 	if _, err := toml.Decode(src, &loose); err == nil {
 		for _, h := range loose.Hosts {
-			names.Hosts = append(names.Hosts, Host{Name: h.Name})
+			inv.Hosts = append(inv.Hosts, Host{Name: h.Name})
 		}
 	}
-	ce.Msg = describe(p, &Inventory{Hosts: names.Hosts}) + msg
+	return inv
+}
+
+var typeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): incompatible types: TOML value has type (\w+); destination has type (\w+)`)
+
+// typeError locates the decoder's "incompatible types" error, which carries
+// only a line number in its text.
+func typeError(name, src string, ps *positions, err error) error {
+	m := typeErrRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		return &ConfigError{File: name, Msg: strings.TrimPrefix(err.Error(), "toml: "), Err: err}
+	}
+	line, _ := strconv.Atoi(m[1])
+	p, ok := ps.onLine(line)
+	if !ok || stripIndices(p) != m[2] {
+		p = m[2]
+	}
+	ce := &ConfigError{File: name, Line: line, Col: valueCol(src, line), Key: p, Err: err}
+	ce.Msg = describe(p, looseNames(src)) + fmt.Sprintf("want %s %s, not %s %s", article(m[4]), m[4], article(m[3]), m[3])
 	return ce
+}
+
+func article(s string) string {
+	if strings.ContainsAny(s[:1], "aeiou") {
+		return "an"
+	}
+	return "a"
 }
 
 // isValueError reports whether a ParseError came from decoding a value into a
@@ -219,7 +256,7 @@ func keysOf(t reflect.Type) []string {
 	return out
 }
 
-func unknownKey(name string, ps *positions, k toml.Key) []*ConfigError {
+func unknownKey(name string, ps *positions, k toml.Key, inv *Inventory) []*ConfigError {
 	plain := k.String()
 	table, key := "", plain
 	if i := strings.LastIndex(plain, "."); i >= 0 {
@@ -243,7 +280,7 @@ func unknownKey(name string, ps *positions, k toml.Key) []*ConfigError {
 		if i := strings.LastIndex(p, "."); i >= 0 {
 			parent = p[:i]
 		}
-		out = append(out, &ConfigError{File: name, Line: line, Col: col, Key: p, Msg: describe(parent, nil) + msg})
+		out = append(out, &ConfigError{File: name, Line: line, Col: col, Key: p, Msg: describe(parent, inv) + msg})
 	}
 	if len(out) == 0 {
 		out = append(out, &ConfigError{File: name, Key: plain, Msg: msg})

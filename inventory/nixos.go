@@ -2,6 +2,7 @@ package inventory
 
 import (
 	"net/netip"
+	"path"
 	"regexp"
 	"strings"
 
@@ -22,10 +23,23 @@ type NixOS struct {
 	// ModelsDevice is the model drive's filesystem UUID (/dev/disk/by-uuid/...).
 	ModelsDevice string `toml:"models_device"`
 	// ModelsFSType is "ntfs3", "ntfs-3g" or "ext4".
-	ModelsFSType      string   `toml:"models_fstype"`
+	ModelsFSType string `toml:"models_fstype"`
+	// ModelsMount is where the model drive is mounted (default: the parent
+	// of the host's models_dir, /mnt/models). models_dir must lie under it.
+	ModelsMount string `toml:"models_mount"`
+	// SSHAuthorizedKeys may log in as User (default: the public half of
+	// gpuctl's identity, STATE_DIR/id_ed25519.pub).
 	SSHAuthorizedKeys []string `toml:"ssh_authorized_keys"`
-	AdminUser         string   `toml:"admin_user"`
-	ExtraPackages     []string `toml:"extra_packages"`
+	// AdminUser is the console user with TTY autologin (default "admin";
+	// in wheel and docker). Equal to User, the one account stays unprivileged.
+	AdminUser string `toml:"admin_user"`
+	// AdminAuthorizedKeys may log in as AdminUser (default: none, console only).
+	AdminAuthorizedKeys []string `toml:"admin_authorized_keys"`
+	ExtraPackages       []string `toml:"extra_packages"`
+	// WOLInterfaces are the PC's wired NICs by kernel name (the generated
+	// system turns predictable names off), default ["eth0"]; a boot oneshot
+	// arms every wired NIC as well.
+	WOLInterfaces []string `toml:"wol_interfaces"`
 	// ServerAddress is the gpuctl server's IP: exempt from sshd's
 	// PerSourcePenalties and, with OllamaOnlyFromServer, the only client
 	// allowed on 11434.
@@ -37,10 +51,20 @@ type NixOS struct {
 	User string `toml:"user"`
 }
 
+// DefaultOllamaImage is the image `gpuctl nixos generate` pins by default.
+const DefaultOllamaImage = "ollama/ollama:0.17.4"
+
 var (
-	uuidRE     = regexp.MustCompile(`^[0-9A-Fa-f-]{8,36}$`)
-	nixIdentRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_'-]*(\.[A-Za-z_][A-Za-z0-9_'-]*)*$`)
-	hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+	ntfsUUIDRE  = regexp.MustCompile(`^[0-9A-Fa-f]{16}$`)
+	ext4UUIDRE  = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	nixIdentRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_'-]*(\.[A-Za-z_][A-Za-z0-9_'-]*)*$`)
+	hostnameRE  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+	timezoneRE  = regexp.MustCompile(`^[A-Za-z0-9_+./-]{1,64}$`)
+	keymapRE    = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,32}$`)
+	nixKeywords = map[string]bool{"if": true, "then": true, "else": true, "assert": true, "with": true,
+		"let": true, "in": true, "rec": true, "inherit": true, "or": true}
+	// reservedMounts may not hold the model drive.
+	reservedMounts = []string{"/", "/boot", "/nix", "/persist", "/var", "/etc", "/root", "/home", "/run", "/tmp", "/usr"}
 )
 
 func (v *validator) checkNixOS(p string, h *Host) {
@@ -62,10 +86,13 @@ func (v *validator) checkNixOS(p string, h *Host) {
 	default:
 		v.fail(p+".models_fstype", "%q is not one of ntfs3, ntfs-3g, ext4", n.ModelsFSType)
 	}
-	if n.ModelsDevice == "" {
+	switch {
+	case n.ModelsDevice == "":
 		v.fail(p+".models_device", "the model drive's filesystem UUID is required (see `blkid`)")
-	} else if !uuidRE.MatchString(n.ModelsDevice) {
-		v.fail(p+".models_device", "%q is not a filesystem UUID such as \"01D9A1B2C3D4E5F6\"", n.ModelsDevice)
+	case n.ModelsFSType == "ext4" && !ext4UUIDRE.MatchString(n.ModelsDevice):
+		v.fail(p+".models_device", "%q is not an ext4 filesystem UUID such as \"2f6c1a7e-0b7d-4c1e-9a55-3d1f0e6b8c21\" (see `blkid`)", n.ModelsDevice)
+	case strings.HasPrefix(n.ModelsFSType, "ntfs") && !ntfsUUIDRE.MatchString(n.ModelsDevice):
+		v.fail(p+".models_device", "%q is not an NTFS volume serial such as \"01D9A1B2C3D4E5F6\" (16 hex digits, see `blkid`)", n.ModelsDevice)
 	}
 	if n.Hostname == "" {
 		n.Hostname = h.Name
@@ -75,40 +102,104 @@ func (v *validator) checkNixOS(p string, h *Host) {
 	}
 	if n.Timezone == "" {
 		n.Timezone = "UTC"
+	} else if !timezoneRE.MatchString(n.Timezone) || strings.Contains(n.Timezone, "..") {
+		v.fail(p+".timezone", "%q is not a time zone such as \"Europe/Berlin\"", n.Timezone)
 	}
 	if n.Keymap == "" {
 		n.Keymap = "us"
+	} else if !keymapRE.MatchString(n.Keymap) {
+		v.fail(p+".keymap", "%q is not a console keymap such as \"de\" or \"us\"", n.Keymap)
 	}
 	if n.User == "" {
 		n.User = h.SSHUser
 	} else if !userRE.MatchString(n.User) {
 		v.fail(p+".user", "%q is not a valid user name", n.User)
 	}
-	if n.AdminUser != "" && !userRE.MatchString(n.AdminUser) {
+	if n.User == "root" {
+		v.fail(p+".user", "gpuctl must not log in as root; use an unprivileged user such as \"gpuctl\"")
+	}
+	if n.AdminUser == "" {
+		n.AdminUser = "admin"
+	} else if !userRE.MatchString(n.AdminUser) {
 		v.fail(p+".admin_user", "%q is not a valid user name", n.AdminUser)
+	} else if n.AdminUser == "root" {
+		v.fail(p+".admin_user", "the console user must not be root; name an ordinary user such as \"admin\"")
 	}
-	for _, k := range n.SSHAuthorizedKeys {
-		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(k)); err != nil {
-			v.fail(p+".ssh_authorized_keys", "not a public key in authorized_keys form: %.30q…", k)
-		}
-	}
+	v.checkKeys(p+".ssh_authorized_keys", n.SSHAuthorizedKeys)
+	v.checkKeys(p+".admin_authorized_keys", n.AdminAuthorizedKeys)
 	for _, pkg := range n.ExtraPackages {
 		if !nixIdentRE.MatchString(pkg) {
 			v.fail(p+".extra_packages", "%q is not a nixpkgs attribute name such as \"htop\" or \"python3Packages.pip\"", pkg)
+			continue
 		}
-	}
-	if n.ServerAddress != "" {
-		if _, err := netip.ParseAddr(n.ServerAddress); err != nil {
-			if _, err := netip.ParsePrefix(n.ServerAddress); err != nil {
-				v.fail(p+".server_address", "%q is not an IP address or prefix", n.ServerAddress)
+		for _, part := range strings.Split(pkg, ".") {
+			if nixKeywords[part] {
+				v.fail(p+".extra_packages", "%q: %q is a Nix keyword, not a package name", pkg, part)
 			}
 		}
-	} else if n.OllamaOnlyFromServer {
-		v.fail(p+".ollama_only_from_server", "needs server_address")
+	}
+	if len(n.WOLInterfaces) == 0 {
+		n.WOLInterfaces = []string{"eth0"}
+	}
+	for _, i := range n.WOLInterfaces {
+		if !ifaceRE.MatchString(i) {
+			v.fail(p+".wol_interfaces", "%q is not a network interface name such as \"eth0\"", i)
+		}
+	}
+	var server netip.Prefix
+	if n.ServerAddress != "" {
+		if a, err := netip.ParseAddr(n.ServerAddress); err == nil {
+			server = netip.PrefixFrom(a, a.BitLen())
+		} else if pf, err := netip.ParsePrefix(n.ServerAddress); err == nil {
+			server = pf
+		} else {
+			v.fail(p+".server_address", "%q is not an IP address or prefix", n.ServerAddress)
+		}
+	}
+	if n.OllamaOnlyFromServer {
+		if n.ServerAddress == "" {
+			v.fail(p+".ollama_only_from_server", "needs server_address")
+		} else if server.IsValid() && !server.Addr().Is4() {
+			v.fail(p+".ollama_only_from_server", "needs an IPv4 server_address (Docker publishes the port on 0.0.0.0)")
+		}
 	}
 	if n.OllamaImage == "" {
-		n.OllamaImage = "ollama/ollama:0.17.4"
-	} else if strings.ContainsAny(n.OllamaImage, " \t\n\"'`$\\;") || !strings.Contains(n.OllamaImage, ":") || strings.HasSuffix(n.OllamaImage, ":latest") {
+		n.OllamaImage = DefaultOllamaImage
+	} else if strings.ContainsAny(n.OllamaImage, " \t\n\"'`$\\;") || !strings.Contains(n.OllamaImage[strings.LastIndex(n.OllamaImage, "/")+1:], ":") || strings.HasSuffix(n.OllamaImage, ":latest") {
 		v.fail(p+".ollama_image", "%q must be an image with a pinned tag such as \"ollama/ollama:0.17.4\"", n.OllamaImage)
+	}
+	// The models dir becomes a Docker volume "HOST:CONTAINER[:opts]".
+	if strings.ContainsAny(h.ModelsDir, ":,") {
+		v.fail(p[:strings.LastIndex(p, ".")]+".models_dir", "%q: a Docker volume path cannot contain ':' or ','", h.ModelsDir)
+	}
+	if n.ModelsMount == "" {
+		n.ModelsMount = path.Dir(h.ModelsDir)
+		if h.ModelsDir == "/mnt/models" || n.ModelsMount == "/" || n.ModelsMount == "/mnt" {
+			n.ModelsMount = h.ModelsDir
+		}
+	} else if !path.IsAbs(n.ModelsMount) || path.Clean(n.ModelsMount) != n.ModelsMount || strings.ContainsAny(n.ModelsMount, "\x00\n\r") {
+		v.fail(p+".models_mount", "%q must be a clean absolute path such as \"/mnt/models\"", n.ModelsMount)
+		return
+	}
+	for _, r := range reservedMounts {
+		if n.ModelsMount == r || (r != "/" && strings.HasPrefix(n.ModelsMount, r+"/")) {
+			v.fail(p+".models_mount", "%q is part of the system; mount the model drive elsewhere, such as \"/mnt/models\"", n.ModelsMount)
+			return
+		}
+	}
+	if h.ModelsDir != n.ModelsMount && !strings.HasPrefix(h.ModelsDir, n.ModelsMount+"/") {
+		v.fail(p+".models_mount", "models_dir %q is not on the model drive mounted at %q; put it under the mount", h.ModelsDir, n.ModelsMount)
+	}
+}
+
+func (v *validator) checkKeys(p string, keys []string) {
+	for _, k := range keys {
+		if strings.ContainsAny(k, "\r\n\x00") {
+			v.fail(p, "a key must be one line: %.30q…", k)
+			continue
+		}
+		if _, _, _, rest, err := ssh.ParseAuthorizedKey([]byte(k)); err != nil || len(strings.TrimSpace(string(rest))) > 0 {
+			v.fail(p, "not a public key in authorized_keys form: %.30q…", k)
+		}
 	}
 }

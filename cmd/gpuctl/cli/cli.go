@@ -225,16 +225,17 @@ func commands(env *Env) []*cli.Command {
 // as an argument; this rejects that, and surplus or missing arguments.
 func args(c *cli.Context, minN, maxN int, names string) ([]string, error) {
 	a := c.Args().Slice()
+	usage := strings.TrimSpace(c.Command.HelpName + " [options] " + strings.TrimSpace(c.Command.ArgsUsage))
 	for _, s := range a {
 		if strings.HasPrefix(s, "-") && len(s) > 1 {
-			return nil, usageError("flag %s must come before the arguments (usage: %s %s)", s, c.Command.HelpName, c.Command.ArgsUsage)
+			return nil, usageError("flag %s must come before the arguments (usage: %s)", s, usage)
 		}
 	}
 	if len(a) < minN {
-		return nil, usageError("missing %s (usage: %s %s)", names, c.Command.HelpName, c.Command.ArgsUsage)
+		return nil, usageError("missing %s (usage: %s)", names, usage)
 	}
 	if maxN >= 0 && len(a) > maxN {
-		return nil, usageError("unexpected argument %q (usage: %s %s)", a[maxN], c.Command.HelpName, c.Command.ArgsUsage)
+		return nil, usageError("unexpected argument %q (usage: %s)", a[maxN], usage)
 	}
 	return a, nil
 }

@@ -1,0 +1,188 @@
+package sshexec
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// capBuffer keeps the first max bytes written and discards the rest, so a
+// chatty command never blocks the channel or grows memory.
+type capBuffer struct {
+	mu        sync.Mutex
+	buf       bytes.Buffer
+	max       int
+	truncated bool
+}
+
+func (b *capBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if room := b.max - b.buf.Len(); room < len(p) {
+		b.truncated = true
+		if room > 0 {
+			b.buf.Write(p[:room])
+		}
+		return len(p), nil
+	}
+	b.buf.Write(p)
+	return len(p), nil
+}
+
+func (b *capBuffer) bytes() ([]byte, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes()), b.truncated
+}
+
+// Run runs cmd in a new session on the connection. The command line is
+// Quote(cmd.Args...). It waits for a free session slot, bounded by ctx.
+//
+// When cmd.Timeout or ctx ends the command, Run sends SIGKILL, returns what
+// output arrived with a timeout *OpError, and closes the whole connection:
+// a session whose remote command does not end cannot be reclaimed
+// (golang/go#21699), and a connection that stopped answering is useless.
+// Dial again (Pool does) for the next command.
+func (c *Client) Run(ctx context.Context, cmd Cmd) (Result, error) {
+	if len(cmd.Args) == 0 {
+		return Result{}, errors.New("sshexec: Run: empty Cmd.Args")
+	}
+	if cmd.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cmd.Timeout)
+		defer cancel()
+	}
+	line := Quote(cmd.Args...)
+	start := time.Now()
+	opErr := func(err error) error {
+		return &OpError{Op: "run", Host: c.cfg.name(), Addr: c.cfg.Addr, Err: fmt.Errorf("%s: %w", cmd.Args[0], err)}
+	}
+	select {
+	case <-c.done:
+		return Result{}, c.Err()
+	default:
+	}
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		return Result{Duration: time.Since(start)}, opErr(fmt.Errorf("waiting for a free session: %w", ctx.Err()))
+	case <-c.done:
+		return Result{}, c.Err()
+	}
+	defer func() { <-c.sem }()
+
+	sess, err := c.newSession(ctx)
+	if err != nil {
+		return Result{Duration: time.Since(start)}, err
+	}
+	defer sess.Close()
+	maxOut := cmd.MaxOutput
+	if maxOut <= 0 {
+		maxOut = DefaultMaxOutput
+	}
+	stdout, stderr := &capBuffer{max: maxOut}, &capBuffer{max: maxOut}
+	sess.Stdout, sess.Stderr = stdout, stderr
+	if cmd.Stdin != nil {
+		sess.Stdin = bytes.NewReader(cmd.Stdin)
+	}
+	result := func() Result {
+		r := Result{Duration: time.Since(start)}
+		var t1, t2 bool
+		r.Stdout, t1 = stdout.bytes()
+		r.Stderr, t2 = stderr.bytes()
+		r.Truncated = t1 || t2
+		return r
+	}
+	c.log.Debug("ssh run", "cmd", line)
+	if err := sess.Start(line); err != nil {
+		if c.Err() != nil {
+			return result(), c.Err()
+		}
+		return result(), opErr(fmt.Errorf("start: %w", err))
+	}
+	waitc := make(chan error, 1)
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		waitc <- sess.Wait()
+	}()
+	select {
+	case err = <-waitc:
+	case <-ctx.Done():
+		_ = sess.Signal(ssh.SIGKILL)
+		cause := ctx.Err()
+		if errors.Is(cause, context.DeadlineExceeded) {
+			cause = fmt.Errorf("no exit after %s: %w", time.Since(start).Round(time.Millisecond), cause)
+		}
+		terr := opErr(cause)
+		c.closeWith(&OpError{Op: "run", Host: c.cfg.name(), Addr: c.cfg.Addr,
+			Err: fmt.Errorf("closed the connection after %s did not finish in time: %w", cmd.Args[0], ErrClosed)})
+		<-waitc
+		return result(), terr
+	case <-c.done:
+		<-waitc
+		return result(), c.Err()
+	}
+	r := result()
+	var ee *ssh.ExitError
+	switch {
+	case err == nil:
+		return r, nil
+	case errors.As(err, &ee):
+		r.ExitStatus = ee.ExitStatus()
+		r.Signal = ee.Signal()
+		return r, nil
+	}
+	if cerr := c.Err(); cerr != nil {
+		return r, cerr
+	}
+	var em *ssh.ExitMissingError
+	if errors.As(err, &em) {
+		return r, opErr(errors.New("the session ended without an exit status (the remote command was cut off)"))
+	}
+	return r, opErr(err)
+}
+
+// newSession opens a session, bounded by ctx (golang/go#26643: NewSession
+// can block forever). A session that cannot be opened in time means the
+// connection is stuck, so it is closed.
+func (c *Client) newSession(ctx context.Context) (*ssh.Session, error) {
+	type res struct {
+		s   *ssh.Session
+		err error
+	}
+	ch := make(chan res, 1)
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		s, err := c.conn.NewSession()
+		ch <- res{s, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			if cerr := c.Err(); cerr != nil {
+				return nil, cerr
+			}
+			return nil, &OpError{Op: "session", Host: c.cfg.name(), Addr: c.cfg.Addr, Err: r.err}
+		}
+		return r.s, nil
+	case <-ctx.Done():
+		err := &OpError{Op: "session", Host: c.cfg.name(), Addr: c.cfg.Addr, Err: fmt.Errorf("no session opened: %w", ctx.Err())}
+		c.closeWith(err)
+		if r := <-ch; r.s != nil {
+			r.s.Close()
+		}
+		return nil, err
+	case <-c.done:
+		if r := <-ch; r.s != nil {
+			r.s.Close()
+		}
+		return nil, c.Err()
+	}
+}
