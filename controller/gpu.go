@@ -23,16 +23,16 @@ func GPUQueryArgs() []string {
 // GPU is one row of nvidia-smi --query-gpu output. Numbers nvidia-smi could
 // not give ("[N/A]", "[Not Supported]") are nil.
 type GPU struct {
-	Index          *int64  `json:"index"`
-	Name           string  `json:"name"`
-	UUID           string  `json:"uuid"`
-	DriverVersion  string  `json:"driver_version"`
-	MemoryTotalMiB *int64  `json:"memory_total_mib"`
-	MemoryUsedMiB  *int64  `json:"memory_used_mib"`
-	UtilizationPct *int64  `json:"utilization_gpu_percent"`
-	TemperatureC   *int64  `json:"temperature_c"`
-	PState         string  `json:"pstate"`
-	FanSpeedPct    *int64  `json:"fan_speed_percent,omitempty"`
+	Index          *int64   `json:"index"`
+	Name           string   `json:"name"`
+	UUID           string   `json:"uuid"`
+	DriverVersion  string   `json:"driver_version"`
+	MemoryTotalMiB *int64   `json:"memory_total_mib"`
+	MemoryUsedMiB  *int64   `json:"memory_used_mib"`
+	UtilizationPct *int64   `json:"utilization_gpu_percent"`
+	TemperatureC   *int64   `json:"temperature_c"`
+	PState         string   `json:"pstate"`
+	FanSpeedPct    *int64   `json:"fan_speed_percent,omitempty"`
 	PowerDrawW     *float64 `json:"power_draw_w,omitempty"`
 }
 

@@ -81,7 +81,7 @@ const (
 	ProbeRefused     ProbeKind = "refused"     // the host is up, the port closed
 	ProbeUnreachable ProbeKind = "unreachable" // no route / host unreachable
 	ProbeTimeout     ProbeKind = "timeout"     // no answer in time
-	ProbeError       ProbeKind = "error"       // anything else
+	ProbeOther       ProbeKind = "error"       // anything else
 )
 
 // Probe is the result of one TCP dial.
@@ -109,7 +109,7 @@ func ClassifyDialError(err error) ProbeKind {
 	case errors.As(err, &ne) && ne.Timeout():
 		return ProbeTimeout
 	}
-	return ProbeError
+	return ProbeOther
 }
 
 // Describe says in words what a probe result means for a host.
@@ -138,7 +138,7 @@ func probeTCP(ctx context.Context, dial DialFunc, now func() time.Time, addr str
 	p := Probe{Addr: addr, Kind: ClassifyDialError(err), Duration: now().Sub(start)}
 	if err != nil {
 		p.Detail = errDetail(err)
-		if ctx.Err() != nil && p.Kind == ProbeError {
+		if ctx.Err() != nil && p.Kind == ProbeOther {
 			p.Kind = ProbeTimeout
 		}
 		return p, nil

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/ollama/ollama/api"
@@ -137,6 +138,9 @@ func (s *Server) doPull(ctx context.Context, name string, insecure bool, fault *
 func (s *Server) pullBlob(ctx context.Context, b *blob, fault *PullFault, written *int64, fn func(api.ProgressResponse)) (bool, error) {
 	status := "pulling " + b.Digest[7:19]
 	final := BlobPath(s.writeDir, b.Digest)
+	// Concurrent pulls share a blob's download, as Ollama's do.
+	unlock := s.lockBlob(b.Digest)
+	defer unlock()
 	if fi, err := os.Stat(final); err == nil && fi.Size() == b.Size {
 		fn(api.ProgressResponse{Status: status, Digest: b.Digest, Total: b.Size, Completed: b.Size})
 		return false, nil
@@ -215,4 +219,20 @@ func fileDigest(p string) (string, error) {
 		return "", err
 	}
 	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// lockBlob serialises work on one blob across concurrent pulls.
+func (s *Server) lockBlob(digest string) func() {
+	s.mu.Lock()
+	if s.blobLocks == nil {
+		s.blobLocks = map[string]*sync.Mutex{}
+	}
+	l, ok := s.blobLocks[digest]
+	if !ok {
+		l = &sync.Mutex{}
+		s.blobLocks[digest] = l
+	}
+	s.mu.Unlock()
+	l.Lock()
+	return l.Unlock
 }

@@ -160,12 +160,11 @@ func (ns *NS) Do(fn func() error) error {
 
 // Veth is a veth pair between two namespaces.
 type Veth struct {
-	A, B     *NS // nil means the root namespace
-	ADev     string
-	BDev     string
-	AMAC     net.HardwareAddr
-	BMAC     net.HardwareAddr
-	rootName bool
+	A, B *NS // nil means the root namespace
+	ADev string
+	BDev string
+	AMAC net.HardwareAddr
+	BMAC net.HardwareAddr
 }
 
 var vethSeq atomic.Uint32

@@ -214,7 +214,13 @@ func setUsageHandlers(cmd *cli.Command) {
 func commands(env *Env) []*cli.Command {
 	return []*cli.Command{
 		hostsCommand(env),
+		statusCommand(env), wakeCommand(env),
+		shutdownCommand(env),
+		serveCommand(env),
 		configCommand(env),
+		nixosCommand(env),
+		wolCommand(env),
+		pullCommand(env), modelsCommand(env), unloadCommand(env),
 		versionCommand(env),
 		completionCommand(env),
 	}

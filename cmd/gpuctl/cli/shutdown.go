@@ -1,0 +1,225 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ollama/ollama/api"
+	"github.com/urfave/cli/v2"
+
+	"github.com/ollamalive/gpuctl/controller/idle"
+	"github.com/ollamalive/gpuctl/controller/models"
+	"github.com/ollamalive/gpuctl/inventory"
+)
+
+func shutdownCommand(env *Env) *cli.Command {
+	return &cli.Command{
+		Name:      "shutdown",
+		Usage:     "Power off an on-demand host, at once or once it has been idle long enough",
+		ArgsUsage: "HOST",
+		Description: "With --if-idle (for cron or a systemd timer) the host is powered off only when every idle signal\n" +
+			"has been idle for longer than idle_after: no request in flight through `gpuctl serve` (timed from\n" +
+			"the last request's end), no model past its expiry in /api/ps, no pull, no login but gpuctl's, no\n" +
+			"GPU above gpu_busy_percent, no direct client on the Ollama port, and uptime at least min_uptime.\n" +
+			"A failed check counts as busy. Without --if-idle it powers off now, refusing only while requests\n" +
+			"are in flight (override with --force). Either way it first unloads the models and refuses unless\n" +
+			"Wake-on-LAN is armed, then runs `sudo -n /run/current-system/sw/bin/poweroff` and waits for the\n" +
+			"box to stop answering. Wakes and shutdowns of one host take the same lock.\n\n" +
+			"Exit code: 0 powered off, or (with --if-idle) left up because busy, not idle long enough, just\n" +
+			"booted, already off, in its other OS, or locked by a running wake or shutdown; 1 refused or\n" +
+			"failed (the host stays up; the reason is printed and kept in STATE_DIR/idle/HOST.json);\n" +
+			"2 usage or not an on_demand host; 3 the host cannot be reached to decide.",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "if-idle", Usage: "power off only when every idle signal has been idle for longer than idle_after"},
+			&cli.DurationFlag{Name: "idle-after", Usage: "override the host's idle_after (`DURATION`, such as 20m)"},
+			&cli.BoolFlag{Name: "dry-run", Usage: "print every signal and the decision; change nothing"},
+			&cli.BoolFlag{Name: "force", Usage: "power off even with requests in flight (not with --if-idle; never skips the Wake-on-LAN check)"},
+			jsonFlag,
+		},
+		Action: func(c *cli.Context) error {
+			a, err := args(c, 1, 1, "HOST")
+			if err != nil {
+				return err
+			}
+			if c.IsSet("idle-after") && c.Duration("idle-after") <= 0 {
+				return usageError("--idle-after must be positive")
+			}
+			if c.Bool("force") && c.Bool("if-idle") {
+				return usageError("--force and --if-idle contradict each other: --force is for an explicit shutdown")
+			}
+			inv, err := loadInventory(c, env)
+			if err != nil {
+				return err
+			}
+			h, err := inv.host(a[0])
+			if err != nil {
+				return err
+			}
+			return runShutdown(c.Context, env, shutdownOptions{inv: inv, host: h, idleAfter: c.Duration("idle-after"),
+				opts: idle.Options{IfIdle: c.Bool("if-idle"), DryRun: c.Bool("dry-run"), Force: c.Bool("force")},
+				json: c.Bool("json")})
+		},
+	}
+}
+
+type shutdownOptions struct {
+	inv       *loadedInventory
+	host      *inventory.Host
+	idleAfter time.Duration
+	opts      idle.Options
+	json      bool
+}
+
+// shutdownDeps wires the idle package to the real world through the same
+// controller wake and status use.
+func shutdownDeps(env *Env, inv *loadedInventory, h *inventory.Host) *idle.Deps {
+	ctl := newController(env, inv)
+	d := &idle.Deps{
+		StateDir: inv.StateDir,
+		Now:      env.Now,
+		Logger:   env.Logger,
+		Connect:  ctl.SSH,
+		HTTP:     ctl.HTTP,
+		Unload: func(ctx context.Context, h *inventory.Host, names []string) error {
+			m := &models.Manager{Client: api.NewClient(h.OllamaURL.URL, ctl.HTTP), Host: h, Logger: env.Logger, Now: env.Now}
+			ns := make([]inventory.ModelName, 0, len(names))
+			for _, n := range names {
+				ns = append(ns, inventory.ModelName(n))
+			}
+			_, err := m.Unload(ctx, ns)
+			return err
+		},
+	}
+	if h.NixOS != nil && h.NixOS.ServerAddress != "" {
+		if a, err := netip.ParseAddr(h.NixOS.ServerAddress); err == nil {
+			d.ServerAddrs = append(d.ServerAddrs, a)
+		}
+	}
+	return d
+}
+
+func runShutdown(ctx context.Context, env *Env, o shutdownOptions) error {
+	h := *o.host
+	if o.idleAfter > 0 {
+		h.IdleAfter = inventory.Duration(o.idleAfter)
+	}
+	out, err := idle.Run(ctx, shutdownDeps(env, o.inv, &h), &h, o.opts)
+	if o.json {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		if jerr := enc.Encode(shutdownJSON(out, err)); jerr != nil {
+			return fmt.Errorf("write shutdown report: %w", jerr)
+		}
+	} else if o.opts.DryRun || out.Action == idle.ActPoweredOff || out.Action == idle.ActFailed {
+		writeIdleReport(env.Stdout, out.Report, env.Now())
+	}
+	code := shutdownExit(out, err, o.opts)
+	msg := h.Name + ": " + string(out.Action) + ": " + out.Reason
+	switch {
+	case code != ExitOK:
+		if o.json {
+			return &ExitError{Code: code}
+		}
+		return withCode(code, err)
+	case out.Action == idle.ActBusy || out.Action == idle.ActNotYet || out.Action == idle.ActNotElig ||
+		out.Action == idle.ActAlreadyOff:
+		// Routine cron outcomes: logged, not printed, so cron mails nothing.
+		env.Logger.Info("idle shutdown", "host", h.Name, "action", string(out.Action), "reason", out.Reason)
+		if o.opts.DryRun && !o.json {
+			fmt.Fprintln(env.Stderr, msg)
+		}
+	default:
+		if !o.json {
+			fmt.Fprintln(env.Stderr, msg)
+		}
+	}
+	return nil
+}
+
+// shutdownExit maps an outcome to the documented exit code.
+func shutdownExit(out idle.Outcome, err error, opts idle.Options) int {
+	switch {
+	case errors.Is(err, idle.ErrNotOnDemand):
+		return ExitUsage
+	case errors.Is(err, idle.ErrLocked):
+		if opts.IfIdle {
+			return ExitOK
+		}
+		return ExitFailure
+	case out.Action == idle.ActNotReady && !opts.IfIdle:
+		return ExitUnreachable
+	case err != nil:
+		return ExitFailure
+	}
+	return ExitOK
+}
+
+type shutdownOut struct {
+	Action string      `json:"action"`
+	Reason string      `json:"reason"`
+	Error  string      `json:"error,omitempty"`
+	Report idle.Report `json:"report"`
+}
+
+func shutdownJSON(out idle.Outcome, err error) shutdownOut {
+	j := shutdownOut{Action: string(out.Action), Reason: out.Reason, Report: out.Report}
+	if err != nil {
+		j.Error = err.Error()
+	}
+	return j
+}
+
+// writeIdleReport prints every signal and the decision.
+func writeIdleReport(w io.Writer, r idle.Report, now time.Time) {
+	if r.Box != idle.BoxUp {
+		fmt.Fprintf(w, "%s: %s (%s)\n", r.Host, r.Box, r.BoxDetail)
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SIGNAL\tSTATE\tIDLE SINCE\tVALUE")
+	for _, s := range r.Signals {
+		state := "idle"
+		switch {
+		case s.Failed:
+			state = "FAILED"
+		case s.Busy:
+			state = "BUSY"
+		}
+		since := "-"
+		if s.Since != nil {
+			since = s.Since.Local().Format("2006-01-02 15:04:05")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Name, state, since, oneLine(s.Value))
+	}
+	wol := "not armed"
+	if r.WOL.Armed {
+		wol = "armed"
+	}
+	v := r.WOL.Interface
+	if r.WOL.Mode != "" {
+		v += " Wake-on: " + r.WOL.Mode
+	}
+	if r.WOL.Err != "" {
+		v += " " + r.WOL.Err
+	}
+	fmt.Fprintf(tw, "wake-on-lan\t%s\t-\t%s\n", wol, oneLine(strings.TrimSpace(v)))
+	tw.Flush()
+	since := "-"
+	if r.IdleSince != nil {
+		since = fmt.Sprintf("%s (%s ago)", r.IdleSince.Local().Format("2006-01-02 15:04:05"), now.Sub(*r.IdleSince).Round(time.Second))
+	}
+	fmt.Fprintf(w, "idle since: %s; idle_after %s; uptime %s, min_uptime %s\n", since, r.IdleAfter, r.Uptime.Round(time.Second), r.MinUptime)
+	fmt.Fprintf(w, "decision: %s\n", r.Decision)
+	if !r.WOL.Armed && r.WOL.Fix != "" {
+		fmt.Fprintf(w, "wake-on-lan: %s\n", r.WOL.Fix)
+	}
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

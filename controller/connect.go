@@ -1,0 +1,99 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/ollamalive/gpuctl/inventory"
+	"github.com/ollamalive/gpuctl/sshexec"
+	"github.com/ollamalive/gpuctl/wake"
+)
+
+// SSHConnector is the Connector over sshexec: configFor gives each host's
+// sshexec.Config (sshexec.ConfigFor with the inventory). A probe connection
+// is reused for the handshake when the config dials exactly that address
+// without jump hosts; otherwise it is closed and sshexec dials on its own.
+func SSHConnector(configFor func(h *inventory.Host) (sshexec.Config, error)) Connector {
+	return func(ctx context.Context, h *inventory.Host, conn net.Conn) (sshexec.Runner, io.Closer, error) {
+		cfg, err := configFor(h)
+		if err != nil {
+			if conn != nil {
+				conn.Close()
+			}
+			return nil, nil, fmt.Errorf("host %q: %w", h.Name, err)
+		}
+		if conn != nil {
+			if cfg.Addr == h.SSHAddr() && len(cfg.Jumps) == 0 {
+				cfg.DialContext = onceDialer(conn, cfg.DialContext)
+			} else {
+				conn.Close()
+			}
+		}
+		cl, err := sshexec.Dial(ctx, cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		return cl, cl, nil
+	}
+}
+
+// onceDialer returns conn on its first call and dials with next afterwards.
+func onceDialer(conn net.Conn, next func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	var mu sync.Mutex
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		mu.Lock()
+		c := conn
+		conn = nil
+		mu.Unlock()
+		if c != nil {
+			return c, nil
+		}
+		if next == nil {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		}
+		return next(ctx, network, addr)
+	}
+}
+
+// PlanWaker is the Waker over package wake: a burst at once (a wake fails
+// when not one packet could be sent), then a burst every Every until the
+// wake stops waiting.
+type PlanWaker struct {
+	// Planner computes where packets go; the zero value uses the real
+	// interfaces.
+	Planner wake.Planner
+	// Transport, when set, replaces the real network (tests, simulators).
+	Transport wake.Transport
+	// Every is the gap between bursts; wake.DefaultEvery when 0.
+	Every time.Duration
+}
+
+// Wake implements Waker.
+func (p *PlanWaker) Wake(ctx context.Context, h *inventory.Host) error {
+	plan, err := p.Planner.Plan(ctx, h)
+	if err != nil {
+		return err
+	}
+	if p.Transport != nil {
+		plan.Transport = p.Transport
+	}
+	sent, err := plan.Burst(ctx, wake.DefaultCount, wake.DefaultInterval)
+	if sent == 0 && err != nil && ctx.Err() == nil {
+		return err
+	}
+	every := durOr(p.Every, wake.DefaultEvery)
+	t := time.NewTimer(every)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-t.C:
+	}
+	s := &wake.Sender{Plan: plan, Every: every}
+	return s.Run(ctx)
+}

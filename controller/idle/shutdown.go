@@ -1,0 +1,320 @@
+package idle
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/ollamalive/gpuctl/controller"
+	"github.com/ollamalive/gpuctl/inventory"
+	"github.com/ollamalive/gpuctl/sshexec"
+)
+
+// Options are a shutdown's flags.
+type Options struct {
+	// IfIdle powers off only when every signal has been idle for longer
+	// than idle_after (the cron mode). Without it the shutdown is explicit
+	// and refuses only while the proxy has requests in flight.
+	IfIdle bool
+	// DryRun evaluates and decides but changes nothing (no lock, no state
+	// written, nothing unloaded or powered off).
+	DryRun bool
+	// Force powers off despite requests in flight (explicit mode only).
+	// It never skips the Wake-on-LAN check.
+	Force bool
+}
+
+// Action is what a shutdown did.
+type Action string
+
+const (
+	ActPoweredOff Action = "powered-off"
+	ActWouldPower Action = "would-power-off" // dry run
+	ActBusy       Action = "busy"            // a signal is busy
+	ActNotYet     Action = "not-idle-long-enough"
+	ActNotElig    Action = "not-eligible" // uptime below min_uptime
+	ActLocked     Action = "locked"       // another gpuctl holds the host lock
+	ActAlreadyOff Action = "already-off"
+	ActOtherOS    Action = "in-use-other-os"
+	ActNotReady   Action = "not-ready" // booting or unknown: left alone
+	ActRefused    Action = "refused"   // explicit shutdown refused, or WoL not armed
+	ActFailed     Action = "failed"    // unload, poweroff or confirmation failed
+)
+
+// Outcome is the result of Run.
+type Outcome struct {
+	Action Action `json:"action"`
+	// Reason says why, in words (also for powered-off).
+	Reason string `json:"reason"`
+	Report Report `json:"report"`
+}
+
+// Errors Run returns with its Outcome; callers map them to exit codes.
+var (
+	// ErrNotOnDemand: the host is always-on; idle shutdown never touches it.
+	ErrNotOnDemand = errors.New("not an on_demand host")
+	// ErrLocked: another gpuctl holds the host lock (a wake or a shutdown).
+	ErrLocked = controller.ErrLocked
+	// ErrRefused: the shutdown was refused (requests in flight, WoL not
+	// armed, the PC in its other OS).
+	ErrRefused = errors.New("shutdown refused")
+	// ErrFailed: the shutdown was attempted and failed; the host is back to
+	// ready.
+	ErrFailed = errors.New("shutdown failed")
+)
+
+// Run carries out `gpuctl shutdown` for h. Under the host lock it checks
+// every signal, records the idle state, and when the rules allow it unloads
+// the models, checks Wake-on-LAN, re-reads the proxy, powers the box off and
+// waits for it to stop answering. Not powering off is an Outcome with a nil
+// error when that is the expected answer (busy, not idle long enough, off,
+// locked in --if-idle mode); refusals and failures also return an error
+// wrapping ErrRefused, ErrFailed, ErrLocked or ErrNotOnDemand.
+func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome, error) {
+	if !h.OnDemand {
+		return Outcome{Action: ActRefused, Reason: h.Name + " is not on_demand"},
+			fmt.Errorf("host %q: %w: gpuctl powers off only on_demand hosts (set on_demand = true in the inventory if it can be woken)", h.Name, ErrNotOnDemand)
+	}
+	if !opts.DryRun {
+		lock, err := controller.LockHost(ctx, d.StateDir, h.Name, controller.LockTry)
+		if err != nil {
+			if errors.Is(err, controller.ErrLocked) {
+				return Outcome{Action: ActLocked, Reason: err.Error() + "; another wake or shutdown of this host is running, so this run does nothing"}, err
+			}
+			return Outcome{Action: ActFailed, Reason: err.Error()}, err
+		}
+		defer lock.Unlock()
+	}
+	prev, err := LoadState(d.StateDir, h.Name)
+	if err != nil {
+		return Outcome{Action: ActFailed, Reason: err.Error()}, err
+	}
+	runner, closer, rep := connect(ctx, d, h)
+	if closer != nil {
+		defer closer.Close()
+	}
+	switch rep.Box {
+	case BoxOff:
+		return Outcome{Action: ActAlreadyOff, Reason: rep.BoxDetail, Report: rep}, nil
+	case BoxOtherOS:
+		out := Outcome{Action: ActOtherOS, Reason: rep.BoxDetail + "; gpuctl never powers it off", Report: rep}
+		if opts.IfIdle {
+			return out, nil
+		}
+		return out, fmt.Errorf("host %q: %w: %s", h.Name, ErrRefused, out.Reason)
+	case BoxUp:
+	default:
+		out := Outcome{Action: ActNotReady, Reason: rep.BoxDetail, Report: rep}
+		if !opts.DryRun && rep.Box == BoxUnknown {
+			// An SSH failure is a failed check: it resets the idle clock.
+			st := prev
+			st.IdleSince, st.Since, st.LastCheck = nil, nil, rep.Checked
+			st.BusyReasons = []string{"ssh: " + rep.BoxDetail}
+			if err := SaveState(d.StateDir, st); err != nil {
+				return out, err
+			}
+		}
+		if opts.IfIdle {
+			return out, nil
+		}
+		return out, fmt.Errorf("host %q: %w: %s", h.Name, ErrRefused, rep.BoxDetail)
+	}
+
+	rep = evaluate(ctx, d, h, runner, prev)
+	st := rep.next
+	st.Phase = PhaseReady
+	if !opts.DryRun {
+		if err := SaveState(d.StateDir, st); err != nil {
+			return Outcome{Action: ActFailed, Reason: err.Error(), Report: rep}, err
+		}
+	}
+	out := Outcome{Report: rep}
+
+	// Decide.
+	if opts.IfIdle {
+		switch {
+		case rep.Busy:
+			out.Action, out.Reason = ActBusy, rep.Decision
+		case !rep.Idle:
+			out.Action, out.Reason = ActNotYet, rep.Decision
+		case !rep.Eligible:
+			out.Action, out.Reason = ActNotElig, rep.Decision
+		}
+		if out.Action != "" {
+			return out, nil
+		}
+	} else if !opts.Force {
+		switch {
+		case rep.InFlight < 0:
+			return refuse(d, &st, out, fmt.Errorf("host %q: %w: the routing proxy's in-flight count cannot be read (%s); use --force to power off anyway",
+				h.Name, ErrRefused, signalValue(rep, SigProxy)), opts.DryRun)
+		case rep.InFlight > 0:
+			return refuse(d, &st, out, fmt.Errorf("host %q: %w: %d request(s) in flight through the routing proxy; wait, or use --force",
+				h.Name, ErrRefused, rep.InFlight), opts.DryRun)
+		}
+	}
+	if !rep.WOL.Armed {
+		msg := "Wake-on-LAN is not armed"
+		if rep.WOL.Interface != "" {
+			msg += " on " + rep.WOL.Interface
+		}
+		if rep.WOL.Mode != "" {
+			msg += fmt.Sprintf(" (Wake-on: %s)", rep.WOL.Mode)
+		}
+		if rep.WOL.Err != "" {
+			msg = "cannot confirm Wake-on-LAN is armed: " + rep.WOL.Err
+		}
+		return refuse(d, &st, out, fmt.Errorf("host %q: %w: %s, so it could never be woken again; %s", h.Name, ErrRefused, msg, rep.WOL.Fix), opts.DryRun)
+	}
+	if opts.DryRun {
+		out.Action, out.Reason = ActWouldPower, "would power off: "+rep.Decision
+		if !opts.IfIdle {
+			out.Reason = "would power off (explicit shutdown)"
+		}
+		return out, nil
+	}
+	return powerOff(ctx, d, h, runner, &st, out, opts)
+}
+
+func signalValue(r Report, name string) string {
+	for _, s := range r.Signals {
+		if s.Name == name {
+			return s.Value
+		}
+	}
+	return ""
+}
+
+// refuse records a refusal and returns it.
+func refuse(d *Deps, st *State, out Outcome, err error, dry bool) (Outcome, error) {
+	out.Action, out.Reason = ActRefused, err.Error()
+	if !dry {
+		st.LastError, st.LastErrorAt = err.Error(), d.now()
+		if serr := SaveState(d.StateDir, *st); serr != nil {
+			return out, errors.Join(err, serr)
+		}
+	}
+	return out, err
+}
+
+// fail puts the host back to ready, logs why and returns the failure.
+func fail(d *Deps, h *inventory.Host, st *State, out Outcome, err error) (Outcome, error) {
+	err = fmt.Errorf("host %q: %w: %w; it stays up (state ready)", h.Name, ErrFailed, err)
+	st.Phase = PhaseReady
+	st.LastError, st.LastErrorAt = err.Error(), d.now()
+	d.log().Warn("shutdown failed; host back to ready", "host", h.Name, "reason", err.Error())
+	out.Action, out.Reason = ActFailed, err.Error()
+	if serr := SaveState(d.StateDir, *st); serr != nil {
+		return out, errors.Join(err, serr)
+	}
+	return out, err
+}
+
+func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Runner, st *State, out Outcome, opts Options) (Outcome, error) {
+	st.Phase = PhaseDraining
+	if err := SaveState(d.StateDir, *st); err != nil {
+		return fail(d, h, st, out, err)
+	}
+	d.log().Info("draining", "host", h.Name, "loaded", out.Report.Loaded, "reason", out.Report.Decision)
+
+	// Unload what /api/ps listed, so Ollama does not die mid-write and the
+	// next boot starts clean. A failed unload (a 503 from a full queue, a
+	// timeout) means Ollama is not idle after all.
+	if len(out.Report.Loaded) > 0 {
+		if d.Unload == nil {
+			return fail(d, h, st, out, errors.New("no model unloader configured"))
+		}
+		uctx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout)*3)
+		err := d.Unload(uctx, h, out.Report.Loaded)
+		cancel()
+		if err != nil {
+			return fail(d, h, st, out, fmt.Errorf("unloading %s: %w", strings.Join(out.Report.Loaded, ", "), err))
+		}
+	}
+
+	// Last look at the proxy: a request may have arrived while draining.
+	actx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout))
+	r, err := d.activity(actx)
+	cancel()
+	if !opts.Force {
+		if err != nil {
+			return fail(d, h, st, out, fmt.Errorf("re-reading the routing proxy before poweroff: %w", err))
+		}
+		if n := r.Snapshot.Hosts[h.Name].InFlight; n > 0 {
+			return fail(d, h, st, out, fmt.Errorf("%d request(s) arrived while draining", n))
+		}
+	}
+
+	st.Phase = PhasePoweringOff
+	if err := SaveState(d.StateDir, *st); err != nil {
+		return fail(d, h, st, out, err)
+	}
+	d.log().Info("powering off", "host", h.Name, "command", "sudo -n "+PoweroffCommand)
+	res, runErr := runner.Run(ctx, sshexec.Cmd{Args: []string{"sudo", "-n", PoweroffCommand}, Timeout: 20 * time.Second})
+	if runErr == nil && res.ExitStatus != 0 {
+		msg := strings.TrimSpace(string(res.Stderr))
+		if msg == "" {
+			msg = strings.TrimSpace(string(res.Stdout))
+		}
+		hint := ""
+		if strings.Contains(msg, "password") || strings.Contains(msg, "not allowed") || strings.Contains(msg, "sudoers") {
+			hint = fmt.Sprintf(" (the box's sudo rule must let %s run exactly %s without a password; the generated NixOS config has it)", h.SSHUser, PoweroffCommand)
+		}
+		return fail(d, h, st, out, fmt.Errorf("sudo -n %s exited %d: %s%s", PoweroffCommand, res.ExitStatus, msg, hint))
+	}
+	// A nil error with exit 0, or the connection dropping as the box goes
+	// down: either way the box must now stop answering.
+	if err := waitOff(ctx, d, h); err != nil {
+		if runErr != nil {
+			err = fmt.Errorf("%w (the poweroff command ended with: %v)", err, runErr)
+		}
+		return fail(d, h, st, out, err)
+	}
+	now := d.now()
+	st.Phase, st.LastPoweroff = PhaseOff, &now
+	st.IdleSince, st.Since, st.Partials = nil, nil, nil
+	st.LastError, st.LastErrorAt = "", time.Time{}
+	out.Action = ActPoweredOff
+	out.Reason = "powered off: " + out.Report.Decision
+	if !opts.IfIdle {
+		out.Reason = "powered off (explicit shutdown)"
+	}
+	if err := SaveState(d.StateDir, *st); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+// waitOff probes the SSH port until two probes in a row find it closed or
+// silent, within OffTimeout.
+func waitOff(ctx context.Context, d *Deps, h *inventory.Host) error {
+	bound := cmp.Or(d.OffTimeout, DefaultOffTimeout)
+	poll := cmp.Or(d.OffPoll, DefaultOffPoll)
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	quiet := 0
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, min(poll, cmp.Or(d.ProbeTimeout, DefaultProbeTimeout)))
+		conn, err := d.dial()(pctx, "tcp", h.SSHAddr())
+		pcancel()
+		if err == nil {
+			conn.Close()
+			quiet = 0
+		} else if ctx.Err() == nil {
+			quiet++
+			if quiet >= 2 {
+				return nil
+			}
+		}
+		t := time.NewTimer(poll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("the box still answers on %s %s after the poweroff command", h.SSHAddr(), bound)
+		case <-t.C:
+		}
+	}
+}

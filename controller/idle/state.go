@@ -1,0 +1,141 @@
+package idle
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Phase is where the idle-shutdown machinery left a host.
+type Phase string
+
+const (
+	// PhaseReady: up and in service (also after a failed shutdown).
+	PhaseReady Phase = "ready"
+	// PhaseDraining: a shutdown is unloading models and checking Wake-on-LAN.
+	PhaseDraining Phase = "draining"
+	// PhasePoweringOff: the poweroff command was sent; waiting for the box
+	// to stop answering.
+	PhasePoweringOff Phase = "powering-off"
+	// PhaseOff: the box was powered off and stopped answering.
+	PhaseOff Phase = "off"
+)
+
+// State is what one host's idle checks remember between cron runs, in
+// STATE_DIR/idle/HOST.json.
+type State struct {
+	Host string `json:"host"`
+	// IdleSince is when every signal last became idle (this machine's
+	// clock); nil while a signal is busy or a check fails.
+	IdleSince *time.Time `json:"idle_since,omitempty"`
+	// Since is, per signal, since when it has been seen idle; a signal
+	// missing here was busy (or its check failed) at the last check.
+	Since map[string]time.Time `json:"since,omitempty"`
+	// LastCheck is when the last check ran.
+	LastCheck time.Time `json:"last_check,omitzero"`
+	// Failed names the signals whose check failed last time; their clocks
+	// restart at the next check that reads them.
+	Failed []string `json:"failed,omitempty"`
+	// BusyReasons are the last check's busy signals, in words.
+	BusyReasons []string `json:"busy_reasons,omitempty"`
+	// Partials is the last sample of partial downloads, keyed by path.
+	Partials map[string]Partial `json:"partials,omitempty"`
+	Phase    Phase              `json:"phase,omitempty"`
+	// LastPoweroff is when gpuctl last powered the box off.
+	LastPoweroff *time.Time `json:"last_poweroff,omitempty"`
+	// LastError is why the last shutdown attempt failed or was refused.
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+}
+
+// StatePath is where a host's idle state lives.
+func StatePath(stateDir, host string) string {
+	return filepath.Join(stateDir, "idle", host+".json")
+}
+
+// LoadState reads a host's idle state; a missing file is an empty state.
+func LoadState(stateDir, host string) (State, error) {
+	st := State{Host: host}
+	b, err := os.ReadFile(StatePath(stateDir, host))
+	if errors.Is(err, fs.ErrNotExist) {
+		return st, nil
+	}
+	if err != nil {
+		return st, fmt.Errorf("read idle state of %s: %w", host, err)
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return State{Host: host}, fmt.Errorf("%s: %w (delete the file to start the idle clock afresh)", StatePath(stateDir, host), err)
+	}
+	st.Host = host
+	return st, nil
+}
+
+// SaveState writes a host's idle state atomically.
+func SaveState(stateDir string, st State) error {
+	p := StatePath(stateDir, st.Host)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return fmt.Errorf("idle state dir: %w", err)
+	}
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(p), "."+st.Host+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("write idle state of %s: %w", st.Host, err)
+	}
+	_, err = tmp.Write(append(b, '\n'))
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), p)
+	}
+	if err != nil {
+		_ = os.Remove(tmp.Name())
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	return nil
+}
+
+// Summary is the idle part of `gpuctl status` (controller.HostStatus.Idle),
+// from the state the last cron run saved: no SSH round trip.
+type Summary struct {
+	IdleSince   *time.Time `json:"idle_since"`
+	IdleForS    float64    `json:"idle_for_s,omitempty"`
+	BusyReasons []string   `json:"busy_reasons,omitempty"`
+	LastCheck   *time.Time `json:"last_check,omitempty"`
+	Phase       Phase      `json:"phase,omitempty"`
+	LastError   string     `json:"last_error,omitempty"`
+}
+
+// Summarize turns a saved state into a Summary as of now.
+func Summarize(st State, now time.Time) Summary {
+	s := Summary{IdleSince: st.IdleSince, BusyReasons: st.BusyReasons, Phase: st.Phase, LastError: st.LastError}
+	if !st.LastCheck.IsZero() {
+		t := st.LastCheck
+		s.LastCheck = &t
+	}
+	if st.IdleSince != nil {
+		s.IdleForS = now.Sub(*st.IdleSince).Round(time.Second).Seconds()
+	}
+	return s
+}
+
+// String is a one-line summary for tables: "idle 12m (since 14:02)",
+// "busy: proxy: 1 request(s) in flight", or "" when nothing was checked.
+func (s Summary) String() string {
+	switch {
+	case s.LastCheck == nil && s.IdleSince == nil:
+		return ""
+	case s.IdleSince != nil:
+		return fmt.Sprintf("idle %s (since %s)", time.Duration(s.IdleForS*float64(time.Second)), s.IdleSince.Local().Format("15:04"))
+	case len(s.BusyReasons) > 0:
+		return "busy: " + s.BusyReasons[0]
+	}
+	return "busy"
+}

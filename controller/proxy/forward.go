@@ -1,0 +1,491 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// target is the routing decision carried in a forwarded request's context.
+type target struct {
+	host  string
+	model string
+}
+
+type targetKey struct{}
+
+func targetOf(ctx context.Context) *target {
+	t, _ := ctx.Value(targetKey{}).(*target)
+	return t
+}
+
+// reqLog is what one request's log line and metrics say; never its body.
+type reqLog struct {
+	model string
+	host  string
+	note  string
+}
+
+// serveAPI handles /api/* and /v1/*.
+func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
+	start := p.o.Now()
+	rw := &respWriter{ResponseWriter: w}
+	info := &reqLog{}
+	defer func() {
+		v := recover()
+		if v == http.ErrAbortHandler && rw.status == 0 {
+			rw.status = 499
+		}
+		p.finish(r, rw, info, start, v != nil)
+		if v != nil {
+			panic(v)
+		}
+	}()
+
+	if p.serveListing(rw, r, info) {
+		return
+	}
+	// Held requests (a wake) and streams may last far longer than the
+	// server's WriteTimeout: lift it for proxied requests.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
+
+	select {
+	case p.sem <- struct{}{}:
+		defer func() { <-p.sem }()
+	default:
+		rw.Header().Set("Retry-After", "1")
+		p.fail(rw, r, http.StatusTooManyRequests, fmt.Sprintf("gpuctl serve already has %d requests in flight (serve.max_in_flight); retry shortly", cap(p.sem)), nil)
+		return
+	}
+
+	body, ok := p.readBody(rw, r)
+	if !ok {
+		return
+	}
+	info.model = modelOf(r.URL.Path, body)
+	d := p.decide(info.model)
+	info.note = d.reason
+
+	host := d.host
+	for {
+		info.host = host
+		end := p.begin(host)
+		err := p.ensureUp(r.Context(), host)
+		if err == nil {
+			// end runs even when the stream is aborted (a panic with
+			// http.ErrAbortHandler from the ReverseProxy).
+			defer end()
+			p.forward(rw, r, body, host, info.model)
+			return
+		}
+		end()
+		if r.Context().Err() != nil {
+			// The client left while the host was waking: it leaves the
+			// queue; the wake goes on for the others.
+			rw.status = 499
+			info.note = "client left while waiting for wake"
+			return
+		}
+		if d.fallback != "" && host != d.fallback {
+			p.log.Warn("wake failed; using the route's fallback host", "host", host, "fallback", d.fallback, "model", info.model, "err", err)
+			host, d.fallback = d.fallback, ""
+			info.note = "fallback"
+			continue
+		}
+		var we *WakeError
+		wait := p.o.WakeBackoff
+		if errors.As(err, &we) {
+			wait = we.RetryAfter
+		}
+		rw.Header().Set("Retry-After", retryAfter(wait))
+		p.fail(rw, r, http.StatusServiceUnavailable, err.Error(), map[string]string{"host": host, "reason": reasonOf(err)})
+		return
+	}
+}
+
+// readBody reads the request body up to serve.max_body. Over the cap it
+// answers 413 (and nothing is woken).
+func (p *Proxy) readBody(w *respWriter, r *http.Request) ([]byte, bool) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, true
+	}
+	if r.ContentLength > p.maxBody {
+		p.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body of %d bytes is over serve.max_body (%d bytes)", r.ContentLength, p.maxBody), nil)
+		return nil, false
+	}
+	rc := http.NewResponseController(w.ResponseWriter)
+	_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength))
+	}
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, p.maxBody))
+	_ = rc.SetReadDeadline(time.Time{})
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		p.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is over serve.max_body (%d bytes)", p.maxBody), nil)
+		return nil, false
+	case err != nil:
+		w.status = 499
+		return nil, false
+	}
+	return buf.Bytes(), true
+}
+
+// modelFields are the request fields that name a model, by endpoint.
+type modelFields struct {
+	Model  string `json:"model"`
+	Name   string `json:"name"`   // older /api/pull, /api/push, /api/show, /api/delete
+	Source string `json:"source"` // /api/copy
+}
+
+// modelOf extracts the model a request is for; "" when it names none.
+func modelOf(path string, body []byte) string {
+	if len(body) == 0 || body[0] != '{' && !bytes.HasPrefix(bytes.TrimSpace(body), []byte("{")) {
+		return ""
+	}
+	var f modelFields
+	if json.Unmarshal(body, &f) != nil {
+		return ""
+	}
+	switch {
+	case f.Model != "":
+		return f.Model
+	case strings.HasPrefix(path, "/api/") && f.Name != "":
+		return f.Name
+	case path == "/api/copy":
+		return f.Source
+	}
+	return ""
+}
+
+// begin counts a request against host for idle shutdown and metrics.
+func (p *Proxy) begin(host string) func() {
+	end := p.tracker.Begin(host)
+	g := p.met.inFlight.WithLabelValues(host)
+	g.Inc()
+	var once sync.Once
+	return func() { once.Do(func() { end(); g.Dec() }) }
+}
+
+// forward sends the request to host and streams the answer back.
+func (p *Proxy) forward(w *respWriter, r *http.Request, body []byte, host, model string) {
+	// Streams may run for as long as the model generates: lift the
+	// server's write deadline for this response.
+	_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Time{})
+	out := r.WithContext(context.WithValue(r.Context(), targetKey{}, &target{host: host, model: model}))
+	if body != nil {
+		out.Body = io.NopCloser(bytes.NewReader(body))
+		out.ContentLength = int64(len(body))
+		out.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		out.TransferEncoding = nil
+	}
+	p.rp.ServeHTTP(w, out)
+}
+
+func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
+	t := targetOf(pr.In.Context())
+	pr.SetURL(p.targetURL(t.host))
+	pr.SetXForwarded()
+}
+
+// modifyResponse notes that the host answered and guards streams so a
+// backend dying mid-stream ends the client's stream with an error line.
+func (p *Proxy) modifyResponse(res *http.Response) error {
+	t := targetOf(res.Request.Context())
+	if t == nil {
+		return nil
+	}
+	p.setState(t.host, true)
+	if res.ContentLength >= 0 {
+		return nil
+	}
+	ct := res.Header.Get("Content-Type")
+	var kind streamKind
+	switch {
+	case strings.HasPrefix(ct, "application/x-ndjson"), strings.HasPrefix(ct, "application/json"):
+		kind = ndjson
+	case strings.HasPrefix(ct, "text/event-stream"):
+		kind = sse
+	default:
+		return nil
+	}
+	res.Body = &streamGuard{rc: res.Body, kind: kind, ctx: res.Request.Context(), host: t.host, log: p.log, model: t.model}
+	return nil
+}
+
+// proxyError answers a request the backend did not answer.
+func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	rw, _ := w.(*respWriter)
+	t := targetOf(r.Context())
+	if r.Context().Err() != nil {
+		if rw != nil {
+			rw.status = 499
+		}
+		return
+	}
+	var de *dialError
+	var ne net.Error
+	switch {
+	case errors.As(err, &de):
+		p.setState(t.host, false)
+		p.fail(w, r, http.StatusBadGateway, fmt.Sprintf("host %q: Ollama at %s cannot be reached: %v; check that it runs (gpuctl status %s)", t.host, p.targetURL(t.host).Host, de.err, t.host), map[string]string{"host": t.host, "reason": "unreachable"})
+	case errors.As(err, &ne) && ne.Timeout():
+		p.fail(w, r, http.StatusGatewayTimeout, fmt.Sprintf("host %q did not start answering within %s (a cold model load that slow?)", t.host, p.o.ResponseHeaderTimeout), map[string]string{"host": t.host, "reason": "timeout"})
+	default:
+		p.fail(w, r, http.StatusBadGateway, fmt.Sprintf("host %q: %v", t.host, err), map[string]string{"host": t.host, "reason": "backend error"})
+	}
+}
+
+// finish logs and counts one request. Bodies and prompts are never logged.
+func (p *Proxy) finish(r *http.Request, w *respWriter, info *reqLog, start time.Time, aborted bool) {
+	status := w.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	host := info.host
+	if host == "" {
+		host = "gpuctl"
+	}
+	p.met.requests.WithLabelValues(host, p.modelLabel(info.model), itoa(status)).Inc()
+	lvl := slog.LevelInfo
+	if status >= 500 || aborted {
+		lvl = slog.LevelWarn
+	}
+	attrs := []slog.Attr{
+		slog.String("method", r.Method), slog.String("path", r.URL.Path),
+		slog.String("model", info.model), slog.String("host", info.host),
+		slog.Int("status", status), slog.Duration("duration", p.o.Now().Sub(start)),
+		slog.Int64("bytes", w.bytes),
+	}
+	if info.note != "" {
+		attrs = append(attrs, slog.String("note", info.note))
+	}
+	if aborted {
+		attrs = append(attrs, slog.Bool("aborted", true))
+	}
+	p.log.LogAttrs(r.Context(), lvl, "request", attrs...)
+}
+
+// fail writes a JSON error in the API's own shape: Ollama's {"error": "…"}
+// under /api, OpenAI's {"error": {"message": …}} under /v1.
+func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, status int, msg string, extra map[string]string) {
+	writeError(w, status, "gpuctl: "+msg, extra, strings.HasPrefix(r.URL.Path, "/v1/"))
+}
+
+func writeError(w http.ResponseWriter, status int, msg string, extra map[string]string, openai ...bool) {
+	if len(openai) > 0 && openai[0] {
+		e := map[string]any{"message": msg, "type": errType(status)}
+		for k, v := range extra {
+			e[k] = v
+		}
+		writeJSON(w, status, map[string]any{"error": e})
+		return
+	}
+	m := map[string]any{"error": msg}
+	for k, v := range extra {
+		m[k] = v
+	}
+	writeJSON(w, status, m)
+}
+
+func errType(status int) string {
+	switch {
+	case status == http.StatusTooManyRequests:
+		return "rate_limit_error"
+	case status < 500:
+		return "invalid_request_error"
+	}
+	return "server_error"
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		b = []byte(`{"error":"gpuctl: encoding the answer failed"}`)
+		status = http.StatusInternalServerError
+	}
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Content-Length", itoa(len(b)+1))
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// respWriter records the status and size of a response. It unwraps for
+// http.ResponseController, so flushes and deadlines reach the connection.
+type respWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (w *respWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *respWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *respWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+		return
+	}
+	_ = http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+func (w *respWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// replayTransport replays a request once when its dial failed, so nothing
+// of it reached the backend (a host that just woke may refuse the first
+// connection). A request that reached the backend is never retried: LLM
+// POSTs are not idempotent.
+type replayTransport struct {
+	next     http.RoundTripper
+	delay    time.Duration
+	onReplay func(*http.Request)
+}
+
+func (t *replayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	res, err := t.next.RoundTrip(req)
+	var de *dialError
+	if err == nil || !errors.As(err, &de) || req.Context().Err() != nil {
+		return res, err
+	}
+	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
+		return nil, err
+	}
+	tm := time.NewTimer(t.delay)
+	select {
+	case <-req.Context().Done():
+		tm.Stop()
+		return nil, err
+	case <-tm.C:
+	}
+	again := req.Clone(req.Context())
+	if req.GetBody != nil {
+		b, gerr := req.GetBody()
+		if gerr != nil {
+			return nil, err
+		}
+		again.Body = b
+	}
+	if t.onReplay != nil {
+		t.onReplay(req)
+	}
+	return t.next.RoundTrip(again)
+}
+
+func (p *Proxy) onReplay(req *http.Request) {
+	host := ""
+	if t := targetOf(req.Context()); t != nil {
+		host = t.host
+	}
+	p.met.replays.WithLabelValues(host).Inc()
+	p.log.Info("dial failed; replaying the request once", "host", host, "path", req.URL.Path)
+}
+
+// bufferPool recycles ReverseProxy's copy buffers.
+type bufferPool struct{}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *copyBufs.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { copyBufs.Put(&b) }
+
+type streamKind int
+
+const (
+	ndjson streamKind = iota
+	sse
+)
+
+// streamGuard ends a stream whose backend broke off (connection reset,
+// truncated chunking) with one error record in the stream's own format,
+// then a clean end, so clients report the error instead of hanging or
+// mistaking the truncated answer for a whole one. A client that went away
+// gets the plain error (nothing is written to it anyway).
+type streamGuard struct {
+	rc    io.ReadCloser
+	kind  streamKind
+	ctx   context.Context
+	host  string
+	model string
+	log   *slog.Logger
+	last  byte
+	tail  []byte
+	ended bool
+}
+
+func (g *streamGuard) Read(b []byte) (int, error) {
+	if g.tail != nil {
+		n := copy(b, g.tail)
+		g.tail = g.tail[n:]
+		if len(g.tail) == 0 {
+			g.tail = nil
+		}
+		return n, nil
+	}
+	if g.ended {
+		return 0, io.EOF
+	}
+	n, err := g.rc.Read(b)
+	if n > 0 {
+		g.last = b[n-1]
+	}
+	if err == nil || err == io.EOF || g.ctx.Err() != nil {
+		return n, err
+	}
+	g.log.Warn("backend stream broke off; ending the client's stream with an error", "host", g.host, "model", g.model, "err", err)
+	msg := fmt.Sprintf("gpuctl: the stream from host %q broke off: %v", g.host, err)
+	var tail []byte
+	if g.last != 0 && g.last != '\n' {
+		tail = append(tail, '\n')
+	}
+	if g.kind == sse {
+		if g.last != 0 {
+			tail = append(tail, '\n')
+		}
+		e, _ := json.Marshal(map[string]any{"error": map[string]any{"message": msg, "type": "server_error"}})
+		tail = append(append(append(tail, "data: "...), e...), "\n\n"...)
+	} else {
+		e, _ := json.Marshal(map[string]string{"error": msg})
+		tail = append(append(tail, e...), '\n')
+	}
+	g.tail, g.ended = tail, true
+	return n, nil
+}
+
+func (g *streamGuard) Close() error { return g.rc.Close() }
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// reasonOf is the short machine-readable reason in a 503.
+func reasonOf(err error) string {
+	var we *WakeError
+	if errors.As(err, &we) {
+		return we.Reason
+	}
+	return "unavailable"
+}

@@ -1,0 +1,76 @@
+package proxy
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	requests    *prometheus.CounterVec
+	inFlight    *prometheus.GaugeVec
+	wakes       *prometheus.CounterVec
+	wakeSeconds *prometheus.HistogramVec
+	backendUp   *prometheus.GaugeVec
+	replays     *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer, hosts []string) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gpuctl_proxy_requests_total",
+			Help: "Requests answered by gpuctl serve, by backend host (\"gpuctl\" when answered locally), model and HTTP status (499: the client left).",
+		}, []string{"host", "model", "code"}),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gpuctl_proxy_in_flight",
+			Help: "Requests in flight per backend host, including those held while the host wakes.",
+		}, []string{"host"}),
+		wakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gpuctl_proxy_wakes_total",
+			Help: "Wakes started by gpuctl serve for requests, by host and result (ok, failed).",
+		}, []string{"host", "result"}),
+		wakeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "gpuctl_proxy_wake_duration_seconds",
+			Help:    "Time from starting a wake to the host's Ollama being ready, for successful wakes.",
+			Buckets: []float64{1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 240, 300, 600},
+		}, []string{"host"}),
+		backendUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gpuctl_proxy_backend_up",
+			Help: "Last known state of each host's Ollama: 1 up, 0 down or asleep, -1 not known yet.",
+		}, []string{"host"}),
+		replays: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gpuctl_proxy_replays_total",
+			Help: "Requests replayed once because the dial to the host failed before anything was sent.",
+		}, []string{"host"}),
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.inFlight, m.wakes, m.wakeSeconds, m.backendUp, m.replays} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register proxy metrics: %w", err)
+		}
+	}
+	for _, h := range hosts {
+		m.inFlight.WithLabelValues(h)
+		m.wakes.WithLabelValues(h, "ok")
+		m.wakes.WithLabelValues(h, "failed")
+	}
+	return m, nil
+}
+
+// modelLabel bounds the model label's cardinality: clients can send any
+// string, so only models the catalogue or the inventory knows are named.
+func (p *Proxy) modelLabel(model string) string {
+	if model == "" {
+		return ""
+	}
+	if hs, _ := p.cat.lookup(model); len(hs) > 0 {
+		return normalize(model)
+	}
+	for i := range p.inv.Hosts {
+		for _, m := range p.inv.Hosts[i].Models {
+			if m.Normalize() == modelName(model) {
+				return normalize(model)
+			}
+		}
+	}
+	return "other"
+}

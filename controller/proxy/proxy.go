@@ -1,0 +1,416 @@
+// Package proxy is gpuctl's routing proxy (`gpuctl serve`): an Ollama- and
+// OpenAI-compatible reverse proxy that Open WebUI and other clients point at.
+//
+// Requests under /api/ (Ollama) and /v1/ (OpenAI-compatible) are routed by
+// their `model` field: the first matching [[route]], else by size (a model
+// too big for the default host's VRAM goes to an on-demand host where it
+// fits), else to the default host. A request for an on-demand host that is
+// asleep wakes it (one wake for all waiters), is held until the host is ready
+// or its boot_timeout passes, and is then forwarded; if the wake fails it
+// goes to the route's fallback host, or gets 503 with Retry-After.
+//
+// Listing requests (/api/tags, /api/ps, /v1/models, /api/version) never
+// wake anything: the model list merges every host, a sleeping host's from a
+// cached copy kept in the state directory.
+//
+// Responses stream through unbuffered (each NDJSON line or SSE event is
+// flushed as it arrives), with no write deadline, and a client that goes
+// away cancels its backend request.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/inventory"
+)
+
+// Backends is what the proxy needs to know and do about hosts. The
+// controller implements it; tests use fakes.
+type Backends interface {
+	// Up reports whether host's Ollama is ready to serve now. It must not
+	// wake anything, and should answer within a few seconds.
+	Up(ctx context.Context, host string) (bool, error)
+	// Wake brings host up and returns once its Ollama is ready, or why it
+	// could not. ctx carries the host's boot_timeout as its deadline.
+	Wake(ctx context.Context, host string) error
+}
+
+// Defaults for Options left zero.
+const (
+	DefaultResponseHeaderTimeout = 5 * time.Minute
+	DefaultDialTimeout           = 10 * time.Second
+	DefaultStateTTL              = 15 * time.Second
+	DefaultRefreshInterval       = 30 * time.Second
+	DefaultDrainTimeout          = 30 * time.Second
+	DefaultWakeBackoff           = 30 * time.Second
+	DefaultReplayDelay           = 500 * time.Millisecond
+	// bodyReadTimeout bounds reading one request body from the client.
+	bodyReadTimeout = 2 * time.Minute
+	// listTimeout bounds each backend call made to answer a listing.
+	listTimeout = 3 * time.Second
+)
+
+// Options configures a Proxy. Inventory is required; everything else has a
+// default.
+type Options struct {
+	Inventory *inventory.Inventory
+	// Backends reports host state and wakes hosts. Nil treats every host as
+	// up and never wakes (always-on hosts only).
+	Backends Backends
+	// Tracker counts requests per host for idle shutdown; nil makes one.
+	Tracker *activity.Tracker
+	Logger  *slog.Logger
+	// StateDir keeps the model catalogue (catalogue.json) and, when Run
+	// is used, the activity files; "" keeps nothing on disk.
+	StateDir string
+	// Registry receives the proxy's metrics and is served at /metrics; nil
+	// makes a private one.
+	Registry *prometheus.Registry
+	// Dial dials backends (tests pass in-memory pipes); nil uses a
+	// net.Dialer with DialTimeout.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Transport, when set, replaces the whole backend transport (Dial and
+	// the timeouts below are then ignored).
+	Transport http.RoundTripper
+	// ResponseHeaderTimeout is how long a backend may take to send headers:
+	// long enough for a cold model load.
+	ResponseHeaderTimeout time.Duration
+	// StateTTL is how long an Up answer (or a served response) is trusted.
+	StateTTL time.Duration
+	// RefreshInterval is how often up hosts' model lists are re-read.
+	RefreshInterval time.Duration
+	// DrainTimeout bounds how long Run lets streams finish on shutdown.
+	DrainTimeout time.Duration
+	// WakeBackoff is how long a failed wake is remembered: requests in that
+	// window get 503 at once instead of starting another wake.
+	WakeBackoff time.Duration
+	// ReplayDelay is the pause before replaying a request whose dial failed.
+	ReplayDelay time.Duration
+	Now         func() time.Time
+}
+
+// Proxy is the routing proxy. Its ServeHTTP serves everything `gpuctl
+// serve` answers: /api/*, /v1/*, /healthz, /metrics and activity.Path.
+type Proxy struct {
+	o       Options
+	inv     *inventory.Inventory
+	log     *slog.Logger
+	hosts   map[string]*inventory.Host
+	order   []string // default host first, then inventory order
+	def     string
+	tracker *activity.Tracker
+	rp      *httputil.ReverseProxy
+	client  *http.Client // for listings and catalogue refreshes
+	tr      http.RoundTripper
+	sem     chan struct{}
+	maxBody int64
+	met     *metrics
+	reg     *prometheus.Registry
+	metrics http.Handler
+	cat     *catalogue
+
+	baseCtx context.Context
+	cancel  context.CancelFunc
+	bg      sync.WaitGroup
+
+	mu     sync.Mutex
+	states map[string]hostState
+	flight map[string]*upCall
+}
+
+type hostState struct {
+	up bool
+	at time.Time
+}
+
+// New builds a Proxy from the inventory's [serve], [[host]] and [[route]].
+func New(o Options) (*Proxy, error) {
+	if o.Inventory == nil {
+		return nil, errors.New("proxy: no inventory")
+	}
+	inv := o.Inventory
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Tracker == nil {
+		o.Tracker = activity.NewTracker(o.Now)
+	}
+	if o.ResponseHeaderTimeout <= 0 {
+		o.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
+	}
+	if o.StateTTL <= 0 {
+		o.StateTTL = DefaultStateTTL
+	}
+	if o.RefreshInterval <= 0 {
+		o.RefreshInterval = DefaultRefreshInterval
+	}
+	if o.DrainTimeout <= 0 {
+		o.DrainTimeout = DefaultDrainTimeout
+	}
+	if o.WakeBackoff <= 0 {
+		o.WakeBackoff = DefaultWakeBackoff
+	}
+	if o.ReplayDelay <= 0 {
+		o.ReplayDelay = DefaultReplayDelay
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	p := &Proxy{
+		o: o, inv: inv, log: o.Logger, tracker: o.Tracker,
+		hosts:  map[string]*inventory.Host{},
+		states: map[string]hostState{},
+		flight: map[string]*upCall{},
+		reg:    o.Registry,
+	}
+	for i := range inv.Hosts {
+		h := &inv.Hosts[i]
+		if h.OllamaURL.IsZero() {
+			return nil, fmt.Errorf("host %q has no ollama_url: set it (or address) in %s", h.Name, inv.Path)
+		}
+		p.hosts[h.Name] = h
+	}
+	p.def = inv.Serve.DefaultHost
+	if p.def == "" {
+		return nil, fmt.Errorf("%s: serve.default_host is not set and there is not exactly one always-on host: name the host light models go to", inv.Path)
+	}
+	if _, ok := p.hosts[p.def]; !ok {
+		return nil, fmt.Errorf("%s: serve.default_host %q is not a host in the inventory", inv.Path, p.def)
+	}
+	p.order = append(p.order, p.def)
+	for _, h := range inv.Hosts {
+		if h.Name != p.def {
+			p.order = append(p.order, h.Name)
+		}
+	}
+	n := inv.Serve.MaxInFlight
+	if n <= 0 {
+		n = inventory.DefaultMaxInFlight
+	}
+	p.sem = make(chan struct{}, n)
+	p.maxBody = int64(inv.Serve.MaxBody)
+	if p.maxBody <= 0 {
+		p.maxBody = int64(inventory.DefaultMaxBody)
+	}
+	met, err := newMetrics(o.Registry, p.order)
+	if err != nil {
+		return nil, err
+	}
+	p.met = met
+	p.metrics = promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{Timeout: 10 * time.Second})
+
+	p.tr = o.Transport
+	if p.tr == nil {
+		p.tr = NewTransport(o.Dial, o.ResponseHeaderTimeout)
+	}
+	p.client = &http.Client{Transport: p.tr, Timeout: listTimeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:        p.rewrite,
+		Transport:      &replayTransport{next: p.tr, delay: o.ReplayDelay, onReplay: p.onReplay},
+		FlushInterval:  -1,
+		ErrorHandler:   p.proxyError,
+		ModifyResponse: p.modifyResponse,
+		BufferPool:     bufferPool{},
+		ErrorLog:       slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
+	}
+	p.baseCtx, p.cancel = context.WithCancel(context.Background())
+	p.cat = newCatalogue(o.StateDir, o.Logger)
+	for _, name := range p.order {
+		p.met.backendUp.WithLabelValues(name).Set(-1)
+	}
+	return p, nil
+}
+
+// Tracker returns the activity tracker the proxy reports to.
+func (p *Proxy) Tracker() *activity.Tracker { return p.tracker }
+
+// Close stops background work (wakes in progress are cancelled) and waits
+// for it, and closes idle backend connections. In-flight requests are not
+// touched: stop the http.Server first.
+func (p *Proxy) Close() {
+	p.cancel()
+	p.bg.Wait()
+	if t, ok := p.tr.(interface{ CloseIdleConnections() }); ok {
+		t.CloseIdleConnections()
+	}
+}
+
+// Run serves on ln until ctx ends, refreshing model lists in the background
+// and, with a StateDir, publishing activity for idle shutdown. On ctx's end
+// it stops accepting, lets requests and streams finish for up to
+// DrainTimeout, then cuts what is left.
+func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
+	srv := p.Server()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+
+	var wg sync.WaitGroup
+	bgCtx, bgCancel := context.WithCancel(context.Background())
+	wg.Add(1)
+	go func() { defer wg.Done(); p.refreshLoop(bgCtx) }()
+	pubErr := make(chan error, 1)
+	if p.o.StateDir != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pubErr <- activity.Publish(bgCtx, p.o.StateDir, ln.Addr().String(), p.tracker, time.Second)
+		}()
+	}
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		err = fmt.Errorf("serve on %s: %w", ln.Addr(), err)
+	case err = <-pubErr:
+		err = fmt.Errorf("publish activity in %s: %w", p.o.StateDir, err)
+	}
+	p.log.Info("shutting down", "drain", p.o.DrainTimeout)
+	sctx, scancel := context.WithTimeout(context.Background(), p.o.DrainTimeout)
+	if serr := srv.Shutdown(sctx); serr != nil {
+		p.log.Warn("streams still open after the drain timeout; closing them", "err", serr)
+		_ = srv.Close()
+	}
+	scancel()
+	bgCancel()
+	wg.Wait()
+	p.Close()
+	select {
+	case perr := <-pubErr:
+		if err == nil && perr != nil {
+			err = fmt.Errorf("publish activity in %s: %w", p.o.StateDir, perr)
+		}
+	default:
+	}
+	return err
+}
+
+// Server returns an http.Server for the proxy with header, idle and header
+// size limits. Its WriteTimeout covers the proxy's own small answers;
+// proxied requests clear it so streams are never cut.
+func (p *Proxy) Server() *http.Server {
+	return &http.Server{
+		Handler:           p,
+		ReadHeaderTimeout: 10 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
+	}
+}
+
+// NewTransport returns the backend transport: bounded dial and TLS, a
+// response-header wait long enough for a cold model load, no overall
+// timeout (streams last as long as they last), no environment proxy, and
+// dial errors marked so a request can be replayed safely.
+func NewTransport(dial func(ctx context.Context, network, addr string) (net.Conn, error), headerTimeout time.Duration) *http.Transport {
+	if dial == nil {
+		d := &net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: 30 * time.Second}
+		dial = d.DialContext
+	}
+	if headerTimeout <= 0 {
+		headerTimeout = DefaultResponseHeaderTimeout
+	}
+	return &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, &dialError{addr: addr, err: err}
+			}
+			return c, nil
+		},
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: headerTimeout,
+		ExpectContinueTimeout: time.Second,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   512,
+		IdleConnTimeout:       90 * time.Second,
+		DisableCompression:    true,
+		// Large reads let a fast stream's chunks coalesce into fewer
+		// writes to the client; each read is still flushed at once.
+		ReadBufferSize:  64 << 10,
+		WriteBufferSize: 64 << 10,
+	}
+}
+
+// dialError marks a failed dial: nothing of the request was sent.
+type dialError struct {
+	addr string
+	err  error
+}
+
+func (e *dialError) Error() string { return fmt.Sprintf("dial %s: %v", e.addr, e.err) }
+func (e *dialError) Unwrap() error { return e.err }
+
+// ServeHTTP dispatches one request.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch path := r.URL.Path; {
+	case path == "/healthz":
+		p.healthz(w, r)
+	case path == "/metrics":
+		p.metrics.ServeHTTP(w, r)
+	case path == activity.Path:
+		p.tracker.ServeHTTP(w, r)
+	case path == "/" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("Ollama is running"))
+	case hasPrefix(path, "/api/") || hasPrefix(path, "/v1/"):
+		p.serveAPI(w, r)
+	default:
+		writeError(w, http.StatusNotFound, fmt.Sprintf("gpuctl serve has no %s; it answers /api/* (Ollama) and /v1/* (OpenAI)", path), nil)
+	}
+}
+
+func hasPrefix(s, prefix string) bool { return len(s) >= len(prefix) && s[:len(prefix)] == prefix }
+
+func (p *Proxy) healthz(w http.ResponseWriter, _ *http.Request) {
+	type hs struct {
+		Up       *bool `json:"up,omitempty"`
+		InFlight int   `json:"in_flight"`
+	}
+	out := struct {
+		Status string        `json:"status"`
+		Hosts  map[string]hs `json:"hosts"`
+	}{Status: "ok", Hosts: map[string]hs{}}
+	p.mu.Lock()
+	for _, n := range p.order {
+		h := hs{InFlight: p.tracker.InFlight(n)}
+		if s, ok := p.states[n]; ok {
+			up := s.up
+			h.Up = &up
+		}
+		out.Hosts[n] = h
+	}
+	p.mu.Unlock()
+	writeJSON(w, http.StatusOK, out)
+}
+
+// retryAfter formats a Retry-After value in whole seconds, at least 1.
+func retryAfter(d time.Duration) string {
+	s := int((d + time.Second - 1) / time.Second)
+	if s < 1 {
+		s = 1
+	}
+	return strconv.Itoa(s)
+}
+
+// targetURL is the base URL of host's Ollama.
+func (p *Proxy) targetURL(host string) *url.URL { return p.hosts[host].OllamaURL.URL }

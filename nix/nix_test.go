@@ -1,0 +1,853 @@
+// Package nix_test checks the Nix packaging (flake.nix, nix/package.nix,
+// nix/module.nix) offline: every file parses, and the module, the package and
+// the flake's outputs are evaluated against the stubs in tests/stub.nix with
+// nix-instantiate, then checked by value. The TOML the module renders is
+// loaded with gpuctl's own inventory parser. No nixpkgs is fetched; the only
+// network use is TestVendorHash's fallback for modules missing from the local
+// Go module cache.
+package nix_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/ollamalive/gpuctl/internal/testnet"
+	"github.com/ollamalive/gpuctl/inventory"
+)
+
+// repoRoot is the repository root (this package lives in nix/).
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// nixString quotes s as a Nix string literal.
+func nixString(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`, "${", `\${`, "\n", `\n`)
+	return `"` + r.Replace(s) + `"`
+}
+
+// nixPath is an absolute path as a Nix path expression, whatever it contains.
+func nixPath(p string) string { return "(/. + " + nixString(p) + ")" }
+
+// nixInstantiate runs nix-instantiate offline and read-only, with its state,
+// config and cache in a temporary directory (so it works as root on Debian's
+// nix-bin without /nix/var being set up, and never reads the NIX_PATH).
+func nixInstantiate(t *testing.T, args ...string) (stdout, stderr []byte, err error) {
+	t.Helper()
+	testnet.RequireProgram(t, "nix-instantiate")
+	home := t.TempDir()
+	cmd := exec.Command("nix-instantiate", append([]string{"--readonly-mode"}, args...)...)
+	cmd.Dir = repoRoot(t)
+	cmd.Env = append(os.Environ(),
+		"HOME="+home,
+		"NIX_STATE_DIR="+filepath.Join(home, "state"),
+		"NIX_LOG_DIR="+filepath.Join(home, "log"),
+		"NIX_CONF_DIR="+filepath.Join(home, "conf"),
+		"XDG_CACHE_HOME="+filepath.Join(home, "cache"),
+		"XDG_CONFIG_HOME="+filepath.Join(home, "config"),
+		"NIX_PATH=",
+	)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	return out.Bytes(), errb.Bytes(), err
+}
+
+// evalJSON evaluates expr strictly and decodes its JSON into v.
+func evalJSON(t *testing.T, expr string, v any) {
+	t.Helper()
+	out, stderr, err := nixInstantiate(t, "--eval", "--strict", "--json", "-E", expr)
+	if err != nil {
+		t.Fatalf("nix-instantiate --eval failed: %v\n%s\nexpression:\n%s", err, stderr, expr)
+	}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		t.Fatalf("decode %s: %v", out, err)
+	}
+}
+
+// evalError evaluates expr and returns its error output; the evaluation must fail.
+func evalError(t *testing.T, expr string) string {
+	t.Helper()
+	out, stderr, err := nixInstantiate(t, "--eval", "--strict", "--json", "-E", expr)
+	if err == nil {
+		t.Fatalf("evaluation succeeded, want an error; got %s\nexpression:\n%s", out, expr)
+	}
+	return string(stderr)
+}
+
+func stubExpr(t *testing.T) string {
+	return "(import " + nixPath(filepath.Join(repoRoot(t), "nix", "tests", "stub.nix")) + ")"
+}
+
+// moduleExpr evaluates nix/module.nix, nix/tests/example.nix and the extra
+// module (Nix attrset text, may be "{ }") with the stubs, binds the result's
+// config to `c`, and returns projection.
+func moduleExpr(t *testing.T, extra, projection string) string {
+	root := repoRoot(t)
+	return fmt.Sprintf(`let
+  s = %s;
+  lib = s.lib;
+  c = (s.eval [ %s %s (%s) ]).config;
+  # true when some leaf below v is defined (the stub keeps names whose
+  # definitions were all switched off by mkIf, with null leaves).
+  defined = v: if builtins.isAttrs v && !(v ? outPath) then v == { } || builtins.any (n: defined v.${n}) (builtins.attrNames v) else v != null && v != [ ];
+  list = v: if v == null then [ ] else v;
+  definedNames = set: builtins.filter (n: defined set.${n}) (builtins.attrNames set);
+in %s`, stubExpr(t), nixPath(filepath.Join(root, "nix", "module.nix")),
+		nixPath(filepath.Join(root, "nix", "tests", "example.nix")), extra, projection)
+}
+
+// nixFiles lists flake.nix and every .nix file under nix/.
+func nixFiles(t *testing.T) []string {
+	t.Helper()
+	root := repoRoot(t)
+	files := []string{filepath.Join(root, "flake.nix")}
+	err := filepath.WalkDir(filepath.Join(root, "nix"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".nix") {
+			files = append(files, p)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+func TestParse(t *testing.T) {
+	files := nixFiles(t)
+	for _, want := range []string{"flake.nix", "nix/package.nix", "nix/module.nix", "nix/tests/stub.nix", "nix/tests/example.nix", "nix/tests/module-eval-check.nix"} {
+		if !slices.Contains(files, filepath.Join(repoRoot(t), want)) {
+			t.Errorf("%s is missing", want)
+		}
+	}
+	for _, f := range files {
+		if _, stderr, err := nixInstantiate(t, "--parse", f); err != nil {
+			t.Errorf("nix-instantiate --parse %s: %v\n%s", f, err, stderr)
+		}
+	}
+	// The parser must catch what we rely on it for: syntax errors and a leaf
+	// attribute defined twice.
+	for _, bad := range []string{`{ a = 1; `, `{ a.b = 1; a.b = 2; }`} {
+		if _, _, err := nixInstantiate(t, "--parse", "-E", bad); err == nil {
+			t.Errorf("nix-instantiate --parse accepted %q", bad)
+		}
+	}
+}
+
+// settingsToInventory encodes the settings the module renders as TOML and
+// loads them with gpuctl's inventory parser, which rejects unknown keys.
+func settingsToInventory(t *testing.T, settings map[string]any) *inventory.Inventory {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(settings); err != nil {
+		t.Fatalf("encode settings as TOML: %v", err)
+	}
+	inv, err := inventory.Parse("gpuctl.toml", buf.Bytes(), inventory.Env{
+		Home:   "/var/lib/gpuctl",
+		Getenv: func(string) string { return "" },
+	})
+	if err != nil {
+		t.Fatalf("the inventory the module renders does not load: %v\n%s", err, buf.String())
+	}
+	return inv
+}
+
+type unit struct {
+	Description    string            `json:"description"`
+	WantedBy       []string          `json:"wantedBy"`
+	Wants          []string          `json:"wants"`
+	After          []string          `json:"after"`
+	Requires       []string          `json:"requires"`
+	Environment    map[string]string `json:"environment"`
+	ServiceConfig  map[string]any    `json:"serviceConfig"`
+	TimerConfig    map[string]any    `json:"timerConfig"`
+	RestartTrigger []string          `json:"restartTriggers"`
+}
+
+type assertion struct {
+	Assertion bool   `json:"assertion"`
+	Message   string `json:"message"`
+}
+
+type moduleResult struct {
+	Settings   map[string]any  `json:"settings"`
+	TOMLName   string          `json:"tomlName"`
+	Services   map[string]unit `json:"services"`
+	Timers     map[string]unit `json:"timers"`
+	Users      map[string]any  `json:"users"`
+	Groups     []string        `json:"groups"`
+	Firewall   []json.Number   `json:"firewall"`
+	Assertions []assertion     `json:"assertions"`
+	Warnings   []string        `json:"warnings"`
+	SysPkgs    []string        `json:"systemPackages"`
+}
+
+const moduleProjection = `{
+  settings = c.environment.etc."gpuctl/gpuctl.toml".source.value or null;
+  tomlName = c.environment.etc."gpuctl/gpuctl.toml".source.name or null;
+  services = lib.genAttrs (definedNames (c.systemd.services or { })) (n: c.systemd.services.${n});
+  timers = lib.genAttrs (definedNames (c.systemd.timers or { })) (n: c.systemd.timers.${n});
+  users = lib.genAttrs (definedNames (c.users.users or { })) (n: c.users.users.${n});
+  groups = definedNames (c.users.groups or { });
+  firewall = list (c.networking.firewall.allowedTCPPorts or null);
+  assertions = list (c.assertions or null);
+  warnings = list (c.warnings or null);
+  systemPackages = map toString (list (c.environment.systemPackages or null));
+}`
+
+func evalModule(t *testing.T, extra string) moduleResult {
+	t.Helper()
+	var r moduleResult
+	evalJSON(t, moduleExpr(t, extra, moduleProjection), &r)
+	return r
+}
+
+const stubPackage = "/nix/store/00000000000000000000000000000000-gpuctl-dev"
+
+// wantHardening is what every gpuctl unit (serve and the idle-shutdown
+// oneshots) runs with, without wol.raw.
+var wantHardening = map[string]any{
+	"User":                    "gpuctl",
+	"Group":                   "gpuctl",
+	"StateDirectory":          "gpuctl",
+	"StateDirectoryMode":      "0700",
+	"WorkingDirectory":        "/var/lib/gpuctl",
+	"UMask":                   "0077",
+	"NoNewPrivileges":         true,
+	"ProtectSystem":           "strict",
+	"ProtectHome":             true,
+	"PrivateTmp":              true,
+	"PrivateDevices":          true,
+	"DevicePolicy":            "closed",
+	"ProtectKernelTunables":   true,
+	"ProtectKernelModules":    true,
+	"ProtectKernelLogs":       true,
+	"ProtectControlGroups":    true,
+	"ProtectClock":            true,
+	"ProtectHostname":         true,
+	"ProtectProc":             "invisible",
+	"ProcSubset":              "pid",
+	"PrivateUsers":            true,
+	"RestrictNamespaces":      true,
+	"RestrictRealtime":        true,
+	"RestrictSUIDSGID":        true,
+	"LockPersonality":         true,
+	"MemoryDenyWriteExecute":  true,
+	"RemoveIPC":               true,
+	"RestrictAddressFamilies": []any{"AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"},
+	"CapabilityBoundingSet":   []any{""},
+	"AmbientCapabilities":     []any{},
+	"SystemCallArchitectures": "native",
+	"SystemCallFilter":        []any{"@system-service", "~@privileged"},
+	"SystemCallErrorNumber":   "EPERM",
+}
+
+func checkHardening(t *testing.T, name string, sc map[string]any, want map[string]any) {
+	t.Helper()
+	for k, w := range want {
+		if got, ok := sc[k]; !ok || !reflect.DeepEqual(got, w) {
+			t.Errorf("%s: serviceConfig.%s = %#v, want %#v", name, k, got, w)
+		}
+	}
+}
+
+func TestModuleExample(t *testing.T) {
+	r := evalModule(t, "{ }")
+
+	for _, a := range r.Assertions {
+		if !a.Assertion {
+			t.Errorf("assertion fails for the example: %s", a.Message)
+		}
+	}
+	if len(r.Assertions) < 6 {
+		t.Errorf("%d assertions, want the module's 6", len(r.Assertions))
+	}
+	if len(r.Warnings) != 0 {
+		t.Errorf("warnings for the example: %q", r.Warnings)
+	}
+
+	// The settings rendered to /etc/gpuctl/gpuctl.toml: the user's keys plus
+	// the state_dir and identity_files the module fills in, all accepted by
+	// gpuctl's inventory parser.
+	if r.TOMLName != "gpuctl.toml" {
+		t.Errorf("/etc/gpuctl/gpuctl.toml comes from %q, want pkgs.formats.toml's gpuctl.toml", r.TOMLName)
+	}
+	for _, k := range []string{"state_dir", "ssh", "serve", "host", "route"} {
+		if _, ok := r.Settings[k]; !ok {
+			t.Errorf("rendered settings lack %q: %v", k, r.Settings)
+		}
+	}
+	inv := settingsToInventory(t, r.Settings)
+	if inv.StateDir != "/var/lib/gpuctl" {
+		t.Errorf("state_dir = %q, want the module's stateDir /var/lib/gpuctl", inv.StateDir)
+	}
+	if want := []string{"/var/lib/gpuctl/id_ed25519"}; !slices.Equal(inv.SSH.IdentityFiles, want) {
+		t.Errorf("ssh.identity_files = %q, want the key copy %q", inv.SSH.IdentityFiles, want)
+	}
+	if got := inv.HostNames(); !slices.Equal(got, []string{"server", "gaming-pc", "workstation"}) {
+		t.Errorf("hosts = %q", got)
+	}
+	if inv.Serve.Listen.String() != "0.0.0.0:11435" || inv.Serve.DefaultHost != "server" {
+		t.Errorf("serve = %+v", inv.Serve)
+	}
+	if h, ok := inv.Host("gaming-pc"); !ok || !h.OnDemand || h.NixOS == nil || h.NixOS.NvidiaOpen == nil || !*h.NixOS.NvidiaOpen {
+		t.Errorf("gaming-pc did not round-trip: %+v", h)
+	}
+	if len(inv.Routes) != 2 || inv.MatchRoute("llama3.3:70b") == nil || inv.MatchRoute("llama3.3:70b").Host != "gaming-pc" {
+		t.Errorf("routes = %+v", inv.Routes)
+	}
+
+	// gpuctl serve.
+	serve, ok := r.Services["gpuctl-serve"]
+	if !ok {
+		t.Fatalf("no gpuctl-serve service; services: %v", keys(r.Services))
+	}
+	if got, want := serve.ServiceConfig["ExecStart"], stubPackage+"/bin/gpuctl --config /etc/gpuctl/gpuctl.toml serve"; got != want {
+		t.Errorf("gpuctl-serve ExecStart = %q, want %q", got, want)
+	}
+	if serve.ServiceConfig["Restart"] != "on-failure" {
+		t.Errorf("gpuctl-serve Restart = %v, want on-failure", serve.ServiceConfig["Restart"])
+	}
+	checkHardening(t, "gpuctl-serve", serve.ServiceConfig, wantHardening)
+	if serve.Environment["GPUCTL_CONFIG"] != "/etc/gpuctl/gpuctl.toml" {
+		t.Errorf("gpuctl-serve environment = %v", serve.Environment)
+	}
+	if !slices.Contains(serve.WantedBy, "multi-user.target") {
+		t.Errorf("gpuctl-serve wantedBy = %q", serve.WantedBy)
+	}
+	for _, dep := range [][]string{serve.After, serve.Requires} {
+		if !slices.Contains(dep, "gpuctl-ssh-key.service") {
+			t.Errorf("gpuctl-serve does not wait for its SSH key: after %q, requires %q", serve.After, serve.Requires)
+		}
+	}
+	if len(serve.RestartTrigger) != 1 || !strings.HasSuffix(serve.RestartTrigger[0], "-gpuctl.toml") {
+		t.Errorf("gpuctl-serve restartTriggers = %q, want the rendered gpuctl.toml", serve.RestartTrigger)
+	}
+
+	// The SSH key copy.
+	key, ok := r.Services["gpuctl-ssh-key"]
+	if !ok {
+		t.Fatal("no gpuctl-ssh-key service although sshKeyFile is set")
+	}
+	if key.ServiceConfig["User"] != nil {
+		t.Errorf("gpuctl-ssh-key runs as %v; it must run as root to read the key", key.ServiceConfig["User"])
+	}
+	cmds := fmt.Sprint(key.ServiceConfig["ExecStart"])
+	for _, want := range []string{"install -m 0600 -o gpuctl -g gpuctl /run/secrets/gpuctl-ssh-key /var/lib/gpuctl/id_ed25519", "install -d -m 0700 -o gpuctl -g gpuctl /var/lib/gpuctl"} {
+		if !strings.Contains(cmds, want) {
+			t.Errorf("gpuctl-ssh-key ExecStart %s lacks %q", cmds, want)
+		}
+	}
+
+	// Idle shutdown: one timer and one oneshot per on-demand host.
+	if got := keys(r.Timers); !slices.Equal(got, []string{"gpuctl-idle-shutdown-gaming-pc", "gpuctl-idle-shutdown-workstation"}) {
+		t.Errorf("timers = %q, want one per on-demand host", got)
+	}
+	for _, host := range []string{"gaming-pc", "workstation"} {
+		name := "gpuctl-idle-shutdown-" + host
+		tm := r.Timers[name]
+		if tm.TimerConfig["OnCalendar"] != "*:0/5" || tm.TimerConfig["Unit"] != name+".service" {
+			t.Errorf("%s.timer timerConfig = %v", name, tm.TimerConfig)
+		}
+		if !slices.Contains(tm.WantedBy, "timers.target") {
+			t.Errorf("%s.timer wantedBy = %q", name, tm.WantedBy)
+		}
+		svc, ok := r.Services[name]
+		if !ok {
+			t.Errorf("no %s service", name)
+			continue
+		}
+		if got, want := svc.ServiceConfig["ExecStart"], stubPackage+"/bin/gpuctl --config /etc/gpuctl/gpuctl.toml shutdown --if-idle "+host; got != want {
+			t.Errorf("%s ExecStart = %q, want %q", name, got, want)
+		}
+		if svc.ServiceConfig["Type"] != "oneshot" {
+			t.Errorf("%s: Type %v, want oneshot", name, svc.ServiceConfig["Type"])
+		}
+		checkHardening(t, name, svc.ServiceConfig, wantHardening)
+		if svc.Environment["GPUCTL_CONFIG"] != "/etc/gpuctl/gpuctl.toml" {
+			t.Errorf("%s environment = %v", name, svc.Environment)
+		}
+		if len(svc.WantedBy) != 0 {
+			t.Errorf("%s is wantedBy %q; only its timer should start it", name, svc.WantedBy)
+		}
+	}
+
+	// The dedicated user: a system user outside wheel, at home in the state dir.
+	u, ok := r.Users["gpuctl"].(map[string]any)
+	if !ok {
+		t.Fatalf("no gpuctl user: %v", r.Users)
+	}
+	if u["isSystemUser"] != true || u["isNormalUser"] != nil || u["home"] != "/var/lib/gpuctl" || u["createHome"] != true || u["group"] != "gpuctl" {
+		t.Errorf("users.users.gpuctl = %v", u)
+	}
+	if groups, _ := json.Marshal(r.Users); bytes.Contains(groups, []byte(`"wheel"`)) {
+		t.Errorf("a user the module defines is in wheel: %s", groups)
+	}
+	if !slices.Equal(r.Groups, []string{"gpuctl"}) {
+		t.Errorf("users.groups = %q", r.Groups)
+	}
+
+	if len(r.Firewall) != 1 || r.Firewall[0] != "11435" {
+		t.Errorf("firewall allowedTCPPorts = %v, want [11435] (openFirewall, listening on 0.0.0.0:11435)", r.Firewall)
+	}
+	if !slices.Contains(r.SysPkgs, stubPackage) {
+		t.Errorf("environment.systemPackages = %q, want the gpuctl package for the CLI", r.SysPkgs)
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+// failedAssertions returns the messages of the assertions that fail.
+func failedAssertions(r moduleResult) []string {
+	var out []string
+	for _, a := range r.Assertions {
+		if !a.Assertion {
+			out = append(out, a.Message)
+		}
+	}
+	return out
+}
+
+func TestModuleVariants(t *testing.T) {
+	// hostsWith replaces the example's hosts, for the cases about them.
+	const server = `{ name = "server"; address = "127.0.0.1"; }`
+	const pc = `{ name = "gaming-pc"; on_demand = true; mac = "a8:a1:59:12:34:56"; address = "192.168.1.50"; }`
+	hostsWith := func(extra string) string {
+		return `{ services.gpuctl.settings.host = lib.mkForce [ ` + server + ` (` + pc + ` // ` + extra + `) ];
+		  services.gpuctl.settings.route = lib.mkForce [ ]; }`
+	}
+
+	tests := []struct {
+		name  string
+		extra string
+		check func(t *testing.T, r moduleResult)
+	}{
+		{"wol.raw grants CAP_NET_RAW and AF_PACKET", `{ services.gpuctl.wol.raw = true; }`, func(t *testing.T, r moduleResult) {
+			want := map[string]any{
+				"RestrictAddressFamilies": []any{"AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK", "AF_PACKET"},
+				"CapabilityBoundingSet":   []any{"CAP_NET_RAW"},
+				"AmbientCapabilities":     []any{"CAP_NET_RAW"},
+				"PrivateUsers":            false,
+				"NoNewPrivileges":         true,
+			}
+			checkHardening(t, "gpuctl-serve", r.Services["gpuctl-serve"].ServiceConfig, want)
+			checkHardening(t, "gpuctl-idle-shutdown-gaming-pc", r.Services["gpuctl-idle-shutdown-gaming-pc"].ServiceConfig, want)
+		}},
+		{"wol_interface without wol.raw warns", hostsWith(`{ wol_interface = "enp5s0"; }`), func(t *testing.T, r moduleResult) {
+			if len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0], "services.gpuctl.wol.raw") {
+				t.Errorf("warnings = %q, want one about wol.raw", r.Warnings)
+			}
+			if f := failedAssertions(r); len(f) != 0 {
+				t.Errorf("failed assertions: %q", f)
+			}
+		}},
+		{"wol_password is refused", hostsWith(`{ wol_password = "01:02:03:04"; }`), func(t *testing.T, r moduleResult) {
+			f := failedAssertions(r)
+			if len(f) != 1 || !strings.Contains(f[0], "wol_password") {
+				t.Errorf("failed assertions = %q, want one about wol_password", f)
+			}
+		}},
+		{"openFirewall on loopback is refused", `{ services.gpuctl.settings.serve.listen = lib.mkForce "127.0.0.1:11435"; }`, func(t *testing.T, r moduleResult) {
+			f := failedAssertions(r)
+			if len(f) != 1 || !strings.Contains(f[0], "openFirewall") || !strings.Contains(f[0], `"0.0.0.0:11435"`) {
+				t.Errorf("failed assertions = %q, want one about openFirewall", f)
+			}
+		}},
+		{"IPv6 listen opens its port", `{ services.gpuctl.settings.serve.listen = lib.mkForce "[::]:8080"; }`, func(t *testing.T, r moduleResult) {
+			if len(r.Firewall) != 1 || r.Firewall[0] != "8080" {
+				t.Errorf("firewall = %v, want [8080]", r.Firewall)
+			}
+			if f := failedAssertions(r); len(f) != 0 {
+				t.Errorf("failed assertions: %q", f)
+			}
+		}},
+		{"IPv6 loopback is loopback", `{ services.gpuctl.settings.serve.listen = lib.mkForce "[::1]:11435"; }`, func(t *testing.T, r moduleResult) {
+			if f := failedAssertions(r); len(f) != 1 {
+				t.Errorf("failed assertions = %q, want the openFirewall one", f)
+			}
+		}},
+		{"no openFirewall, no port", `{ services.gpuctl.openFirewall = lib.mkForce false; }`, func(t *testing.T, r moduleResult) {
+			if len(r.Firewall) != 0 {
+				t.Errorf("firewall = %v, want nothing", r.Firewall)
+			}
+		}},
+		{"sshKeyFile in the store is refused", `{ services.gpuctl.sshKeyFile = lib.mkForce "/nix/store/abc-key"; }`, func(t *testing.T, r moduleResult) {
+			f := failedAssertions(r)
+			if len(f) != 1 || !strings.Contains(f[0], "sshKeyFile") {
+				t.Errorf("failed assertions = %q, want one about sshKeyFile", f)
+			}
+		}},
+		{"without sshKeyFile the user manages the key", `{ services.gpuctl.sshKeyFile = lib.mkForce null; }`, func(t *testing.T, r moduleResult) {
+			if _, ok := r.Services["gpuctl-ssh-key"]; ok {
+				t.Error("gpuctl-ssh-key service without sshKeyFile")
+			}
+			if ssh, _ := r.Settings["ssh"].(map[string]any); ssh["identity_files"] != nil {
+				t.Errorf("settings.ssh = %v, want no identity_files", ssh)
+			}
+			if s := r.Services["gpuctl-serve"]; len(s.Requires) != 0 || slices.Contains(s.After, "gpuctl-ssh-key.service") {
+				t.Errorf("gpuctl-serve still depends on the key unit: %+v", s)
+			}
+			settingsToInventory(t, r.Settings)
+		}},
+		{"explicit identity_files win", `{ services.gpuctl.settings.ssh.identity_files = [ "/var/lib/gpuctl/.ssh/id_ed25519" ]; }`, func(t *testing.T, r moduleResult) {
+			inv := settingsToInventory(t, r.Settings)
+			if want := []string{"/var/lib/gpuctl/.ssh/id_ed25519"}; !slices.Equal(inv.SSH.IdentityFiles, want) {
+				t.Errorf("identity_files = %q, want %q", inv.SSH.IdentityFiles, want)
+			}
+		}},
+		{"stateDir must be under /var/lib", `{ services.gpuctl.stateDir = "/srv/gpuctl"; }`, func(t *testing.T, r moduleResult) {
+			f := failedAssertions(r)
+			if len(f) != 1 || !strings.Contains(f[0], "/var/lib/") {
+				t.Errorf("failed assertions = %q, want one about stateDir", f)
+			}
+		}},
+		{"stateDir elsewhere under /var/lib", `{ services.gpuctl.stateDir = "/var/lib/gpu/ctl"; }`, func(t *testing.T, r moduleResult) {
+			sc := r.Services["gpuctl-serve"].ServiceConfig
+			if sc["StateDirectory"] != "gpu/ctl" || sc["WorkingDirectory"] != "/var/lib/gpu/ctl" || r.Settings["state_dir"] != "/var/lib/gpu/ctl" {
+				t.Errorf("StateDirectory %v WorkingDirectory %v state_dir %v", sc["StateDirectory"], sc["WorkingDirectory"], r.Settings["state_dir"])
+			}
+			if u := r.Users["gpuctl"].(map[string]any); u["home"] != "/var/lib/gpu/ctl" {
+				t.Errorf("home = %v", u["home"])
+			}
+		}},
+		{"idle hosts must exist", `{ services.gpuctl.idleShutdown.hosts = [ "gaming-pc" "nope" ]; }`, func(t *testing.T, r moduleResult) {
+			f := failedAssertions(r)
+			if len(f) != 1 || !strings.Contains(f[0], "does not declare") {
+				t.Errorf("failed assertions = %q", f)
+			}
+		}},
+		{"idle host names are checked", `{ services.gpuctl.idleShutdown.hosts = [ "gaming-pc; rm -rf /" ]; }`, func(t *testing.T, r moduleResult) {
+			if f := failedAssertions(r); len(f) != 2 {
+				t.Errorf("failed assertions = %q, want the name and the existence ones", f)
+			}
+		}},
+		{"idle hosts chosen explicitly", `{ services.gpuctl.idleShutdown = { hosts = [ "workstation" ]; onCalendar = "*:0/10"; }; }`, func(t *testing.T, r moduleResult) {
+			if got := keys(r.Timers); !slices.Equal(got, []string{"gpuctl-idle-shutdown-workstation"}) {
+				t.Errorf("timers = %q", got)
+			}
+			if oc := r.Timers["gpuctl-idle-shutdown-workstation"].TimerConfig["OnCalendar"]; oc != "*:0/10" {
+				t.Errorf("OnCalendar = %v", oc)
+			}
+		}},
+		{"idle shutdown off", `{ services.gpuctl.idleShutdown.enable = false; }`, func(t *testing.T, r moduleResult) {
+			if len(r.Timers) != 0 || r.Services["gpuctl-idle-shutdown-gaming-pc"].ServiceConfig != nil {
+				t.Errorf("timers %q services %q", keys(r.Timers), keys(r.Services))
+			}
+		}},
+		{"serve off", `{ services.gpuctl.serve.enable = lib.mkForce false; }`, func(t *testing.T, r moduleResult) {
+			if _, ok := r.Services["gpuctl-serve"]; ok {
+				t.Error("gpuctl-serve defined with serve.enable = false")
+			}
+			if len(r.Firewall) != 0 {
+				t.Errorf("firewall = %v", r.Firewall)
+			}
+			if len(r.Timers) != 2 {
+				t.Errorf("timers = %q, want them without serve too", keys(r.Timers))
+			}
+		}},
+		{"own user", `{ services.gpuctl = { user = "alice"; group = "users"; }; }`, func(t *testing.T, r moduleResult) {
+			if len(r.Users) != 0 || len(r.Groups) != 0 {
+				t.Errorf("users %v groups %v: an existing account must not be redefined", r.Users, r.Groups)
+			}
+			sc := r.Services["gpuctl-serve"].ServiceConfig
+			if sc["User"] != "alice" || sc["Group"] != "users" {
+				t.Errorf("User %v Group %v", sc["User"], sc["Group"])
+			}
+		}},
+		{"disabled", `{ services.gpuctl.enable = lib.mkForce false; }`, func(t *testing.T, r moduleResult) {
+			if r.Settings != nil || len(r.Services) != 0 || len(r.Timers) != 0 || len(r.Users) != 0 || len(r.Assertions) != 0 || len(r.SysPkgs) != 0 {
+				t.Errorf("a disabled module defines things: %+v", r)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.check(t, evalModule(t, tt.extra))
+		})
+	}
+}
+
+// TestModuleRejects checks that the stub evaluator (and so these tests)
+// notices misspelt options and values of the wrong type, as NixOS would.
+func TestModuleRejects(t *testing.T) {
+	for extra, want := range map[string]string{
+		`{ services.gpuctl.sevre.enable = true; }`:    "services.gpuctl.sevre does not exist",
+		`{ services.gpuctl.wol.raw = "yes"; }`:        "services.gpuctl.wol.raw is not of type bool",
+		`{ services.gpuctl.idleShutdown.hosts = 1; }`: "services.gpuctl.idleShutdown.hosts is not of type list of str",
+	} {
+		msg := evalError(t, moduleExpr(t, extra, moduleProjection))
+		if !strings.Contains(msg, want) {
+			t.Errorf("%s: error %q, want it to say %q", extra, msg, want)
+		}
+	}
+}
+
+// goModGo is go.mod's `go` line.
+func goModGo(t *testing.T) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^go ([0-9.]+)$`).FindSubmatch(data)
+	if m == nil {
+		t.Fatal("go.mod has no go line")
+	}
+	return string(m[1])
+}
+
+type pkgResult struct {
+	Pname       string   `json:"pname"`
+	Version     string   `json:"version"`
+	Go          string   `json:"go"`
+	SubPackages []string `json:"subPackages"`
+	Ldflags     []string `json:"ldflags"`
+	ProxyVendor bool     `json:"proxyVendor"`
+	VendorHash  string   `json:"vendorHash"`
+	DoCheck     bool     `json:"doCheck"`
+	MainProgram string   `json:"mainProgram"`
+}
+
+const pkgProjection = `{
+  inherit (p) pname version subPackages ldflags proxyVendor vendorHash doCheck;
+  go = p.go.version;
+  mainProgram = p.meta.mainProgram;
+}`
+
+func TestPackage(t *testing.T) {
+	pkg := nixPath(filepath.Join(repoRoot(t), "nix", "package.nix"))
+	call := func(goVersion, go126 string) string {
+		g126 := "null"
+		if go126 != "" {
+			g126 = nixString(go126)
+		}
+		return fmt.Sprintf(`let s = %s; pkgs = s.mkPkgs { goVersion = %s; go126Version = %s; };
+		  p = pkgs.callPackage %s { }; in %s`, stubExpr(t), nixString(goVersion), g126, pkg, pkgProjection)
+	}
+	need := goModGo(t)
+
+	var p pkgResult
+	evalJSON(t, call(need, need), &p)
+	if p.Pname != "gpuctl" || p.Version != "dev" || p.MainProgram != "gpuctl" || p.DoCheck {
+		t.Errorf("package = %+v", p)
+	}
+	if !slices.Equal(p.SubPackages, []string{"cmd/gpuctl"}) {
+		t.Errorf("subPackages = %q", p.SubPackages)
+	}
+	if !slices.Contains(p.Ldflags, "-X main.version=dev") {
+		t.Errorf("ldflags = %q, want -X main.version=dev", p.Ldflags)
+	}
+	if !p.ProxyVendor || !regexp.MustCompile(`^sha256-[A-Za-z0-9+/]{43}=$`).MatchString(p.VendorHash) {
+		t.Errorf("proxyVendor %v vendorHash %q", p.ProxyVendor, p.VendorHash)
+	}
+
+	// The Go it builds with: the default when new enough, else go_1_26.
+	evalJSON(t, call("1.25.9", need), &p)
+	if p.Go != need {
+		t.Errorf("with go 1.25.9 and go_1_26 %s, built with %s", need, p.Go)
+	}
+	evalJSON(t, call("1.27.1", need), &p)
+	if p.Go != "1.27.1" {
+		t.Errorf("with go 1.27.1, built with %s", p.Go)
+	}
+	msg := evalError(t, call("1.25.9", ""))
+	if !strings.Contains(msg, "needs Go >= "+need) || !strings.Contains(msg, "nix flake update nixpkgs") {
+		t.Errorf("with only go 1.25.9: error %q, want it to name go.mod's Go %s and the fix", msg, need)
+	}
+}
+
+func TestFlake(t *testing.T) {
+	flake := func(rev, projection string) string {
+		return fmt.Sprintf(`let s = %s; f = s.flake %s; o = f.result; in %s`, stubExpr(t), rev, projection)
+	}
+
+	var shape struct {
+		URL         string          `json:"url"`
+		Args        map[string]bool `json:"args"`
+		Systems     []string        `json:"systems"`
+		Pkg         pkgResult       `json:"pkg"`
+		App         map[string]any  `json:"app"`
+		Shell       []string        `json:"shell"`
+		Checks      []string        `json:"checks"`
+		CheckName   string          `json:"checkName"`
+		Modules     []string        `json:"modules"`
+		Overlay     string          `json:"overlay"`
+		Description string          `json:"description"`
+	}
+	evalJSON(t, flake(`{ shortRev = "0123abc"; }`, `let p = o.packages.x86_64-linux.default; in {
+	  url = f.inputs.nixpkgs.url;
+	  args = builtins.functionArgs f.outputs;
+	  systems = builtins.attrNames o.packages;
+	  pkg = `+pkgProjection+`;
+	  app = o.apps.x86_64-linux.default;
+	  shell = map (x: x.name) o.devShells.x86_64-linux.default.packages;
+	  checks = builtins.attrNames o.checks.x86_64-linux;
+	  checkName = o.checks.x86_64-linux.module-eval.name;
+	  modules = builtins.attrNames o.nixosModules;
+	  overlay = ((o.overlays.default s.pkgs s.pkgs).gpuctl).version;
+	  inherit (f) description;
+	}`), &shape)
+
+	if !regexp.MustCompile(`^github:NixOS/nixpkgs/nixos-[0-9]{2}\.(05|11)$`).MatchString(shape.URL) {
+		t.Errorf("inputs.nixpkgs.url = %q, want a NixOS release branch", shape.URL)
+	}
+	if !reflect.DeepEqual(shape.Args, map[string]bool{"self": false, "nixpkgs": false}) {
+		t.Errorf("outputs takes %v, want { self, nixpkgs }", shape.Args)
+	}
+	if !slices.Equal(shape.Systems, []string{"aarch64-linux", "x86_64-linux"}) {
+		t.Errorf("packages for %q", shape.Systems)
+	}
+	if shape.Pkg.Pname != "gpuctl" || shape.Pkg.Version != "0123abc" || !slices.Contains(shape.Pkg.Ldflags, "-X main.version=0123abc") {
+		t.Errorf("packages.x86_64-linux.default = %+v, want version 0123abc from self.shortRev", shape.Pkg)
+	}
+	if shape.App["type"] != "app" || shape.App["program"] != "/nix/store/00000000000000000000000000000000-gpuctl-0123abc/bin/gpuctl" {
+		t.Errorf("apps.default = %v", shape.App)
+	}
+	for _, want := range []string{"go-" + goModGo(t), "openssh", "iproute2", "nix"} {
+		if !slices.Contains(shape.Shell, want) {
+			t.Errorf("devShells.default packages %q lack %s", shape.Shell, want)
+		}
+	}
+	if !slices.Contains(shape.Checks, "module-eval") || shape.CheckName != "gpuctl-module-eval" {
+		t.Errorf("checks = %q (%q)", shape.Checks, shape.CheckName)
+	}
+	if !slices.Contains(shape.Modules, "default") || shape.Overlay != "0123abc" || shape.Description == "" {
+		t.Errorf("nixosModules %q, overlay version %q, description %q", shape.Modules, shape.Overlay, shape.Description)
+	}
+
+	// The version comes from git: shortRev, else dirtyShortRev, else "dev".
+	for rev, want := range map[string]string{
+		`{ }`:                                  "dev",
+		`{ dirtyShortRev = "0123abc-dirty"; }`: "0123abc-dirty",
+	} {
+		var v string
+		evalJSON(t, flake(rev, `o.packages.x86_64-linux.default.version`), &v)
+		if v != want {
+			t.Errorf("self = %s: version %q, want %q", rev, v, want)
+		}
+	}
+
+	// nixosModules.default: the module, with the flake's package as default,
+	// evaluated as nixosSystem would (through the stub nixpkgs input).
+	var sys struct {
+		ExecStart string `json:"execStart"`
+		Settings  map[string]any
+	}
+	evalJSON(t, flake(`{ shortRev = "0123abc"; }`, `let c = (s.nixpkgs.lib.nixosSystem { modules = [ o.nixosModules.default `+
+		nixPath(filepath.Join(repoRoot(t), "nix", "tests", "example.nix"))+` ]; }).config; in {
+	  execStart = c.systemd.services.gpuctl-serve.serviceConfig.ExecStart;
+	  settings = c.environment.etc."gpuctl/gpuctl.toml".source.value;
+	}`), &sys)
+	if want := "/nix/store/00000000000000000000000000000000-gpuctl-0123abc/bin/gpuctl --config /etc/gpuctl/gpuctl.toml serve"; sys.ExecStart != want {
+		t.Errorf("with nixosModules.default, gpuctl-serve ExecStart = %q, want %q", sys.ExecStart, want)
+	}
+	settingsToInventory(t, sys.Settings)
+}
+
+// TestVendorHash recomputes nix/package.nix's vendorHash the way
+// buildGoModule's proxyVendor does (`go mod download` into an empty GOPATH,
+// minus the sumdb cache, NAR-hashed), from the local module cache and, for
+// modules missing there, $GOPROXY. It fails when go.mod or go.sum changed
+// without the hash, and prints the value to put in.
+func TestVendorHash(t *testing.T) {
+	testnet.RequireProgram(t, "go", "nix-hash")
+	root := repoRoot(t)
+	src, err := os.ReadFile(filepath.Join(root, "nix", "package.nix"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^\s*vendorHash = "([^"]+)";`).FindSubmatch(src)
+	if m == nil {
+		t.Fatal("nix/package.nix has no vendorHash = \"...\"; line")
+	}
+	have := string(m[1])
+
+	goenv := func(k string) string {
+		out, err := exec.Command("go", "env", k).Output()
+		if err != nil {
+			t.Fatalf("go env %s: %v", k, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	proxy := "file://" + filepath.ToSlash(filepath.Join(goenv("GOMODCACHE"), "cache", "download"))
+	if p := goenv("GOPROXY"); p != "" && p != "off" {
+		proxy += "," + p
+	}
+
+	tmp := t.TempDir()
+	work := filepath.Join(tmp, "src")
+	if err := os.Mkdir(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"go.mod", "go.sum"} {
+		data, err := os.ReadFile(filepath.Join(root, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(work, f), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gopath := filepath.Join(tmp, "go")
+	cmd := exec.Command("go", "mod", "download")
+	cmd.Dir = work
+	cmd.Env = append(os.Environ(),
+		"GOPATH="+gopath,
+		"GOMODCACHE="+filepath.Join(gopath, "pkg", "mod"),
+		"GOCACHE="+filepath.Join(tmp, "cache"),
+		"GOFLAGS=-modcacherw",
+		"GOPROXY="+proxy,
+		"GOTOOLCHAIN=local",
+		"GO111MODULE=on",
+		"GOWORK=off",
+	)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go mod download (GOPROXY=%s): %v\n%s", proxy, err, out)
+	}
+	download := filepath.Join(gopath, "pkg", "mod", "cache", "download")
+	if err := os.RemoveAll(filepath.Join(download, "sumdb")); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("nix-hash", "--type", "sha256", download).Output()
+	if err != nil {
+		t.Fatalf("nix-hash: %v", err)
+	}
+	sum, err := hex.DecodeString(strings.TrimSpace(string(out)))
+	if err != nil || len(sum) != sha256.Size {
+		t.Fatalf("nix-hash printed %q", out)
+	}
+	want := "sha256-" + base64.StdEncoding.EncodeToString(sum)
+	if have != want {
+		t.Errorf("nix/package.nix has vendorHash = %q, but go.mod/go.sum now need %q: put that in nix/package.nix", have, want)
+	}
+}

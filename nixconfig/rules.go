@@ -1,0 +1,515 @@
+package nixconfig
+
+import (
+	"path"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Accessors for the stub-evaluated configuration (decoded JSON).
+
+func get(v any, p ...string) any {
+	for _, k := range p {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[k]
+	}
+	return v
+}
+
+func getStr(v any, p ...string) (string, bool) {
+	s, ok := get(v, p...).(string)
+	return s, ok
+}
+
+func getBool(v any, p ...string) (val, ok bool) {
+	b, ok := get(v, p...).(bool)
+	return b, ok
+}
+
+func getMap(v any, p ...string) map[string]any {
+	m, _ := get(v, p...).(map[string]any)
+	return m
+}
+
+func getList(v any, p ...string) []any {
+	l, _ := get(v, p...).([]any)
+	return l
+}
+
+func getStrs(v any, p ...string) []string {
+	var out []string
+	for _, x := range getList(v, p...) {
+		if s, ok := x.(string); ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func getInts(v any, p ...string) []int {
+	var out []int
+	for _, x := range getList(v, p...) {
+		if f, ok := x.(float64); ok {
+			out = append(out, int(f))
+		}
+	}
+	return out
+}
+
+func contains[T comparable](l []T, x T) bool {
+	for _, y := range l {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+func sortedKeys(m map[string]any) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// under reports whether p is dir or inside it.
+func under(p, dir string) bool {
+	p, dir = path.Clean(p), path.Clean(dir)
+	return p == dir || dir == "/" || strings.HasPrefix(p, dir+"/")
+}
+
+var (
+	ntfsSerialRE = regexp.MustCompile(`^[0-9A-Fa-f]{16}$`)
+	ext4UUID     = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	channelRE    = regexp.MustCompile(`^github:NixOS/nixpkgs/nixos-(25\.(?:05|11))$`)
+)
+
+// knownTop are the top-level option namespaces the appliance may use; any
+// other is most likely a typo.
+var knownTop = map[string]bool{"boot": true, "console": true, "environment": true, "fileSystems": true, "hardware": true,
+	"i18n": true, "image": true, "networking": true, "nix": true, "nixpkgs": true, "programs": true, "security": true,
+	"services": true, "swapDevices": true, "system": true, "systemd": true, "time": true, "users": true,
+	"virtualisation": true, "documentation": true, "fonts": true, "powerManagement": true, "zramSwap": true,
+	"location": true, "xdg": true, "assertions": true, "warnings": true, "specialisation": true, "containers": true,
+	"sound": true, "qt": true, "gtk": true, "appstream": true, "isoImage": true, "lib": true, "meta": true}
+
+// deniedPaths are option paths that must not be set (walked structurally).
+var deniedPaths = map[string]string{
+	"hardware.opengl":                                  "hardware.opengl was renamed hardware.graphics in 24.11",
+	"virtualisation.docker.enableNvidia":               "virtualisation.docker.enableNvidia is deprecated; use hardware.nvidia-container-toolkit.enable and CDI",
+	"services.openssh.passwordAuthentication":          "old option name; use services.openssh.settings.PasswordAuthentication",
+	"services.openssh.permitRootLogin":                 "old option name; use services.openssh.settings.PermitRootLogin",
+	"services.openssh.kbdInteractiveAuthentication":    "old option name; use services.openssh.settings.KbdInteractiveAuthentication",
+	"services.openssh.challengeResponseAuthentication": "old option name; use services.openssh.settings.KbdInteractiveAuthentication",
+	"hardware.nvidia.enable":                           "not an option; services.xserver.videoDrivers = [ \"nvidia\" ] enables the driver",
+	"isoImage":                                         "isoImage.* exists only in the ISO variant; set it in image.modules.iso",
+	"services.ollama.acceleration":                     "removed from nixpkgs; the appliance runs Ollama in Docker",
+}
+
+// must records a must-contain violation, located by a regexp over the files.
+func (c *checker) must(ok bool, locRE, file, format string, args ...any) {
+	if ok {
+		return
+	}
+	f, l := c.locate(regexp.MustCompile(locRE), file)
+	c.add(f, l, SevError, "must", format, args...)
+}
+
+func (c *checker) cross(locRE, file, format string, args ...any) {
+	f, l := c.locate(regexp.MustCompile(locRE), file)
+	c.add(f, l, SevError, "cross", format, args...)
+}
+
+// checkConfig asserts the must-contain items by value, walks the denylist
+// over the option paths and checks fields against each other.
+func (c *checker) checkConfig(cfg map[string]any) {
+	const conf, gp = "configuration.nix", "gpuctl.nix"
+
+	// Structural denylist.
+	var walk func(p string, v any)
+	walk = func(p string, v any) {
+		if msg, ok := deniedPaths[p]; ok && !strings.HasPrefix(p, "image.modules.") {
+			last := p[strings.LastIndex(p, ".")+1:]
+			f, l := c.locate(regexp.MustCompile(regexp.QuoteMeta(last)), conf)
+			c.add(f, l, SevError, "denylist", "%s is set: %s", p, msg)
+		}
+		switch v := v.(type) {
+		case map[string]any:
+			for _, k := range sortedKeys(v) {
+				q := k
+				if p != "" {
+					q = p + "." + k
+				}
+				walk(q, v[k])
+			}
+		case []any:
+			for _, x := range v {
+				walk(p, x)
+			}
+		case string:
+			if strings.Contains(v, "--gpus") {
+				f, l := c.locate(regexp.MustCompile(`--gpus`), conf)
+				c.add(f, l, SevError, "denylist", "%s uses --gpus, which fails on NixOS 25.05; use %s", p, CDIDevice)
+			}
+		}
+	}
+	walk("", cfg)
+	for _, k := range sortedKeys(cfg) {
+		if !knownTop[k] {
+			f, l := c.locate(regexp.MustCompile(`(^|[^.\w])`+regexp.QuoteMeta(k)+`\b`), conf)
+			c.add(f, l, SevWarning, "allowlist", "unknown top-level option %q (a typo?)", k)
+		}
+	}
+
+	// NVIDIA.
+	b, ok := getBool(cfg, "nixpkgs", "config", "allowUnfree")
+	c.must(ok && b, `allowUnfree`, conf, "nixpkgs.config.allowUnfree must be true (the NVIDIA driver is unfree)")
+	c.must(contains(getStrs(cfg, "services", "xserver", "videoDrivers"), "nvidia"), `videoDrivers`, conf,
+		`services.xserver.videoDrivers must contain "nvidia" (it enables the driver, even headless)`)
+	_, ok = getBool(cfg, "hardware", "nvidia", "open")
+	c.must(ok, `nvidia\.open|open\s*=`, gp, "hardware.nvidia.open must be set to true or false explicitly (drivers >= 560 require it)")
+	_, ok = getStr(cfg, "hardware", "nvidia", "package")
+	c.must(ok, `nvidia\s*=\s*\{|nvidia\.package`, conf, "hardware.nvidia.package should name the driver (config.boot.kernelPackages.nvidiaPackages.stable)")
+	b, ok = getBool(cfg, "hardware", "graphics", "enable")
+	c.must(ok && b, `graphics`, conf, "hardware.graphics.enable must be true (CDI mounts /run/opengl-driver)")
+	km := getStrs(cfg, "boot", "kernelModules")
+	c.must(contains(km, "nvidia") && contains(km, "nvidia_uvm"), `kernelModules`, conf,
+		`boot.kernelModules must load "nvidia" and "nvidia_uvm" early (else the CDI generator can race the driver)`)
+	b, ok = getBool(cfg, "hardware", "nvidia-container-toolkit", "enable")
+	c.must(ok && b, `nvidia-container-toolkit`, conf, "hardware.nvidia-container-toolkit.enable must be true (it writes the CDI spec)")
+
+	// Docker.
+	b, ok = getBool(cfg, "virtualisation", "docker", "enable")
+	c.must(ok && b, `docker`, conf, "virtualisation.docker.enable must be true")
+	b, ok = getBool(cfg, "virtualisation", "docker", "daemon", "settings", "features", "cdi")
+	c.must(ok && b, `cdi`, conf, "virtualisation.docker.daemon.settings.features.cdi must be true")
+	be, _ := getStr(cfg, "virtualisation", "oci-containers", "backend")
+	c.must(be == "docker", `backend`, conf, `virtualisation.oci-containers.backend must be "docker"`)
+
+	fsys := getMap(cfg, "fileSystems")
+	// The Ollama container: the one with /root/.ollama mounted.
+	containers := getMap(cfg, "virtualisation", "oci-containers", "containers")
+	var name string
+	var ctr map[string]any
+	var hostDir string
+	for _, n := range sortedKeys(containers) {
+		for _, v := range getStrs(containers[n], "volumes") {
+			parts := strings.Split(v, ":")
+			if len(parts) >= 2 && parts[1] == ContainerOllamaDir {
+				name, ctr, hostDir = n, getMap(containers, n), parts[0]
+			}
+		}
+	}
+	c.must(ctr != nil, `oci-containers|containers`, gp, "no container in virtualisation.oci-containers.containers mounts the models directory at %s", ContainerOllamaDir)
+	var modelMount string
+	if ctr != nil {
+		loc := regexp.QuoteMeta(name)
+		opts := getStrs(ctr, "extraOptions")
+		c.must(contains(opts, CDIDevice), `extraOptions`, gp, "container %q must get the GPU with %q in extraOptions (CDI)", name, CDIDevice)
+		img, _ := getStr(ctr, "image")
+		tagged := strings.Contains(img[strings.LastIndex(img, "/")+1:], ":") && !strings.HasSuffix(img, ":latest")
+		c.must(tagged || strings.Contains(img, "@sha256:"), `image\s*=`, gp, "container %q image %q must be pinned to a tag such as ollama/ollama:0.17.4", name, img)
+		published := false
+		for _, p := range getStrs(ctr, "ports") {
+			parts := strings.Split(p, ":")
+			if len(parts) == 3 && parts[0] == "0.0.0.0" && parts[2] == strconv.Itoa(ContainerPort) {
+				published = true
+			}
+		}
+		c.must(published, `ports`, gp, "container %q must publish 0.0.0.0:PORT:%d", name, ContainerPort)
+		c.must(path.IsAbs(hostDir), `volumes`, gp, "container %q: the models directory %q must be an absolute host path", name, hostDir)
+		svcName, _ := getStr(ctr, "serviceName")
+		if svcName == "" {
+			svcName = "docker-" + name
+		}
+		svc := getMap(cfg, "systemd", "services", svcName)
+		c.must(contains(getStrs(svc, "after"), CDIGenerator) && contains(getStrs(svc, "requires"), CDIGenerator),
+			`docker-`+loc, gp, "systemd.services.%s must be ordered after and require %s", svcName, CDIGenerator)
+		rmf := getStrs(svc, "unitConfig", "RequiresMountsFor")
+		c.must(len(rmf) > 0, `docker-`+loc+`|RequiresMountsFor`, gp, "systemd.services.%s.unitConfig.RequiresMountsFor must name the model mount, so models never land on the stick", svcName)
+		for _, m := range rmf {
+			if _, ok := fsys[m]; !ok {
+				c.cross(`RequiresMountsFor`, gp, "systemd.services.%s RequiresMountsFor %q, which is not a fileSystems entry", svcName, m)
+			} else if under(hostDir, m) && m != "/" {
+				modelMount = m
+			}
+		}
+		if modelMount == "" && len(rmf) > 0 {
+			c.cross(`volumes`, gp, "container %q stores models in %q, which is not on the mount it requires (%s)", name, hostDir, strings.Join(rmf, ", "))
+		}
+	}
+
+	// The model drive.
+	if modelMount != "" {
+		m := getMap(fsys, modelMount)
+		dev, _ := getStr(m, "device")
+		fsType, _ := getStr(m, "fsType")
+		opts := getStrs(m, "options")
+		loc := regexp.QuoteMeta(`"` + modelMount + `"`)
+		c.must(strings.HasPrefix(dev, "/dev/disk/by-uuid/"), loc+`|device`, gp, "fileSystems.%q must name the drive by UUID (/dev/disk/by-uuid/...), not %q", modelMount, dev)
+		c.must(contains(opts, "nofail"), loc+`|options`, gp, "fileSystems.%q needs the nofail option: a missing or dirty drive must not stop the boot", modelMount)
+		uuid := strings.TrimPrefix(dev, "/dev/disk/by-uuid/")
+		switch fsType {
+		case "ntfs3", "ntfs-3g", "ntfs":
+			if !ntfsSerialRE.MatchString(uuid) {
+				c.cross(`device`, gp, "fileSystems.%q: %q is not an NTFS volume serial (16 hex digits)", modelMount, uuid)
+			}
+			if contains(opts, "force") {
+				f, l := c.locate(regexp.MustCompile(`"force"`), gp)
+				c.add(f, l, SevWarning, "cross", "fileSystems.%q mounts a dirty NTFS volume with force: Windows' unwritten changes can be lost", modelMount)
+			}
+		case "ext4":
+			if !ext4UUID.MatchString(uuid) {
+				c.cross(`device`, gp, "fileSystems.%q: %q is not an ext4 UUID (8-4-4-4-12 hex)", modelMount, uuid)
+			}
+			for _, o := range opts {
+				if strings.HasPrefix(o, "uid=") || strings.HasPrefix(o, "gid=") || strings.HasPrefix(o, "umask=") || o == "windows_names" {
+					c.cross(`options`, gp, "fileSystems.%q: ext4 does not accept %q (mount would fail)", modelMount, o)
+				}
+			}
+		default:
+			c.must(false, `fsType`, gp, "fileSystems.%q fsType %q is not one of ntfs3, ntfs-3g, ext4", modelMount, fsType)
+		}
+	}
+
+	// The stick and PERSIST.
+	d, _ := getStr(fsys, "/", "device")
+	t, _ := getStr(fsys, "/", "fsType")
+	c.must(d == "/dev/disk/by-label/nixos" && t == "ext4", `fileSystems\."/"`, conf, `fileSystems."/" must be the raw-efi image's root (by-label/nixos, ext4) so the definitions merge`)
+	d, _ = getStr(fsys, "/boot", "device")
+	t, _ = getStr(fsys, "/boot", "fsType")
+	c.must(d == "/dev/disk/by-label/ESP" && t == "vfat", `fileSystems\."/boot"`, conf, `fileSystems."/boot" must be the raw-efi image's ESP (by-label/ESP, vfat)`)
+	d, _ = getStr(fsys, "/persist", "device")
+	t, _ = getStr(fsys, "/persist", "fsType")
+	c.must(d == "/dev/disk/by-label/"+PersistLabel && t == "ext4", `/persist`, conf, `fileSystems."/persist" must be the ext4 partition labelled exactly PERSIST (/dev/disk/by-label/PERSIST)`)
+	dockerDev, _ := getStr(fsys, "/var/lib/docker", "device")
+	dataRoot, _ := getStr(cfg, "virtualisation", "docker", "daemon", "settings", "data-root")
+	c.must((under(dockerDev, "/persist") && contains(getStrs(fsys, "/var/lib/docker", "options"), "bind")) || under(dataRoot, "/persist") && dataRoot != "",
+		`/var/lib/docker`, conf, "Docker's state must live on PERSIST: bind /persist/docker to /var/lib/docker")
+	b, ok = getBool(cfg, "image", "modules", "raw-efi", "boot", "growPartition")
+	c.must(ok && !b, `growPartition|raw-efi`, conf, "image.modules.raw-efi.boot.growPartition must be lib.mkForce false, or the root partition grows over the space PERSIST needs")
+
+	// SSH.
+	b, ok = getBool(cfg, "services", "openssh", "enable")
+	c.must(ok && b, `openssh`, conf, "services.openssh.enable must be true")
+	b, ok = getBool(cfg, "services", "openssh", "settings", "PasswordAuthentication")
+	c.must(ok && !b, `PasswordAuthentication|openssh`, conf, "services.openssh.settings.PasswordAuthentication must be false (keys only)")
+	b, ok = getBool(cfg, "services", "openssh", "settings", "KbdInteractiveAuthentication")
+	c.must(ok && !b, `KbdInteractiveAuthentication|openssh`, conf, "services.openssh.settings.KbdInteractiveAuthentication must be false (keys only)")
+	s, _ := getStr(cfg, "services", "openssh", "settings", "PermitRootLogin")
+	c.must(s == "no", `PermitRootLogin|openssh`, conf, `services.openssh.settings.PermitRootLogin must be "no"`)
+	hk := getList(cfg, "services", "openssh", "hostKeys")
+	c.must(len(hk) > 0, `hostKeys|openssh`, conf, "services.openssh.hostKeys must keep the host keys under /persist/ssh (they must survive reflashes)")
+	for _, k := range hk {
+		if p, _ := getStr(k, "path"); !under(p, "/persist/ssh") {
+			c.cross(`hostKeys|path`, conf, "SSH host key %q is not under /persist/ssh: it would change with every reflash", p)
+		}
+	}
+	for _, mp := range sortedKeys(fsys) {
+		dev, _ := getStr(fsys, mp, "device")
+		mpt, _ := getStr(fsys, mp, "mountPoint")
+		if under(mp, "/etc/ssh") || under(mpt, "/etc/ssh") && mpt != "" || (dev == "/etc/ssh" && mp != "") {
+			f, l := c.locate(regexp.MustCompile(`/etc/ssh`), conf)
+			c.add(f, l, SevError, "denylist", "fileSystems.%q mounts over /etc/ssh, hiding sshd_config; use services.openssh.hostKeys under /persist/ssh", mp)
+		}
+	}
+	if _, ok := get(cfg, "services", "openssh", "settings", "PerSourcePenaltyExemptList").(string); !ok {
+		f, l := c.locate(regexp.MustCompile(`openssh`), gp)
+		c.add(f, l, SevWarning, "must", "services.openssh.settings.PerSourcePenaltyExemptList is not set: sshd may penalise the gpuctl server after failed logins (set server_address in [host.nixos])")
+	}
+
+	// Users, passwords, sudo.
+	users := getMap(cfg, "users", "users")
+	for _, u := range sortedKeys(users) {
+		for _, k := range []string{"password", "initialPassword", "hashedPassword", "initialHashedPassword"} {
+			if s, ok := getStr(users, u, k); ok && s == "" {
+				f, l := c.locate(regexp.MustCompile(k+`\s*=\s*""`), gp)
+				c.add(f, l, SevError, "denylist", "users.users.%s.%s is empty: an empty password lets anyone log in", u, k)
+			}
+		}
+	}
+	inWheel := func(u string) bool {
+		g, _ := getStr(users, u, "group")
+		return g == "wheel" || contains(getStrs(users, u, "extraGroups"), "wheel")
+	}
+	poweroffUsers := 0
+	for _, r := range getList(cfg, "security", "sudo", "extraRules") {
+		rusers := getStrs(r, "users")
+		cmds := getList(r, "commands")
+		var nopasswd []string
+		for _, cm := range cmds {
+			cmd, _ := getStr(cm, "command")
+			if cmd == "" {
+				cmd, _ = cm.(string)
+			}
+			if contains(getStrs(cm, "options"), "NOPASSWD") {
+				nopasswd = append(nopasswd, cmd)
+			}
+			if strings.HasSuffix(strings.Fields(cmd + " x")[0], "/poweroff") && cmd != PoweroffSudoCommand {
+				c.cross(`poweroff`, gp, "sudo rule %q: write exactly %q (the trailing \"\" forbids arguments; a relative or other path does not match what gpuctl runs)", cmd, PoweroffSudoCommand)
+			}
+		}
+		if len(nopasswd) == 1 && nopasswd[0] == PoweroffSudoCommand && len(cmds) == 1 {
+			for _, u := range rusers {
+				poweroffUsers++
+				if _, ok := users[u]; !ok {
+					c.cross(`extraRules|users\s*=`, gp, "the sudo poweroff rule names user %q, who is not in users.users", u)
+					continue
+				}
+				if inWheel(u) {
+					c.cross(`wheel`, gp, "user %q (the gpuctl account) must not be in wheel: it may run poweroff and nothing else", u)
+				}
+				if len(getStrs(users, u, "openssh", "authorizedKeys", "keys")) == 0 && len(getList(users, u, "openssh", "authorizedKeys", "keyFiles")) == 0 {
+					c.cross(`authorizedKeys`, gp, "user %q has no SSH authorized key: gpuctl cannot log in", u)
+				}
+			}
+		} else if len(nopasswd) > 0 {
+			for _, u := range rusers {
+				if u != "root" && !inWheel(u) {
+					c.cross(`extraRules`, gp, "sudo rule for %q allows %q without a password: the gpuctl account may run only %s", u, strings.Join(nopasswd, ", "), PoweroffSudoCommand)
+				}
+			}
+		}
+	}
+	c.must(poweroffUsers > 0, `extraRules|sudo`, gp, "security.sudo.extraRules must let the gpuctl user run exactly %q with NOPASSWD", PoweroffSudoCommand)
+	if b, ok := getBool(cfg, "security", "sudo", "execWheelOnly"); ok && b {
+		c.cross(`execWheelOnly`, conf, "security.sudo.execWheelOnly = true stops the non-wheel gpuctl user from using its poweroff rule")
+	}
+	al, _ := getStr(cfg, "services", "getty", "autologinUser")
+	c.must(al != "", `autologinUser`, gp, "services.getty.autologinUser must name the console user (TTY autologin)")
+	if _, ok := users[al]; al != "" && !ok && al != "root" {
+		c.cross(`autologinUser`, gp, "services.getty.autologinUser %q is not in users.users", al)
+	}
+
+	// Firewall: only SSH and Ollama.
+	b, ok = getBool(cfg, "networking", "firewall", "enable")
+	c.must(!ok || b, `firewall`, conf, "networking.firewall.enable must be true")
+	sshPorts := getInts(cfg, "services", "openssh", "ports")
+	if len(sshPorts) == 0 {
+		sshPorts = []int{22}
+	}
+	var published []int
+	for _, n := range sortedKeys(containers) {
+		for _, p := range getStrs(containers[n], "ports") {
+			parts := strings.Split(p, ":")
+			if len(parts) >= 2 {
+				if v, err := strconv.Atoi(parts[len(parts)-2]); err == nil {
+					published = append(published, v)
+				}
+			}
+		}
+	}
+	allowed := getInts(cfg, "networking", "firewall", "allowedTCPPorts")
+	extra, _ := getStr(cfg, "networking", "firewall", "extraCommands")
+	for _, p := range sshPorts {
+		c.must(contains(allowed, p), `allowedTCPPorts`, gp, "networking.firewall.allowedTCPPorts must open the SSH port %d", p)
+	}
+	for _, p := range published {
+		if !contains(allowed, p) && !strings.Contains(extra, "--dport "+strconv.Itoa(p)) {
+			c.cross(`allowedTCPPorts`, gp, "port %d is published by a container but neither allowedTCPPorts nor an extraCommands rule opens it", p)
+		}
+	}
+	for _, p := range allowed {
+		if !contains(sshPorts, p) && !contains(published, p) {
+			c.cross(`allowedTCPPorts`, gp, "networking.firewall.allowedTCPPorts opens %d: only SSH (%v) and the Ollama API may be open", p, sshPorts)
+		}
+	}
+	for _, k := range []string{"allowedUDPPorts", "allowedTCPPortRanges", "allowedUDPPortRanges"} {
+		if len(getList(cfg, "networking", "firewall", k)) > 0 {
+			c.cross(k, gp, "networking.firewall.%s is set: only TCP %v and the Ollama API may be open", k, sshPorts)
+		}
+	}
+
+	// Wake-on-LAN.
+	wol := false
+	for _, i := range sortedKeys(getMap(cfg, "networking", "interfaces")) {
+		w := getMap(cfg, "networking", "interfaces", i, "wakeOnLan")
+		if e, _ := getBool(w, "enable"); e {
+			pol := getStrs(w, "policy")
+			wol = wol || len(pol) == 0 || contains(pol, "magic")
+		}
+	}
+	c.must(wol, `wakeOnLan|interfaces`, gp, `networking.interfaces.<if>.wakeOnLan must be enabled with policy [ "magic" ] on a wired NIC`)
+	oneshot := false
+	services := getMap(cfg, "systemd", "services")
+	for _, n := range sortedKeys(services) {
+		script, _ := getStr(services, n, "script")
+		if strings.Contains(script, "ethtool") && strings.Contains(script, "wol g") && contains(getStrs(services, n, "wantedBy"), "multi-user.target") {
+			oneshot = true
+		}
+	}
+	c.must(oneshot, `wake-on-lan|ethtool`, conf, "a boot service (wantedBy multi-user.target) must arm Wake-on-LAN on every wired NIC with `ethtool -s IF wol g`")
+
+	// Boot from USB, tools, autologin, release.
+	im := getStrs(cfg, "boot", "initrd", "availableKernelModules")
+	c.must(contains(im, "usb_storage") && contains(im, "uas"), `availableKernelModules`, conf, `boot.initrd.availableKernelModules must contain "usb_storage" and "uas" to boot from USB`)
+	var pkgs []string
+	for _, p := range getStrs(cfg, "environment", "systemPackages") {
+		base := path.Base(p)
+		if i := strings.IndexByte(base, '-'); i >= 0 && strings.HasPrefix(p, "/nix/store/") {
+			base = base[i+1:]
+		}
+		pkgs = append(pkgs, base)
+	}
+	for _, want := range []string{"tmux", "nvtop", "ethtool"} {
+		found := false
+		for _, p := range pkgs {
+			found = found || strings.Contains(p, want)
+		}
+		c.must(found, `systemPackages`, conf, "environment.systemPackages must contain %s", want)
+	}
+	sv, _ := getStr(cfg, "system", "stateVersion")
+	c.must(sv != "", `stateVersion`, gp, "system.stateVersion must be set")
+}
+
+// checkFlake asserts what the stub-called flake exposes.
+func (c *checker) checkFlake(fl map[string]any) {
+	const f = "flake.nix"
+	url, _ := getStr(fl, "inputs", "nixpkgs")
+	m := channelRE.FindStringSubmatch(url)
+	c.must(m != nil, `nixpkgs\.url|url`, f, "inputs.nixpkgs.url %q must be github:NixOS/nixpkgs/nixos-25.05 or nixos-25.11", url)
+	raw, _ := getStr(fl, "packages", "x86_64-linux", "raw")
+	iso, _ := getStr(fl, "packages", "x86_64-linux", "iso")
+	c.must(raw == "RAW", `raw\s*=`, f, "packages.x86_64-linux.raw must be the raw-efi image (config.system.build.images.raw-efi)")
+	c.must(iso == "ISO", `iso\s*=`, f, "packages.x86_64-linux.iso must be the ISO (config.system.build.images.iso)")
+	c.must(len(getMap(fl, "checks", "x86_64-linux")) > 0, `checks`, f, "checks.x86_64-linux must not be empty (nix flake check builds them)")
+	confs := getMap(fl, "nixosConfigurations")
+	c.must(len(confs) > 0, `nixosConfigurations`, f, "nixosConfigurations must expose the appliance")
+	for _, n := range sortedKeys(confs) {
+		hasPath := false
+		for _, mod := range getList(confs, n, "modules") {
+			if p, ok := getStr(mod, "path"); ok && p != "" {
+				hasPath = true
+			}
+		}
+		c.must(hasPath, `modules`, f, "nixosConfigurations.%s must load ./configuration.nix", n)
+		sys, _ := getStr(confs, n, "system")
+		c.must(sys == "x86_64-linux", `system\s*=`, f, "nixosConfigurations.%s must be built for x86_64-linux, not %q", n, sys)
+	}
+	if m != nil && c.r.Config != nil {
+		sv, _ := getStr(c.r.Config, "system", "stateVersion")
+		if sv != "" && versionLess(m[1], sv) {
+			c.cross(`stateVersion`, "gpuctl.nix", "system.stateVersion %q is newer than the nixpkgs release %s the flake uses", sv, m[1])
+		}
+	}
+}
+
+// versionLess compares "YY.MM" release numbers.
+func versionLess(a, b string) bool {
+	pa, pb := strings.SplitN(a, ".", 2), strings.SplitN(b, ".", 2)
+	for i := 0; i < 2 && i < len(pa) && i < len(pb); i++ {
+		x, _ := strconv.Atoi(pa[i])
+		y, _ := strconv.Atoi(pb[i])
+		if x != y {
+			return x < y
+		}
+	}
+	return false
+}

@@ -1,0 +1,409 @@
+package sshexec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kevinburke/ssh_config"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/ollamalive/gpuctl/inventory"
+)
+
+// Option adjusts ConfigFor.
+type Option func(*options)
+
+type options struct {
+	getenv func(string) string
+	home   string
+	logger *slog.Logger
+	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+	signer []ssh.Signer
+}
+
+// WithLogger sets Config.Logger.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+// WithEnv replaces the process environment ($SSH_AUTH_SOCK, $USER) and home
+// directory (~ in ssh_config, default identity files).
+func WithEnv(getenv func(string) string, home string) Option {
+	return func(o *options) { o.getenv, o.home = getenv, home }
+}
+
+// WithDialer sets Config.DialContext (tests, network namespaces).
+func WithDialer(d func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
+	return func(o *options) { o.dial = d }
+}
+
+// WithSigners adds keys offered before identity files and the agent.
+func WithSigners(s ...ssh.Signer) Option { return func(o *options) { o.signer = append(o.signer, s...) } }
+
+// ConfigFor resolves how to reach inventory host h; see the package
+// documentation for where each setting comes from. It reads ~/.ssh/config
+// (or [ssh].config) and fails on settings gpuctl cannot honour.
+func ConfigFor(inv *inventory.Inventory, h *inventory.Host, opts ...Option) (Config, error) {
+	o := options{getenv: os.Getenv}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.home == "" {
+		o.home = o.getenv("HOME")
+		if o.home == "" {
+			o.home, _ = os.UserHomeDir()
+		}
+	}
+	cfg := Config{
+		Host:           h.Name,
+		User:           h.SSHUser,
+		TrustHint:      "gpuctl trust " + h.Name,
+		ConnectTimeout: time.Duration(inv.SSH.ConnectTimeout),
+		Logger:         o.logger,
+		DialContext:    o.dial,
+		Signers:        o.signer,
+	}
+	port := h.SSHPort
+	if port == 0 {
+		port = inventory.DefaultSSHPort
+	}
+	sc, scFile, err := loadSSHConfig(inv, o.home)
+	if err != nil {
+		return Config{}, err
+	}
+	alias := h.Address
+	r := resolved{hostname: alias, port: port}
+	if sc != nil {
+		if r, err = resolve(sc, scFile, alias, o.home); err != nil {
+			return Config{}, fmt.Errorf("host %q: %w", h.Name, err)
+		}
+		if h.SSHPort != 0 && h.SSHPort != inventory.DefaultSSHPort || r.port == 0 {
+			r.port = port // an explicit non-default ssh_port wins
+		}
+	}
+	cfg.Addr = net.JoinHostPort(r.hostname, strconv.Itoa(r.port))
+	cfg.IdentitiesOnly = r.identitiesOnly
+
+	// Host keys: a pinned host_key, else known_hosts files.
+	if h.HostKey != "" {
+		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(h.HostKey))
+		if err != nil {
+			return Config{}, fmt.Errorf("%s: host %q: host_key: %w", inv.Path, h.Name, err)
+		}
+		cfg.HostKey = k
+		cfg.HostKeySource = fmt.Sprintf("%s (host %q host_key)", inv.Path, h.Name)
+	}
+	known := append([]string{}, inv.SSH.KnownHosts...)
+	known = append(known, r.knownHosts...)
+	known = append(known, inv.KnownHostsFile())
+	cfg.KnownHosts = dedupe(known)
+
+	// Identity files: [ssh].identity_files, then ssh_config's IdentityFile;
+	// when neither names one, the defaults that exist.
+	for _, f := range inv.SSH.IdentityFiles {
+		if _, err := os.Stat(f); err != nil {
+			return Config{}, fmt.Errorf("%s: ssh.identity_files: %w", inv.Path, err)
+		}
+		cfg.IdentityFiles = append(cfg.IdentityFiles, f)
+	}
+	for _, f := range r.identityFiles {
+		if _, err := os.Stat(f); err != nil {
+			if o.logger != nil {
+				o.logger.Warn("IdentityFile from ssh config does not exist", "file", f, "config", scFile)
+			}
+			continue
+		}
+		cfg.IdentityFiles = append(cfg.IdentityFiles, f)
+	}
+	if len(inv.SSH.IdentityFiles) == 0 && len(r.identityFiles) == 0 {
+		cfg.IdentityFiles = DefaultIdentityFiles(inv.StateDir, o.home)
+	}
+	cfg.IdentityFiles = dedupe(cfg.IdentityFiles)
+
+	// Agent: IdentityAgent, else $SSH_AUTH_SOCK.
+	switch {
+	case r.identityAgent == "none":
+	case r.identityAgent != "":
+		cfg.AgentSocket = r.identityAgent
+	default:
+		cfg.AgentSocket = o.getenv("SSH_AUTH_SOCK")
+	}
+
+	// ProxyJump hops, each resolved through ssh_config like `ssh -J` does.
+	for _, spec := range r.jumps {
+		hop, err := jumpConfig(sc, scFile, spec, o)
+		if err != nil {
+			return Config{}, fmt.Errorf("host %q: ProxyJump %s: %w", h.Name, spec, err)
+		}
+		hop.KnownHosts = cfg.KnownHosts
+		hop.Signers, hop.IdentityFiles, hop.AgentSocket, hop.IdentitiesOnly = cfg.Signers, dedupe(append(hop.IdentityFiles, cfg.IdentityFiles...)), cfg.AgentSocket, cfg.IdentitiesOnly || hop.IdentitiesOnly
+		cfg.Jumps = append(cfg.Jumps, hop)
+	}
+	return cfg, nil
+}
+
+// DefaultIdentityFiles are the identity files used when none is configured:
+// stateDir/id_ed25519, then ~/.ssh/id_ed25519, id_ecdsa and id_rsa; only
+// those that exist.
+func DefaultIdentityFiles(stateDir, home string) []string {
+	var out []string
+	cands := []string{}
+	if stateDir != "" {
+		cands = append(cands, filepath.Join(stateDir, "id_ed25519"))
+	}
+	if home != "" {
+		for _, n := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
+			cands = append(cands, filepath.Join(home, ".ssh", n))
+		}
+	}
+	for _, f := range cands {
+		if _, err := os.Stat(f); err == nil {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func dedupe(in []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, s := range in {
+		if s != "" && !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func loadSSHConfig(inv *inventory.Inventory, home string) (*ssh_config.Config, string, error) {
+	file := inv.SSH.Config
+	explicit := file != ""
+	switch file {
+	case "none":
+		return nil, "", nil
+	case "":
+		if home == "" {
+			return nil, "", nil
+		}
+		file = filepath.Join(home, ".ssh", "config")
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		if !explicit && errors.Is(err, fs.ErrNotExist) {
+			return nil, "", nil
+		}
+		return nil, "", fmt.Errorf("%s: ssh.config: %w", inv.Path, err)
+	}
+	defer f.Close()
+	sc, err := ssh_config.Decode(f)
+	if err != nil {
+		return nil, "", fmt.Errorf("ssh config %s: %w (gpuctl reads it with github.com/kevinburke/ssh_config; set [ssh].config = \"none\" to skip it)", file, err)
+	}
+	return sc, file, nil
+}
+
+// resolved is what ssh_config says about one alias.
+type resolved struct {
+	hostname       string
+	port           int
+	user           string
+	identityFiles  []string
+	identitiesOnly bool
+	identityAgent  string
+	knownHosts     []string
+	jumps          []string
+}
+
+// resolve reads the settings gpuctl honours for alias and refuses the ones
+// that would change how the connection is made or verified.
+func resolve(sc *ssh_config.Config, file, alias, home string) (resolved, error) {
+	r := resolved{hostname: alias}
+	get := func(key string) (string, error) {
+		v, err := sc.Get(alias, key)
+		if err != nil {
+			return "", fmt.Errorf("%s: %s: %w", file, key, err)
+		}
+		return strings.TrimSpace(v), nil
+	}
+	for _, key := range []string{"ProxyCommand", "HostKeyAlias", "RemoteCommand", "CanonicalizeHostname", "ControlPath", "KnownHostsCommand"} {
+		v, err := get(key)
+		if err != nil {
+			return r, err
+		}
+		lv := strings.ToLower(v)
+		if v != "" && lv != "none" && lv != "no" && lv != "auto" {
+			return r, fmt.Errorf("%s sets %s %q for %s, which gpuctl cannot honour; remove it for this host, or set [ssh].config = \"none\" and configure the host in the inventory", file, key, v, alias)
+		}
+	}
+	v, err := get("HostName")
+	if err != nil {
+		return r, err
+	}
+	if v != "" {
+		if r.hostname, err = expandTokens(v, alias, home); err != nil {
+			return r, fmt.Errorf("%s: HostName: %w", file, err)
+		}
+	}
+	if v, err = get("Port"); err != nil {
+		return r, err
+	} else if v != "" {
+		if r.port, err = strconv.Atoi(v); err != nil || r.port < 1 || r.port > 65535 {
+			return r, fmt.Errorf("%s: Port %q for %s is not a port number", file, v, alias)
+		}
+	}
+	if r.user, err = get("User"); err != nil {
+		return r, err
+	}
+	ids, err := sc.GetAll(alias, "IdentityFile")
+	if err != nil {
+		return r, fmt.Errorf("%s: IdentityFile: %w", file, err)
+	}
+	for _, f := range ids {
+		p, err := expandPath(strings.TrimSpace(f), alias, home)
+		if err != nil {
+			return r, fmt.Errorf("%s: IdentityFile: %w", file, err)
+		}
+		if p != "none" {
+			r.identityFiles = append(r.identityFiles, p)
+		}
+	}
+	if v, err = get("IdentitiesOnly"); err != nil {
+		return r, err
+	}
+	r.identitiesOnly = strings.EqualFold(v, "yes")
+	if v, err = get("IdentityAgent"); err != nil {
+		return r, err
+	}
+	switch {
+	case v == "" || v == "SSH_AUTH_SOCK" || v == "$SSH_AUTH_SOCK":
+	case strings.EqualFold(v, "none"):
+		r.identityAgent = "none"
+	default:
+		if r.identityAgent, err = expandPath(v, alias, home); err != nil {
+			return r, fmt.Errorf("%s: IdentityAgent: %w", file, err)
+		}
+	}
+	if v, err = get("UserKnownHostsFile"); err != nil {
+		return r, err
+	}
+	for _, f := range strings.Fields(v) {
+		if strings.EqualFold(f, "none") {
+			continue
+		}
+		p, err := expandPath(f, alias, home)
+		if err != nil {
+			return r, fmt.Errorf("%s: UserKnownHostsFile: %w", file, err)
+		}
+		r.knownHosts = append(r.knownHosts, p)
+	}
+	if v, err = get("ProxyJump"); err != nil {
+		return r, err
+	}
+	if v != "" && !strings.EqualFold(v, "none") {
+		for _, j := range strings.Split(v, ",") {
+			if j = strings.TrimSpace(j); j != "" {
+				r.jumps = append(r.jumps, j)
+			}
+		}
+	}
+	return r, nil
+}
+
+// jumpConfig resolves one ProxyJump hop, "[user@]host[:port]".
+func jumpConfig(sc *ssh_config.Config, file, spec string, o options) (Config, error) {
+	if strings.Contains(spec, "://") {
+		return Config{}, errors.New("ssh:// URIs in ProxyJump are not supported; write [user@]host[:port]")
+	}
+	u, hp := "", spec
+	if i := strings.LastIndex(spec, "@"); i >= 0 {
+		u, hp = spec[:i], spec[i+1:]
+	}
+	alias, port := hp, 0
+	if h, p, err := net.SplitHostPort(hp); err == nil {
+		alias = h
+		if port, err = strconv.Atoi(p); err != nil {
+			return Config{}, fmt.Errorf("port %q is not a number", p)
+		}
+	}
+	r := resolved{hostname: alias}
+	if sc != nil {
+		var err error
+		if r, err = resolve(sc, file, alias, o.home); err != nil {
+			return Config{}, err
+		}
+		if len(r.jumps) > 0 {
+			return Config{}, fmt.Errorf("%s gives jump host %s its own ProxyJump; gpuctl supports one chain: list every hop in the target's ProxyJump", file, alias)
+		}
+	}
+	if port == 0 {
+		port = r.port
+	}
+	if port == 0 {
+		port = inventory.DefaultSSHPort
+	}
+	if u == "" {
+		u = r.user
+	}
+	if u == "" {
+		u = o.getenv("USER")
+	}
+	if u == "" {
+		if cu, err := user.Current(); err == nil {
+			u = cu.Username
+		}
+	}
+	return Config{
+		Host:           alias,
+		Addr:           net.JoinHostPort(r.hostname, strconv.Itoa(port)),
+		User:           u,
+		TrustHint:      "ssh " + alias + " (to record its key in ~/.ssh/known_hosts)",
+		IdentityFiles:  r.identityFiles,
+		IdentitiesOnly: r.identitiesOnly,
+	}, nil
+}
+
+// expandTokens expands the ssh_config tokens gpuctl supports (%h, %%) and
+// rejects the others.
+func expandTokens(s, alias, home string) (string, error) {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '%' {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+1 >= len(s) {
+			return "", fmt.Errorf("%q ends in a lone %%", s)
+		}
+		i++
+		switch s[i] {
+		case '%':
+			b.WriteByte('%')
+		case 'h', 'n':
+			b.WriteString(alias)
+		case 'd':
+			b.WriteString(home)
+		default:
+			return "", fmt.Errorf("%q uses token %%%c, which gpuctl does not expand", s, s[i])
+		}
+	}
+	return b.String(), nil
+}
+
+func expandPath(s, alias, home string) (string, error) {
+	s = strings.Trim(s, `"`)
+	if s == "~" {
+		s = home
+	} else if rest, ok := strings.CutPrefix(s, "~/"); ok {
+		s = filepath.Join(home, rest)
+	}
+	return expandTokens(s, alias, home)
+}
