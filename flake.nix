@@ -1,9 +1,9 @@
 {
   description = "gpuctl: wake, check, feed and power off an on-demand GPU box for Ollama";
 
-  # nixos-26.05: go.mod asks for Go 1.26.8, which nixos-25.11 (end of life
-  # since June 2026) does not carry; nix/package.nix stops with a clear message
-  # when the Go of the pinned nixpkgs is older than go.mod's `go` line.
+  # nixos-26.05, not 25.11: go.mod asks for Go 1.26.8, newer than the last Go
+  # that 25.11 got before its end of life (June 2026). nix/package.nix stops
+  # with a clear message when the pinned nixpkgs' Go is older than go.mod's.
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
 
   outputs =

@@ -56,12 +56,16 @@ func newFakePC(t *testing.T) *fakePC {
 	pc := &fakePC{t: t, bootIn: 40 * time.Second, sshIn: 20 * time.Second, calls: map[string]int{},
 		tags: []string{"deepseek-r1:latest", "llama3.2:latest"}}
 	pc.replies = map[string]func(int) sshexec.Result{
-		CheckGPU:          func(int) sshexec.Result { return sshexec.Result{Stdout: []byte(gpuLine)} },
-		CheckContainer:    func(int) sshexec.Result { return sshexec.Result{Stdout: fx(t, "docker_inspect_running_nginx_20.10.5.json")} },
+		CheckGPU: func(int) sshexec.Result { return sshexec.Result{Stdout: []byte(gpuLine)} },
+		CheckContainer: func(int) sshexec.Result {
+			return sshexec.Result{Stdout: fx(t, "docker_inspect_running_nginx_20.10.5.json")}
+		},
 		CheckContainerGPU: func(int) sshexec.Result { return sshexec.Result{Stdout: fx(t, "nvidia-smi_L_rtx4080super.txt")} },
-		CheckMount:        func(int) sshexec.Result { return sshexec.Result{Stdout: fx(t, "findmnt_json_ntfs-3g_fuseblk_LOCAL.json")} },
-		CheckFreeSpace:    func(int) sshexec.Result { return sshexec.Result{Stdout: fx(t, "df_B1_output_ntfs-3g_LOCAL.txt")} },
-		CheckWriteProbe:   func(int) sshexec.Result { return sshexec.Result{} },
+		CheckMount: func(int) sshexec.Result {
+			return sshexec.Result{Stdout: fx(t, "findmnt_json_ntfs-3g_fuseblk_LOCAL.json")}
+		},
+		CheckFreeSpace:  func(int) sshexec.Result { return sshexec.Result{Stdout: fx(t, "df_B1_output_ntfs-3g_LOCAL.txt")} },
+		CheckWriteProbe: func(int) sshexec.Result { return sshexec.Result{} },
 	}
 	return pc
 }

@@ -74,7 +74,8 @@ func LoadState(stateDir, host string) (State, error) {
 	return st, nil
 }
 
-// SaveState writes a host's idle state atomically.
+// SaveState writes a host's idle state atomically. Callers hold the host
+// lock (controller.LockHost).
 func SaveState(stateDir string, st State) error {
 	p := StatePath(stateDir, st.Host)
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
@@ -84,19 +85,13 @@ func SaveState(stateDir string, st State) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), "."+st.Host+".*.tmp")
-	if err != nil {
+	// Writers hold the host lock, so one temporary name is enough.
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write idle state of %s: %w", st.Host, err)
 	}
-	_, err = tmp.Write(append(b, '\n'))
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), p)
-	}
-	if err != nil {
-		_ = os.Remove(tmp.Name())
+	if err := os.Rename(tmp, p); err != nil {
+		_ = os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", p, err)
 	}
 	return nil

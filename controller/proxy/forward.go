@@ -264,6 +264,9 @@ func (p *Proxy) finish(r *http.Request, w *respWriter, info *reqLog, start time.
 	if status >= 500 || aborted {
 		lvl = slog.LevelWarn
 	}
+	if !p.log.Enabled(r.Context(), lvl) {
+		return
+	}
 	attrs := []slog.Attr{
 		slog.String("method", r.Method), slog.String("path", r.URL.Path),
 		slog.String("model", info.model), slog.String("host", info.host),

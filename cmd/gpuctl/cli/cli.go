@@ -127,7 +127,7 @@ func (e *Env) fill() {
 func Run(ctx context.Context, env *Env, args []string) int {
 	env.fill()
 	app := newApp(env)
-	err := app.RunContext(ctx, args)
+	err := app.RunContext(ctx, interspersed(app, args))
 	if err == nil {
 		return ExitOK
 	}
@@ -226,17 +226,11 @@ func commands(env *Env) []*cli.Command {
 	}
 }
 
-// args checks the positional arguments: urfave/cli v2 stops parsing flags at
-// the first positional argument, so a flag after it would be silently taken
-// as an argument; this rejects that, and surplus or missing arguments.
+// args checks the number of positional arguments. (Flags may follow them:
+// Run reorders the command line first, see interspersed.)
 func args(c *cli.Context, minN, maxN int, names string) ([]string, error) {
 	a := c.Args().Slice()
 	usage := strings.TrimSpace(c.Command.HelpName + " [options] " + strings.TrimSpace(c.Command.ArgsUsage))
-	for _, s := range a {
-		if strings.HasPrefix(s, "-") && len(s) > 1 {
-			return nil, usageError("flag %s must come before the arguments (usage: %s)", s, usage)
-		}
-	}
 	if len(a) < minN {
 		return nil, usageError("missing %s (usage: %s)", names, usage)
 	}

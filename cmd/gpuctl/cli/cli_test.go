@@ -64,9 +64,9 @@ func TestPositionalArgumentChecks(t *testing.T) {
 		msg  string
 	}{
 		{[]string{"--config", cfg, "hosts", "extra"}, `unexpected argument "extra"`},
-		{[]string{"--config", cfg, "hosts", "x", "--json"}, "flag --json must come before the arguments (usage: gpuctl hosts [options])"},
+		{[]string{"--config", cfg, "hosts", "x", "--json"}, `unexpected argument "x" (usage: gpuctl hosts [options])`},
 		{[]string{"completion"}, "missing SHELL"},
-		{[]string{"completion", "bash", "--x"}, "flag --x must come before the arguments"},
+		{[]string{"completion", "bash", "--x"}, "flag provided but not defined: -x"},
 		{[]string{"nosuch"}, `unknown command "nosuch"`},
 		{[]string{"hosts", "--bogus"}, "flag provided but not defined"},
 	} {

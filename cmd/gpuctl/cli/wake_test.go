@@ -170,7 +170,9 @@ func (pc *simPC) boot() {
 	}
 	t := pc.t
 	srv.HandleArgv("nvidia-smi", sshtest.Reply{Stdout: string(pc.gpuOut), Exit: pc.gpuExit})
-	srv.HandleMatch(func(_ string, argv []string) bool { return len(argv) > 1 && argv[0] == "docker" && argv[1] == "inspect" },
+	srv.HandleMatch(func(_ string, argv []string) bool {
+		return len(argv) > 1 && argv[0] == "docker" && argv[1] == "inspect"
+	},
 		sshtest.Reply{Stdout: string(fixtures.Read(t, "docker_inspect_running_nginx_20.10.5.json"))})
 	srv.HandleMatch(func(_ string, argv []string) bool { return len(argv) > 1 && argv[0] == "docker" && argv[1] == "exec" },
 		sshtest.Reply{Stdout: string(fixtures.Read(t, "nvidia-smi_L_rtx4080super.txt"))})
@@ -301,7 +303,7 @@ func TestWakeCLINeverBoots(t *testing.T) {
 
 func TestWakeStatusUsage(t *testing.T) {
 	pc := newSimPC(t)
-	for _, args := range [][]string{{"wake"}, {"wake", "a", "b"}, {"wake", "nope"}, {"status", "nope"}, {"status", "--timeout", "0s"}, {"wake", "gaming-pc", "--json"}} {
+	for _, args := range [][]string{{"wake"}, {"wake", "a", "b"}, {"wake", "nope"}, {"status", "nope"}, {"status", "--timeout", "0s"}, {"wake", "gaming-pc", "--bogus"}} {
 		if code, _, errs := pc.run(t, args...); code != ExitUsage {
 			t.Errorf("%v: exit %d, want 2 (%s)", args, code, errs)
 		}

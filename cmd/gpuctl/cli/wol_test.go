@@ -201,7 +201,7 @@ address = "192.0.2.10"
 	}{
 		{[]string{"wol", "send"}, nil, "missing HOST or MAC"},
 		{[]string{"wol", "send", "a", "b"}, nil, `unexpected argument "b"`},
-		{[]string{"wol", "send", "gaming-pc", "--count", "2"}, nil, "flag --count must come before the arguments"},
+		{[]string{"wol", "send", "gaming-pc", "--count", "0"}, nil, "--count 0: give a number from 1 to 1000"},
 		{[]string{"wol", "send", "--count", "0", "gaming-pc"}, nil, "--count 0: give a number from 1 to 1000"},
 		{[]string{"wol", "send", "--interval", "-1s", "gaming-pc"}, nil, "--interval -1s"},
 		{[]string{"wol", "send", "--to", "pc.lan:9", "gaming-pc"}, nil, `--to "pc.lan:9": give an IP address`},
