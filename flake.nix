@@ -2,7 +2,7 @@
   description = "gpuctl: wake, check, feed and power off an on-demand GPU box for Ollama";
 
   # nixos-26.05, not 25.11: go.mod asks for Go 1.26.8, newer than the last Go
-  # that 25.11 got before its end of life (June 2026). nix/package.nix stops
+  # that 25.11 got before its end of life (June 2026). contrib/nix/package.nix stops
   # with a clear message when the pinned nixpkgs' Go is older than go.mod's.
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
 
@@ -20,7 +20,7 @@
       # for a tree with uncommitted changes.
       version = self.shortRev or self.dirtyShortRev or "dev";
 
-      gpuctlFor = pkgs: pkgs.callPackage ./nix/package.nix { inherit version; };
+      gpuctlFor = pkgs: pkgs.callPackage ./contrib/nix/package.nix { inherit version; };
     in
     {
       packages = forAllSystems (
@@ -40,13 +40,13 @@
         }
       );
 
-      # The module from nix/module.nix, with services.gpuctl.package defaulting
+      # The module from contrib/nix/module.nix, with services.gpuctl.package defaulting
       # to this flake's build (built against this flake's nixpkgs, so the Go
       # version matches go.mod whatever release the server runs).
       nixosModules.default =
         { pkgs, ... }:
         {
-          imports = [ ./nix/module.nix ];
+          imports = [ ./contrib/nix/module.nix ];
           services.gpuctl.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
         };
       nixosModules.gpuctl = self.nixosModules.default;
@@ -59,7 +59,7 @@
       checks = forAllSystems (
         system: pkgs: {
           package = self.packages.${system}.default;
-          module-eval = import ./nix/tests/module-eval-check.nix {
+          module-eval = import ./contrib/nix/tests/module-eval-check.nix {
             inherit pkgs;
             nixosSystem = nixpkgs.lib.nixosSystem;
             module = self.nixosModules.default;

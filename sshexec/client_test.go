@@ -338,11 +338,14 @@ func TestPoolReusesAndRedials(t *testing.T) {
 	if n := s.Connections(); n != 1 {
 		t.Errorf("%d connections for 3 commands, want 1", n)
 	}
+	old, err := p.Client(ctx, "pc")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := r.Run(ctx, sshexec.Cmd{Args: []string{"drop"}}); err == nil {
 		t.Fatal("drop: no error")
 	}
-	c, _ := p.Client(ctx, "pc")
-	<-c.Done() // may be the old one, still closing
+	<-old.Done()
 	if _, err := r.Run(ctx, sshexec.Cmd{Args: []string{"x"}}); err != nil {
 		t.Fatalf("Run after the connection dropped: %v", err)
 	}

@@ -46,7 +46,9 @@ func WithDialer(d func(ctx context.Context, network, addr string) (net.Conn, err
 }
 
 // WithSigners adds keys offered before identity files and the agent.
-func WithSigners(s ...ssh.Signer) Option { return func(o *options) { o.signer = append(o.signer, s...) } }
+func WithSigners(s ...ssh.Signer) Option {
+	return func(o *options) { o.signer = append(o.signer, s...) }
+}
 
 // ConfigFor resolves how to reach inventory host h; see the package
 // documentation for where each setting comes from. It reads ~/.ssh/config

@@ -107,7 +107,7 @@ func startSSHD(t *testing.T) target {
 }
 
 // config returns a client config for tg whose known_hosts file holds lines.
-func (tg target) config(t *testing.T, lines ...string) sshexec.Config {
+func (tg target) config(t testing.TB, lines ...string) sshexec.Config {
 	t.Helper()
 	kh := filepath.Join(t.TempDir(), "known_hosts")
 	if err := os.WriteFile(kh, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {

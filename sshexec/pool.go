@@ -110,7 +110,9 @@ type hostRunner struct {
 	host string
 }
 
-func (r hostRunner) Run(ctx context.Context, cmd Cmd) (Result, error) { return r.p.Run(ctx, r.host, cmd) }
+func (r hostRunner) Run(ctx context.Context, cmd Cmd) (Result, error) {
+	return r.p.Run(ctx, r.host, cmd)
+}
 
 // Forget closes host's connection, if any (after a reboot or power-off).
 func (p *Pool) Forget(host string) {

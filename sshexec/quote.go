@@ -8,7 +8,7 @@ import "strings"
 // is the only place where gpuctl builds a remote command line. Arguments made
 // only of characters that are never special to a shell are left bare (for
 // readable logs); everything else is single-quoted, with each ' written as
-// '\''. The empty string becomes ''.
+// '\”. The empty string becomes ”.
 func Quote(args ...string) string {
 	var b strings.Builder
 	for i, a := range args {

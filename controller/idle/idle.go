@@ -33,12 +33,14 @@
 // Date header) is probably generating: busy. A failed or timed-out /api/ps
 // is busy.
 //
-// Before powering off, Run unloads the loaded models (keep_alive 0), checks
-// that the NIC carrying the route back to the gpuctl server has Wake-on-LAN
-// armed (`ethtool IF` shows "Wake-on: g"; otherwise it refuses and says how
-// to arm it), re-reads the proxy's in-flight count, runs exactly
+// Before powering off, Run checks that the NIC carrying the route back to
+// the gpuctl server (`ip -o route get <address the SSH connection comes
+// from>`) has Wake-on-LAN armed (`ethtool IF` shows "Wake-on: g"; otherwise
+// it refuses and says how to arm it), unloads the loaded models
+// (keep_alive 0), re-reads the proxy's in-flight count, runs exactly
 // `sudo -n /run/current-system/sw/bin/poweroff`, and waits until the SSH
-// port stops answering. All of it runs under controller.LockHost, the lock
+// port stops answering (two probes in a row, within OffTimeout). Any
+// failure puts the host back to ready and records the reason. All of it runs under controller.LockHost, the lock
 // wake takes, so a wake and a shutdown never interleave and a second cron
 // run exits on the lock.
 package idle
@@ -271,7 +273,7 @@ func Evaluate(ctx context.Context, d *Deps, h *inventory.Host) (Report, error) {
 // connect probes h's SSH port and, when it answers, opens SSH over that
 // connection. The report says where the box stands when it is not up.
 func connect(ctx context.Context, d *Deps, h *inventory.Host) (sshexec.Runner, io.Closer, Report) {
-	rep := Report{Host: h.Name, Checked: d.now(), InFlight: -1, IdleAfter: h.IdleAfter.D(), MinUptime: h.MinUptime.D()}
+	rep := Report{Host: h.Name, Checked: d.now(), InFlight: -1, IdleAfter: h.IdleAfter.D(), MinUptime: h.MinUptime.D(), Signals: []Signal{}}
 	pt := cmp.Or(d.ProbeTimeout, DefaultProbeTimeout)
 	pctx, cancel := context.WithTimeout(ctx, pt)
 	defer cancel()

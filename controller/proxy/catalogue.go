@@ -39,10 +39,11 @@ type catFile struct {
 // listed and routed without waking it. It is saved in the state directory
 // whenever it changes, so a restart keeps it.
 type catalogue struct {
-	mu    sync.RWMutex
-	path  string
-	log   *slog.Logger
-	hosts map[string]*hostCat
+	saveMu sync.Mutex
+	mu     sync.RWMutex
+	path   string
+	log    *slog.Logger
+	hosts  map[string]*hostCat
 }
 
 func newCatalogue(stateDir string, log *slog.Logger) *catalogue {
@@ -110,15 +111,25 @@ func (c *catalogue) set(host string, models []json.RawMessage, at time.Time) {
 		}
 	}
 	c.hosts[host] = &hostCat{Fetched: at, Models: models, entries: parseEntries(models)}
-	var snapshot []byte
-	if !same && c.path != "" {
-		snapshot, _ = json.MarshalIndent(catFile{Hosts: c.hosts}, "", " ")
-	}
 	c.mu.Unlock()
-	if snapshot != nil {
-		if err := writeFileAtomic(c.path, snapshot); err != nil {
-			c.log.Warn("cannot save the model catalogue; a restart will not list sleeping hosts' models until they wake", "err", err)
-		}
+	if !same && c.path != "" {
+		c.save()
+	}
+}
+
+// save writes the catalogue. Saves are serialised and each snapshots the
+// catalogue after taking its turn, so the last one written is the latest.
+func (c *catalogue) save() {
+	c.saveMu.Lock()
+	defer c.saveMu.Unlock()
+	c.mu.RLock()
+	b, err := json.MarshalIndent(catFile{Hosts: c.hosts}, "", " ")
+	c.mu.RUnlock()
+	if err == nil {
+		err = writeFileAtomic(c.path, b)
+	}
+	if err != nil {
+		c.log.Warn("cannot save the model catalogue; a restart will not list sleeping hosts' models until they wake", "err", err)
 	}
 }
 

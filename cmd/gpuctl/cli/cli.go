@@ -218,6 +218,7 @@ func commands(env *Env) []*cli.Command {
 		shutdownCommand(env),
 		serveCommand(env),
 		configCommand(env),
+		trustCommand(env),
 		nixosCommand(env),
 		wolCommand(env),
 		pullCommand(env), modelsCommand(env), unloadCommand(env),

@@ -29,9 +29,9 @@ func shutdownCommand(env *Env) *cli.Command {
 			"the last request's end), no model past its expiry in /api/ps, no pull, no login but gpuctl's, no\n" +
 			"GPU above gpu_busy_percent, no direct client on the Ollama port, and uptime at least min_uptime.\n" +
 			"A failed check counts as busy. Without --if-idle it powers off now, refusing only while requests\n" +
-			"are in flight (override with --force). Either way it first unloads the models and refuses unless\n" +
-			"Wake-on-LAN is armed, then runs `sudo -n /run/current-system/sw/bin/poweroff` and waits for the\n" +
-			"box to stop answering. Wakes and shutdowns of one host take the same lock.\n\n" +
+			"are in flight (override with --force). Either way it refuses unless Wake-on-LAN is armed on the\n" +
+			"box's NIC, unloads the models, runs `sudo -n /run/current-system/sw/bin/poweroff` and waits for\n" +
+			"the box to stop answering. Wakes and shutdowns of one host take the same lock.\n\n" +
 			"Exit code: 0 powered off, or (with --if-idle) left up because busy, not idle long enough, just\n" +
 			"booted, already off, in its other OS, or locked by a running wake or shutdown; 1 refused or\n" +
 			"failed (the host stays up; the reason is printed and kept in STATE_DIR/idle/HOST.json);\n" +

@@ -3,7 +3,7 @@
 // streaming backend itself (direct) and nginx with proxy_buffering off.
 //
 //	go build -o /tmp/gpuctl ./cmd/gpuctl
-//	go run ./bench/proxybench -gpuctl /tmp/gpuctl
+//	go run ./cmd/proxybench -gpuctl /tmp/gpuctl
 //
 // For each of the three columns it measures: latency of small non-streamed
 // requests (p50/p99), latency of each streamed NDJSON chunk from the moment

@@ -1,5 +1,5 @@
 # A typical server configuration for services.gpuctl: an always-on box that
-# runs Ollama itself, and two on-demand PCs. nix/nix_test.go evaluates it with
+# runs Ollama itself, and two on-demand PCs. contrib/nix/nix_test.go evaluates it with
 # stubs (and loads the TOML it renders with gpuctl's own inventory parser);
 # the flake's checks.module-eval evaluates it with real NixOS and runs
 # `gpuctl config check` on the rendered file.

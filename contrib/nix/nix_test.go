@@ -1,5 +1,5 @@
-// Package nix_test checks the Nix packaging (flake.nix, nix/package.nix,
-// nix/module.nix) offline: every file parses, and the module, the package and
+// Package nix_test checks the Nix packaging (flake.nix, contrib/nix/package.nix,
+// contrib/nix/module.nix) offline: every file parses, and the module, the package and
 // the flake's outputs are evaluated against the stubs in tests/stub.nix with
 // nix-instantiate, then checked by value. The TOML the module renders is
 // loaded with gpuctl's own inventory parser. No nixpkgs is fetched; the only
@@ -30,10 +30,10 @@ import (
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
-// repoRoot is the repository root (this package lives in nix/).
+// repoRoot is the repository root (this package lives in contrib/nix/).
 func repoRoot(t *testing.T) string {
 	t.Helper()
-	root, err := filepath.Abs("..")
+	root, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,10 +98,10 @@ func evalError(t *testing.T, expr string) string {
 }
 
 func stubExpr(t *testing.T) string {
-	return "(import " + nixPath(filepath.Join(repoRoot(t), "nix", "tests", "stub.nix")) + ")"
+	return "(import " + nixPath(filepath.Join(repoRoot(t), "contrib", "nix", "tests", "stub.nix")) + ")"
 }
 
-// moduleExpr evaluates nix/module.nix, nix/tests/example.nix and the extra
+// moduleExpr evaluates contrib/nix/module.nix, contrib/nix/tests/example.nix and the extra
 // module (Nix attrset text, may be "{ }") with the stubs, binds the result's
 // config to `c`, and returns projection.
 func moduleExpr(t *testing.T, extra, projection string) string {
@@ -115,16 +115,16 @@ func moduleExpr(t *testing.T, extra, projection string) string {
   defined = v: if builtins.isAttrs v && !(v ? outPath) then v == { } || builtins.any (n: defined v.${n}) (builtins.attrNames v) else v != null && v != [ ];
   list = v: if v == null then [ ] else v;
   definedNames = set: builtins.filter (n: defined set.${n}) (builtins.attrNames set);
-in %s`, stubExpr(t), nixPath(filepath.Join(root, "nix", "module.nix")),
-		nixPath(filepath.Join(root, "nix", "tests", "example.nix")), extra, projection)
+in %s`, stubExpr(t), nixPath(filepath.Join(root, "contrib", "nix", "module.nix")),
+		nixPath(filepath.Join(root, "contrib", "nix", "tests", "example.nix")), extra, projection)
 }
 
-// nixFiles lists flake.nix and every .nix file under nix/.
+// nixFiles lists flake.nix and every .nix file under contrib/nix/.
 func nixFiles(t *testing.T) []string {
 	t.Helper()
 	root := repoRoot(t)
 	files := []string{filepath.Join(root, "flake.nix")}
-	err := filepath.WalkDir(filepath.Join(root, "nix"), func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(filepath.Join(root, "contrib", "nix"), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".nix") {
 			files = append(files, p)
 		}
@@ -138,7 +138,7 @@ func nixFiles(t *testing.T) []string {
 
 func TestParse(t *testing.T) {
 	files := nixFiles(t)
-	for _, want := range []string{"flake.nix", "nix/package.nix", "nix/module.nix", "nix/tests/stub.nix", "nix/tests/example.nix", "nix/tests/module-eval-check.nix"} {
+	for _, want := range []string{"flake.nix", "contrib/nix/package.nix", "contrib/nix/module.nix", "contrib/nix/tests/stub.nix", "contrib/nix/tests/example.nix", "contrib/nix/tests/module-eval-check.nix"} {
 		if !slices.Contains(files, filepath.Join(repoRoot(t), want)) {
 			t.Errorf("%s is missing", want)
 		}
@@ -645,7 +645,7 @@ const pkgProjection = `{
 }`
 
 func TestPackage(t *testing.T) {
-	pkg := nixPath(filepath.Join(repoRoot(t), "nix", "package.nix"))
+	pkg := nixPath(filepath.Join(repoRoot(t), "contrib", "nix", "package.nix"))
 	call := func(goVersion, go126 string) string {
 		g126 := "null"
 		if go126 != "" {
@@ -764,7 +764,7 @@ func TestFlake(t *testing.T) {
 		Settings  map[string]any
 	}
 	evalJSON(t, flake(`{ shortRev = "0123abc"; }`, `let c = (s.nixpkgs.lib.nixosSystem { modules = [ o.nixosModules.default `+
-		nixPath(filepath.Join(repoRoot(t), "nix", "tests", "example.nix"))+` ]; }).config; in {
+		nixPath(filepath.Join(repoRoot(t), "contrib", "nix", "tests", "example.nix"))+` ]; }).config; in {
 	  execStart = c.systemd.services.gpuctl-serve.serviceConfig.ExecStart;
 	  settings = c.environment.etc."gpuctl/gpuctl.toml".source.value;
 	}`), &sys)
@@ -774,7 +774,7 @@ func TestFlake(t *testing.T) {
 	settingsToInventory(t, sys.Settings)
 }
 
-// TestVendorHash recomputes nix/package.nix's vendorHash the way
+// TestVendorHash recomputes contrib/nix/package.nix's vendorHash the way
 // buildGoModule's proxyVendor does (`go mod download` into an empty GOPATH,
 // minus the sumdb cache, NAR-hashed), from the local module cache and, for
 // modules missing there, $GOPROXY. It fails when go.mod or go.sum changed
@@ -782,13 +782,13 @@ func TestFlake(t *testing.T) {
 func TestVendorHash(t *testing.T) {
 	testnet.RequireProgram(t, "go", "nix-hash")
 	root := repoRoot(t)
-	src, err := os.ReadFile(filepath.Join(root, "nix", "package.nix"))
+	src, err := os.ReadFile(filepath.Join(root, "contrib", "nix", "package.nix"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := regexp.MustCompile(`(?m)^\s*vendorHash = "([^"]+)";`).FindSubmatch(src)
 	if m == nil {
-		t.Fatal("nix/package.nix has no vendorHash = \"...\"; line")
+		t.Fatal("contrib/nix/package.nix has no vendorHash = \"...\"; line")
 	}
 	have := string(m[1])
 
@@ -848,6 +848,6 @@ func TestVendorHash(t *testing.T) {
 	}
 	want := "sha256-" + base64.StdEncoding.EncodeToString(sum)
 	if have != want {
-		t.Errorf("nix/package.nix has vendorHash = %q, but go.mod/go.sum now need %q: put that in nix/package.nix", have, want)
+		t.Errorf("contrib/nix/package.nix has vendorHash = %q, but go.mod/go.sum now need %q: put that in contrib/nix/package.nix", have, want)
 	}
 }

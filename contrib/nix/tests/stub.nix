@@ -1,4 +1,4 @@
-# Offline stand-ins for nixpkgs, for nix/nix_test.go: a small `lib` (the
+# Offline stand-ins for nixpkgs, for contrib/nix/nix_test.go: a small `lib` (the
 # functions nix/*.nix and flake.nix use, with nixpkgs' semantics), a tiny
 # module evaluator, stub packages, and a stub `nixpkgs` flake input. No
 # nixpkgs is fetched; `nix-instantiate --eval --strict` runs in read-only mode.
@@ -423,7 +423,7 @@ in
   flake =
     rev:
     let
-      flake = import ../../flake.nix;
+      flake = import ../../../flake.nix;
       self =
         outputs
         // rev

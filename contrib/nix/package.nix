@@ -1,7 +1,7 @@
 # gpuctl, built from this source tree.
 #
-# Called from ../flake.nix as
-#   pkgs.callPackage ./nix/package.nix { version = self.shortRev or self.dirtyShortRev or "dev"; }
+# Called from ../../flake.nix as
+#   pkgs.callPackage ./contrib/nix/package.nix { version = self.shortRev or self.dirtyShortRev or "dev"; }
 # and usable without flakes the same way (`version` then defaults to "dev").
 {
   lib,
@@ -18,7 +18,7 @@ let
   # >= ..."; say it up front instead.
   goModGo =
     let
-      m = builtins.match ".*\ngo ([0-9.]+)\n.*" ("\n" + builtins.readFile ../go.mod);
+      m = builtins.match ".*\ngo ([0-9.]+)\n.*" ("\n" + builtins.readFile ../../go.mod);
     in
     if m == null then "0" else builtins.head m;
   newEnough = g: g != null && builtins.compareVersions g.version goModGo >= 0;
@@ -34,7 +34,7 @@ assert lib.assertMsg (newEnough goUsed) ''
     lib.optionalString (go_1_26 != null) " and ${go_1_26.version}"
   }.
   Update the flake's nixpkgs input (`nix flake update nixpkgs`), or pass a newer Go:
-    pkgs.callPackage ./nix/package.nix { go = pkgs.go_1_27; }'';
+    pkgs.callPackage ./contrib/nix/package.nix { go = pkgs.go_1_27; }'';
 
 (buildGoModule.override { go = goUsed; }) {
   pname = "gpuctl";
@@ -43,17 +43,17 @@ assert lib.assertMsg (newEnough goUsed) ''
   # Only what the Go build reads: editing the docs, the Nix files or the
   # flake.lock does not rebuild gpuctl.
   src = lib.fileset.toSource {
-    root = ../.;
-    fileset = lib.fileset.difference ../. (
+    root = ../../.;
+    fileset = lib.fileset.difference ../../. (
       lib.fileset.unions (
         map lib.fileset.maybeMissing [
-          ../nix
-          ../flake.nix
-          ../flake.lock
-          ../docs
-          ../README.md
-          ../.ci
-          ../.github
+          ../../contrib/nix
+          ../../flake.nix
+          ../../flake.lock
+          ../../docs
+          ../../README.md
+          ../../.ci
+          ../../.github
         ]
       )
     );
@@ -68,7 +68,7 @@ assert lib.assertMsg (newEnough goUsed) ''
 
   # vendorHash: the NAR hash (SRI) of that module cache. When go.mod or go.sum
   # change it goes stale; to update it, either
-  #   - run `go test ./nix/` (TestVendorHash recomputes it offline from the
+  #   - run `go test ./contrib/nix/` (TestVendorHash recomputes it offline from the
   #     local module cache, falling back to $GOPROXY, and prints the value), or
   #   - set it to lib.fakeHash, run `nix build .#gpuctl`, and copy the
   #     "got: sha256-..." value from the hash-mismatch error.
