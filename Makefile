@@ -44,13 +44,20 @@ fuzz:
 	  done; \
 	done
 
-# Performance figures, each as a ratio against a baseline measured in the same run.
-bench:
-	./scripts/bench.sh
+# Performance figures, each as a ratio against a baseline measured in the same
+# run (loopback only; needs root for sshd and nginx-light for the nginx column):
+#   P1/P4  the proxy vs a direct streaming backend and vs nginx, and its RSS
+#   P2     services up -> `wake` prints ready, vs a naive `until ssh; sleep 5` loop
+#   P3     `status` of 32 simulated hosts vs 1
+#   SSH    first-command latency; 4 commands over one connection vs 4 new ones
+bench: build
+	$(GO) run ./cmd/proxybench -gpuctl $(BIN)/gpuctl
+	$(GO) test -run '^$$' -bench 'P2|P3' -benchtime 1x ./cmd/gpuctl-sim/sim/
+	$(GO) test -run '^$$' -bench . ./sshexec/
 
-# The whole chain on a built-in simulated gaming PC.
+# The whole chain, end to end, on a built-in simulated gaming PC.
 demo:
-	./scripts/demo.sh
+	$(GO) run ./cmd/gpuctl-sim demo
 
 install: build
 	install -D -m 0755 $(BIN)/gpuctl $(DESTDIR)$(PREFIX)/bin/gpuctl

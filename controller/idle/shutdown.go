@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ollamalive/gpuctl/controller"
+	"github.com/ollamalive/gpuctl/controller/activity"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -218,6 +219,21 @@ func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 	if err := SaveState(d.StateDir, *st); err != nil {
 		return fail(d, h, st, out, err)
 	}
+	// The draining interlock (see package activity): the marker goes down
+	// before the last read of the proxy's in-flight count, and the proxy
+	// counts a request before it looks for the marker, so a request either
+	// shows in that read (and the shutdown aborts) or finds the marker
+	// (and is held until the box is off). The marker stays until this
+	// shutdown aborts or the box is confirmed off.
+	clearDrain, err := activity.MarkDraining(d.StateDir, h.Name, d.now())
+	if err != nil {
+		return fail(d, h, st, out, fmt.Errorf("%w; without it a request arriving now could be sent to a box going down", err))
+	}
+	defer func() {
+		if err := clearDrain(); err != nil {
+			d.log().Warn("cannot remove the draining marker", "host", h.Name, "err", err)
+		}
+	}()
 	d.log().Info("draining", "host", h.Name, "loaded", out.Report.Loaded, "reason", out.Report.Decision)
 
 	// Unload what /api/ps listed, so Ollama does not die mid-write and the
@@ -235,7 +251,8 @@ func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 		}
 	}
 
-	// Last look at the proxy: a request may have arrived while draining.
+	// Last look at the proxy, after the marker is down: a request may have
+	// arrived while draining.
 	actx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout))
 	r, err := d.activity(actx)
 	cancel()

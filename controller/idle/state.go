@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -98,39 +99,88 @@ func SaveState(stateDir string, st State) error {
 }
 
 // Summary is the idle part of `gpuctl status` (controller.HostStatus.Idle),
-// from the state the last cron run saved: no SSH round trip.
+// from the state the last shutdown run saved: no SSH round trip.
 type Summary struct {
-	IdleSince   *time.Time `json:"idle_since"`
+	// IdleSince is when every signal became idle, as of LastCheck; null
+	// while a signal was busy (or a check failed).
+	IdleSince *time.Time `json:"idle_since"`
+	// IdleForS is now - IdleSince, in whole seconds (absent when busy).
 	IdleForS    float64    `json:"idle_for_s,omitempty"`
 	BusyReasons []string   `json:"busy_reasons,omitempty"`
 	LastCheck   *time.Time `json:"last_check,omitempty"`
 	Phase       Phase      `json:"phase,omitempty"`
-	LastError   string     `json:"last_error,omitempty"`
+	// LastPoweroff is when gpuctl last powered the box off.
+	LastPoweroff *time.Time `json:"last_poweroff,omitempty"`
+	LastError    string     `json:"last_error,omitempty"`
+	// Error is why the saved state could not be read.
+	Error string `json:"error,omitempty"`
 }
 
 // Summarize turns a saved state into a Summary as of now.
 func Summarize(st State, now time.Time) Summary {
-	s := Summary{IdleSince: st.IdleSince, BusyReasons: st.BusyReasons, Phase: st.Phase, LastError: st.LastError}
+	s := Summary{IdleSince: st.IdleSince, BusyReasons: st.BusyReasons, Phase: st.Phase,
+		LastPoweroff: st.LastPoweroff, LastError: st.LastError}
 	if !st.LastCheck.IsZero() {
 		t := st.LastCheck
 		s.LastCheck = &t
 	}
 	if st.IdleSince != nil {
-		s.IdleForS = now.Sub(*st.IdleSince).Round(time.Second).Seconds()
+		s.IdleForS = max(now.Sub(*st.IdleSince), 0).Round(time.Second).Seconds()
 	}
 	return s
 }
 
-// String is a one-line summary for tables: "idle 12m (since 14:02)",
-// "busy: proxy: 1 request(s) in flight", or "" when nothing was checked.
-func (s Summary) String() string {
+// Checked reports whether the summary comes from a saved state (a
+// shutdown run has checked the host at least once).
+func (s Summary) Checked() bool {
+	return s.LastCheck != nil || s.Phase != "" || s.Error != ""
+}
+
+// String is Line as of the time now.
+func (s Summary) String() string { return s.Line(time.Now()) }
+
+// Line is the one-line idle column of `gpuctl status` as of now (which
+// decides whether times carry their date): "idle 12m (since 14:02)", "busy: proxy: 1 request(s) in flight (+1 more)", "shutting down:
+// draining", "shutting down: powering off", "powered off by gpuctl at
+// 14:30", "idle state unreadable: …", or "not checked yet".
+func (s Summary) Line(now time.Time) string {
 	switch {
-	case s.LastCheck == nil && s.IdleSince == nil:
-		return ""
+	case s.Error != "":
+		return "idle state unreadable: " + s.Error
+	case s.Phase == PhaseDraining:
+		return "shutting down: draining"
+	case s.Phase == PhasePoweringOff:
+		return "shutting down: powering off"
+	case s.Phase == PhaseOff && s.LastPoweroff != nil:
+		return "powered off by gpuctl at " + clock(*s.LastPoweroff, now)
 	case s.IdleSince != nil:
-		return fmt.Sprintf("idle %s (since %s)", time.Duration(s.IdleForS*float64(time.Second)), s.IdleSince.Local().Format("15:04"))
+		return fmt.Sprintf("idle %s (since %s)", coarse(time.Duration(s.IdleForS)*time.Second), clock(*s.IdleSince, now))
 	case len(s.BusyReasons) > 0:
-		return "busy: " + s.BusyReasons[0]
+		out := "busy: " + s.BusyReasons[0]
+		if n := len(s.BusyReasons) - 1; n > 0 {
+			out += fmt.Sprintf(" (+%d more)", n)
+		}
+		return out
+	case s.LastCheck != nil:
+		return "busy"
 	}
-	return "busy"
+	return "not checked yet"
+}
+
+// clock is a local wall-clock time, with the date when not today.
+func clock(t, now time.Time) string {
+	t, now = t.Local(), now.Local()
+	if y, m, d := t.Date(); y != now.Year() || m != now.Month() || d != now.Day() {
+		return t.Format("2006-01-02 15:04")
+	}
+	return t.Format("15:04")
+}
+
+// coarse renders d in seconds below a minute, else in minutes ("12m",
+// "1h5m").
+func coarse(d time.Duration) string {
+	if d < time.Minute {
+		return d.Round(time.Second).String()
+	}
+	return strings.TrimSuffix(d.Round(time.Minute).String(), "0s")
 }

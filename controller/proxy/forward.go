@@ -80,8 +80,10 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	host := d.host
 	for {
 		info.host = host
+		// Counted first, then readied: the order the draining interlock
+		// with gpuctl shutdown relies on (see ready).
 		end := p.begin(host)
-		err := p.ensureUp(r.Context(), host)
+		err := p.ready(r.Context(), host)
 		if err == nil {
 			// end runs even when the stream is aborted (a panic with
 			// http.ErrAbortHandler from the ReverseProxy).

@@ -13,6 +13,7 @@ type metrics struct {
 	wakeSeconds *prometheus.HistogramVec
 	backendUp   *prometheus.GaugeVec
 	replays     *prometheus.CounterVec
+	drainHolds  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, hosts []string) (*metrics, error) {
@@ -42,8 +43,12 @@ func newMetrics(reg prometheus.Registerer, hosts []string) (*metrics, error) {
 			Name: "gpuctl_proxy_replays_total",
 			Help: "Requests replayed once because the dial to the host failed before anything was sent.",
 		}, []string{"host"}),
+		drainHolds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gpuctl_proxy_drain_holds_total",
+			Help: "Requests held because gpuctl shutdown was powering their host off (its draining marker was present).",
+		}, []string{"host"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.inFlight, m.wakes, m.wakeSeconds, m.backendUp, m.replays} {
+	for _, c := range []prometheus.Collector{m.requests, m.inFlight, m.wakes, m.wakeSeconds, m.backendUp, m.replays, m.drainHolds} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register proxy metrics: %w", err)
 		}

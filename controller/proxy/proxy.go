@@ -9,6 +9,15 @@
 // or its boot_timeout passes, and is then forwarded; if the wake fails it
 // goes to the route's fallback host, or gets 503 with Retry-After.
 //
+// A request for an on-demand host that `gpuctl shutdown` is powering off
+// is never forwarded to the dying box. The request is counted in flight
+// first and only then checks the shutdown's draining marker in the state
+// directory, while the shutdown writes the marker before its last read of
+// the in-flight count (package activity): so either the shutdown sees the
+// request and aborts, or the request sees the marker and is held until the
+// marker is gone, then wakes the host like any asleep host (or uses its
+// route's fallback), all within the host's boot_timeout.
+//
 // Listing requests (/api/tags, /api/ps, /v1/models, /api/version) never
 // wake anything: the model list merges every host, a sleeping host's from a
 // cached copy kept in the state directory.
@@ -58,6 +67,7 @@ const (
 	DefaultDrainTimeout          = 30 * time.Second
 	DefaultWakeBackoff           = 30 * time.Second
 	DefaultReplayDelay           = 500 * time.Millisecond
+	DefaultDrainPoll             = 250 * time.Millisecond
 	// bodyReadTimeout bounds reading one request body from the client.
 	bodyReadTimeout = 2 * time.Minute
 	// listTimeout bounds each backend call made to answer a listing.
@@ -100,7 +110,10 @@ type Options struct {
 	WakeBackoff time.Duration
 	// ReplayDelay is the pause before replaying a request whose dial failed.
 	ReplayDelay time.Duration
-	Now         func() time.Time
+	// DrainPoll is how often a request held by a shutdown's draining
+	// marker (STATE_DIR/draining/HOST) looks whether it is gone.
+	DrainPoll time.Duration
+	Now       func() time.Time
 }
 
 // Proxy is the routing proxy. Its ServeHTTP serves everything `gpuctl
@@ -130,6 +143,10 @@ type Proxy struct {
 	mu     sync.Mutex
 	states map[string]hostState
 	flight map[string]*upCall
+
+	// drainCheckHook, when set (tests), runs between counting a request
+	// and looking for the draining marker.
+	drainCheckHook func(host string)
 }
 
 type hostState struct {
@@ -169,6 +186,9 @@ func New(o Options) (*Proxy, error) {
 	}
 	if o.ReplayDelay <= 0 {
 		o.ReplayDelay = DefaultReplayDelay
+	}
+	if o.DrainPoll <= 0 {
+		o.DrainPoll = DefaultDrainPoll
 	}
 	if o.Registry == nil {
 		o.Registry = prometheus.NewRegistry()

@@ -77,11 +77,11 @@ type Box struct {
 	PowerSocket string `json:"power_socket,omitempty"`
 
 	// In-process only.
-	now       func() time.Time
-	sshConn   string                    // $SSH_CONNECTION
-	conns     func(port int) [][2]string // established connections to port: local, peer
-	powerOff  func()                     // sudo -n poweroff
-	probeSeq  atomic.Int64
+	now      func() time.Time
+	sshConn  string                     // $SSH_CONNECTION
+	conns    func(port int) [][2]string // established connections to port: local, peer
+	powerOff func()                     // sudo -n poweroff
+	probeSeq atomic.Int64
 }
 
 func (b *Box) clock() time.Time {
@@ -239,9 +239,12 @@ func (b *Box) nvidiaSMI(args []string) Result {
 			return fail(2, "gpuctl-sim nvidia-smi: format %q is not simulated\n", o)
 		}
 	}
-	out, err := nvidiaSMIQuery(fields, header, units)
-	if err != nil {
-		return Result{Stdout: err.Error() + "\n", Exit: 2}
+	out, bad, err := nvidiaSMIQuery(fields, header, units)
+	switch {
+	case err != nil:
+		return fail(2, "gpuctl-sim nvidia-smi: %v\n", err)
+	case bad != "":
+		return Result{Stdout: bad, Exit: 2}
 	}
 	return okR(out)
 }

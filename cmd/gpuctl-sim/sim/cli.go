@@ -56,6 +56,7 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.BootDelay, "boot-delay", 3*time.Second, "time from the magic packet to SSH answering (a slow boot: make it long)")
 	fs.DurationVar(&cfg.LinkDelay, "link-delay", 0, "time from the magic packet to the ports refusing instead of dropping packets (default: half the boot delay)")
 	fs.DurationVar(&cfg.StopDelay, "stop-delay", time.Second, "time from poweroff to the ports dropping packets again")
+	fs.DurationVar(&cfg.CommandDelay, "command-delay", 0, "how long each remote command takes on a simulated PC")
 	fs.Func("fault", "inject a fault, for every PC or one (`[HOST=]NAME`; "+strings.Join(FaultNames, ", ")+"); repeatable", func(v string) error {
 		host, name, ok := strings.Cut(v, "=")
 		if !ok {

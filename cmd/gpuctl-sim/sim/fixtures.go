@@ -83,11 +83,12 @@ func loadGPUTable() (*gpuTable, error) {
 // nvidiaSMIQuery answers `nvidia-smi --query-gpu=F,... --format=csv[,noheader][,nounits]`
 // by projecting the capture's columns by header name, as nvidia-smi itself
 // prints them: the header echoes the names with their units, values carry
-// the unit unless nounits, fields joined by ", ".
-func nvidiaSMIQuery(fields []string, header, units bool) (string, error) {
+// the unit unless nounits, fields joined by ", ". bad is nvidia-smi's
+// message for an unknown field ("" when all are known).
+func nvidiaSMIQuery(fields []string, header, units bool) (out, bad string, err error) {
 	t, err := loadGPUTable()
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	var hdr, row []string
 	for _, f := range fields {
@@ -100,7 +101,7 @@ func nvidiaSMIQuery(fields []string, header, units bool) (string, error) {
 		}
 		if i < 0 {
 			// nvidia-smi's own message for an unknown field.
-			return "", fmt.Errorf("Field \"%s\" is not a valid field to query.", f)
+			return "", fmt.Sprintf("Field \"%s\" is not a valid field to query.\n", f), nil
 		}
 		h, v := t.names[i], t.values[i]
 		if t.units[i] != "" {
@@ -117,7 +118,7 @@ func nvidiaSMIQuery(fields []string, header, units bool) (string, error) {
 		b.WriteString(strings.Join(hdr, ", ") + "\n")
 	}
 	b.WriteString(strings.Join(row, ", ") + "\n")
-	return b.String(), nil
+	return b.String(), "", nil
 }
 
 var (

@@ -68,6 +68,9 @@ type PCConfig struct {
 	ChunkSize int
 	// Installed models are on its drive from the start.
 	Installed []string
+	// CommandDelay is how long each remote command takes on the box
+	// (real nvidia-smi and docker take tens of milliseconds); 0 = none.
+	CommandDelay time.Duration
 	// Container is the Ollama container's name (default "ollama").
 	Container string
 	// Logf, when set, receives one line per event (packets, boots,
@@ -152,9 +155,11 @@ func (p *PC) Name() string { return p.cfg.Name }
 func (p *PC) MAC() inventory.MAC { return p.cfg.MAC }
 
 // SSHAddr and OllamaURL are where the PC answers once up.
-func (p *PC) SSHAddr() string   { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p.sshPort)) }
-func (p *PC) SSHPort() int      { return p.sshPort }
-func (p *PC) OllamaURL() string { return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(p.olPort)) }
+func (p *PC) SSHAddr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(p.sshPort)) }
+func (p *PC) SSHPort() int    { return p.sshPort }
+func (p *PC) OllamaURL() string {
+	return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(p.olPort))
+}
 
 // ModelsDir is the PC's model directory (a real directory).
 func (p *PC) ModelsDir() string { return p.modelsDir }
@@ -306,6 +311,9 @@ func (p *PC) bringUp() {
 		AuthorizedKeys: []ssh.PublicKey{p.cfg.ClientKey},
 		Addr:           p.SSHAddr(),
 		Handler: func(cmd string, _ io.Reader, stdout, stderr io.Writer) int {
+			if d := p.cfg.CommandDelay; d > 0 {
+				time.Sleep(d) // the box's own time to run the command
+			}
 			r := box.Exec(cmd)
 			io.WriteString(stdout, r.Stdout)
 			io.WriteString(stderr, r.Stderr)

@@ -49,6 +49,8 @@ type Config struct {
 	Hosts int
 	// BootDelay, LinkDelay and StopDelay: see PCConfig.
 	BootDelay, LinkDelay, StopDelay time.Duration
+	// CommandDelay: see PCConfig.
+	CommandDelay time.Duration
 	// Faults apply to every PC; HostFaults to the named one.
 	Faults     Faults
 	HostFaults map[string]Faults
@@ -141,7 +143,7 @@ func Start(cfg Config) (*Sim, error) {
 		pc, err := NewPC(PCConfig{Name: name, MAC: mac, Dir: filepath.Join(cfg.Dir, name),
 			BootDelay: cfg.BootDelay, LinkDelay: cfg.LinkDelay, StopDelay: cfg.StopDelay, Faults: f,
 			HostKey: hk, ClientKey: s.client.PublicKey(), Catalogue: cat, PullRate: cfg.PullRate,
-			ChunkSize: int(max(256<<10, cfg.ModelSize/8)), Installed: cfg.Installed, Logf: cfg.Logf})
+			ChunkSize: int(max(256<<10, cfg.ModelSize/8)), Installed: cfg.Installed, CommandDelay: cfg.CommandDelay, Logf: cfg.Logf})
 		if err != nil {
 			return nil, err
 		}
@@ -303,11 +305,7 @@ func (s *Sim) Inventory() string {
 			q(s.cfg.BootTimeout.String()), q(s.cfg.IdleAfter.String()), q(s.cfg.MinUptime.String()))
 	}
 	if s.server != nil && len(s.cfg.Models) > 0 {
-		var pats []string
-		for _, m := range s.cfg.Models {
-			pats = append(pats, m)
-		}
-		fmt.Fprintf(&b, "[[route]]\nmodels = [%s]\nhost = %s\nfallback = \"server\"\n", quoteList(pats), q(s.pcs[0].Name()))
+		fmt.Fprintf(&b, "[[route]]\nmodels = [%s]\nhost = %s\nfallback = \"server\"\n", quoteList(s.cfg.Models), q(s.pcs[0].Name()))
 	}
 	return b.String()
 }

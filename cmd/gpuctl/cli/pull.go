@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/ollama/ollama/api"
 	"github.com/urfave/cli/v2"
 
+	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/models"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
@@ -132,6 +134,12 @@ func runPull(ctx context.Context, env *Env, inv *loadedInventory, h *inventory.H
 	case env.StdoutTTY:
 		mode = models.RenderBars
 	}
+	// While it pulls, idle shutdown counts the host as busy.
+	unmark, err := markPull(inv.StateDir, h.Name, names)
+	if err != nil {
+		return withCode(ExitFailure, err)
+	}
+	defer unmark()
 	r := models.NewRenderer(env.Stdout, mode)
 	err = m.Pull(ctx, names, r)
 	r.Close()
@@ -139,4 +147,23 @@ func runPull(ctx context.Context, env *Env, inv *loadedInventory, h *inventory.H
 		return modelsExit(err)
 	}
 	return nil
+}
+
+// markPull records, for idle shutdown, that this process pulls names onto
+// host until the returned func is called (idle.MarkPull): a `gpuctl
+// shutdown --if-idle` from cron then reports the pull as busy instead of
+// powering the box off under it. It fails rather than pull unmarked.
+func markPull(stateDir, host string, names []inventory.ModelName) (func(), error) {
+	if stateDir == "" {
+		return func() {}, nil
+	}
+	what := make([]string, len(names))
+	for i, n := range names {
+		what[i] = string(n)
+	}
+	done, err := idle.MarkPull(stateDir, host, strings.Join(what, ", "))
+	if err != nil {
+		return nil, fmt.Errorf("%w; not pulling, since idle shutdown could power %s off mid-pull", err, host)
+	}
+	return done, nil
 }

@@ -3,11 +3,14 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
+	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/ollamalive/gpuctl/controller"
+	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -62,11 +65,21 @@ func runStatus(ctx context.Context, env *Env, o statusOptions) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	now := env.Now()
+	idles := idleSummaries(o.inv.StateDir, o.hosts, now)
+	for i := range sts {
+		if sum, ok := idles[sts[i].Name]; ok && sum.Checked() {
+			sts[i].Idle = sum
+		}
+	}
 	var err error
 	if o.json {
 		err = controller.WriteJSON(env.Stdout, sts)
 	} else {
-		err = controller.WriteTable(env.Stdout, sts, env.Now(), o.details)
+		err = controller.WriteTable(env.Stdout, sts, now, o.details)
+		if err == nil {
+			err = writeIdleTable(env.Stdout, o.hosts, idles, now)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("write status: %w", err)
@@ -79,6 +92,55 @@ func runStatus(ctx context.Context, env *Env, o statusOptions) error {
 		return &ExitError{Code: code}
 	}
 	return nil
+}
+
+// idleSummaries reads what idle shutdown last saved for each on-demand
+// host (STATE_DIR/idle/HOST.json), without asking the host anything.
+func idleSummaries(stateDir string, hosts []*inventory.Host, now time.Time) map[string]idle.Summary {
+	out := map[string]idle.Summary{}
+	for _, h := range hosts {
+		if !h.OnDemand {
+			continue
+		}
+		st, err := idle.LoadState(stateDir, h.Name)
+		if err != nil {
+			out[h.Name] = idle.Summary{Error: err.Error()}
+			continue
+		}
+		out[h.Name] = idle.Summarize(st, now)
+	}
+	return out
+}
+
+// writeIdleTable prints, after the status table, one line per on-demand
+// host: its idle state as the last gpuctl shutdown run saw it, and when
+// that run checked. Nothing when no host is on demand.
+func writeIdleTable(w io.Writer, hosts []*inventory.Host, idles map[string]idle.Summary, now time.Time) error {
+	if len(idles) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tIDLE SHUTDOWN\tCHECKED")
+	for _, h := range hosts {
+		sum, ok := idles[h.Name]
+		if !ok {
+			continue
+		}
+		checked := "-"
+		if sum.LastCheck != nil {
+			checked = controller.Ago(now, *sum.LastCheck) + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", controller.Clean(h.Name), clipRunes(controller.Clean(sum.Line(now)), 100), checked)
+	}
+	return tw.Flush()
+}
+
+func clipRunes(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
 }
 
 // newController builds the controller for the inventory: the real network,
@@ -95,6 +157,6 @@ func newController(env *Env, inv *loadedInventory) *controller.Controller {
 				sshexec.WithEnv(env.Getenv, env.Getenv("HOME")), sshexec.WithLogger(env.Logger))
 		}),
 		Waker:  &controller.PlanWaker{},
-		Puller: modelsPuller{http: httpClient, logger: env.Logger},
+		Puller: modelsPuller{http: httpClient, logger: env.Logger, stateDir: inv.StateDir},
 	}
 }

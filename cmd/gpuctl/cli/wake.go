@@ -190,14 +190,27 @@ func (p *progressPrinter) close() {
 	}
 }
 
-// modelsPuller pulls missing models during a wake with package models.
+// modelsPuller pulls missing models during a wake with package models,
+// marked for idle shutdown (idle.MarkPull in stateDir) while it runs.
 type modelsPuller struct {
-	http   *http.Client
-	logger *slog.Logger
+	http     *http.Client
+	logger   *slog.Logger
+	stateDir string
+	// client replaces the host's Ollama API client (tests).
+	client func(h *inventory.Host) *api.Client
 }
 
 func (p modelsPuller) Pull(ctx context.Context, h *inventory.Host, r sshexec.Runner, names []inventory.ModelName, progress func(string)) error {
-	m := &models.Manager{Client: api.NewClient(h.OllamaURL.URL, p.http), Runner: r, Host: h, Logger: p.logger}
+	unmark, err := markPull(p.stateDir, h.Name, names)
+	if err != nil {
+		return err
+	}
+	defer unmark()
+	client := api.NewClient(h.OllamaURL.URL, p.http)
+	if p.client != nil {
+		client = p.client(h)
+	}
+	m := &models.Manager{Client: client, Runner: r, Host: h, Logger: p.logger}
 	var mu sync.Mutex
 	lastLine := ""
 	return m.Pull(ctx, names, models.SinkFunc(func(e models.Event) {
