@@ -97,16 +97,6 @@ func (r *Report) Failed() []Check {
 	return out
 }
 
-// check returns the named check.
-func (r *Report) check(name string) (Check, bool) {
-	for _, c := range r.Checks {
-		if c.Name == name {
-			return c, true
-		}
-	}
-	return Check{}, false
-}
-
 // checker runs the checks of one host over one SSH connection.
 type checker struct {
 	c      *Controller

@@ -16,7 +16,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
@@ -194,5 +193,3 @@ func isPermanent(err error) bool {
 }
 
 func ms(d time.Duration) int64 { return d.Milliseconds() }
-
-func itoa(n int) string { return strconv.Itoa(n) }

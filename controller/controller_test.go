@@ -266,7 +266,7 @@ func TestWakeBootsAndNoticesSSHFast(t *testing.T) {
 		if lag < 0 || lag > DefaultMaxBackoff {
 			t.Errorf("SSH noticed %v after it came up, want ≤ %v", lag, DefaultMaxBackoff)
 		}
-		if el := time.Now().Sub(sshUp); el > DefaultMaxBackoff {
+		if el := time.Since(sshUp); el > DefaultMaxBackoff {
 			t.Errorf("ready %v after SSH came up", el)
 		}
 		if got := strings.Join(func() []string {

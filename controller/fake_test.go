@@ -2,7 +2,6 @@ package controller
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -239,5 +238,3 @@ func (pc *fakePC) wakeCount() int {
 }
 
 func failingNames(st HostStatus) string { return strings.Join(st.Failing(), ",") }
-
-var errHostKey = errors.New("host key mismatch")

@@ -188,12 +188,6 @@ func article(s string) string {
 	return "a"
 }
 
-// isValueError reports whether a ParseError came from decoding a value into a
-// field rather than from the TOML syntax.
-func isValueError(pe toml.ParseError) bool {
-	return pe.LastKey != "" && pe.Usage == ""
-}
-
 // valueCol returns the column where the value starts on a "key = value" line.
 func valueCol(src string, line int) int {
 	lines := strings.Split(src, "\n")

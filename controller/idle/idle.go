@@ -36,13 +36,23 @@
 // Before powering off, Run checks that the NIC carrying the route back to
 // the gpuctl server (`ip -o route get <address the SSH connection comes
 // from>`) has Wake-on-LAN armed (`ethtool IF` shows "Wake-on: g"; otherwise
-// it refuses and says how to arm it), unloads the loaded models
+// it refuses and says how to arm it), writes the draining marker
+// STATE_DIR/draining/HOST (activity.MarkDraining), unloads the loaded models
 // (keep_alive 0), re-reads the proxy's in-flight count, runs exactly
 // `sudo -n /run/current-system/sw/bin/poweroff`, and waits until the SSH
 // port stops answering (two probes in a row, within OffTimeout). Any
 // failure puts the host back to ready and records the reason. All of it runs under controller.LockHost, the lock
 // wake takes, so a wake and a shutdown never interleave and a second cron
 // run exits on the lock.
+//
+// The draining marker closes the race between that last read and a request
+// arriving at the proxy a moment later. The shutdown writes the marker
+// before the read; the proxy counts a request as in flight before it looks
+// for the marker. So either the read sees the request (the shutdown aborts,
+// removes the marker, and the host stays ready), or the request sees the
+// marker and is held, not forwarded, until the marker is removed once the
+// box is confirmed off, and then wakes it again. The marker names the
+// shutdown's pid; one left by a dead process is ignored.
 package idle
 
 import (

@@ -561,6 +561,7 @@ func (s *Server) show(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
+	//lint:ignore SA1019 old clients still send the deprecated "name" field; Ollama honours it too.
 	name := cmp.Or(req.Model, req.Name)
 	m, ok := s.installed(name)
 	if !ok {
@@ -586,6 +587,7 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
+	//lint:ignore SA1019 old clients still send the deprecated "name" field; Ollama honours it too.
 	name := cmp.Or(req.Model, req.Name)
 	m, ok := s.installed(name)
 	if !ok {

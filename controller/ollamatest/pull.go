@@ -30,6 +30,7 @@ func (s *Server) pull(w http.ResponseWriter, r *http.Request) {
 	s.pulls = append(s.pulls, req)
 	s.mu.Unlock()
 
+	//lint:ignore SA1019 old clients still send the deprecated "name" field; Ollama honours it too.
 	name := cmp.Or(req.Model, req.Name)
 	n, ok := parseName(name)
 	if !ok {

@@ -166,7 +166,6 @@ func TestStatusShowsIdleState(t *testing.T) {
 	if code != ExitOff && code != ExitUnreachable {
 		t.Fatalf("exit %d\n%s%s", code, out, errs)
 	}
-	t.Log("\n" + out)
 	lines := strings.Split(out, "\n")
 	hdr, row := -1, -1
 	for i, l := range lines {

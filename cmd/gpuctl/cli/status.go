@@ -22,7 +22,8 @@ func statusCommand(env *Env) *cli.Command {
 		ArgsUsage: "[HOST...]",
 		Description: "Probes every host (or those named) at once: SSH, the other-OS port, then the readiness checks\n" +
 			"over one SSH connection. Exit code: 0 all ready, 4 degraded, 5 off or in its other OS,\n" +
-			"3 not reachable in time or unknown (the worst host decides). JSON schema: docs/status.md.",
+			"3 not reachable in time or unknown (the worst host decides). On-demand hosts also get a line with\n" +
+			"idle shutdown's last view (idle since when, or why busy), from STATE_DIR/idle. JSON schema: docs/status.md.",
 		Flags: []cli.Flag{
 			jsonFlag,
 			&cli.DurationFlag{Name: "timeout", Value: controller.DefaultProbeTimeout,
