@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ollamalive/gpuctl/internal/fixtures"
+	"github.com/ollamalive/gpuctl/controller/fixtures"
 )
 
 // seed adds every fixture whose name has one of the prefixes.

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ollamalive/gpuctl/internal/fixtures"
+	"github.com/ollamalive/gpuctl/controller/fixtures"
 )
 
 func fx(t testing.TB, name string) []byte {

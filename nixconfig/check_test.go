@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ollamalive/gpuctl/internal/testnet"
+	"github.com/ollamalive/gpuctl/wake/waketest"
 )
 
 // writeGolden renders a golden inventory into a fresh directory the way
@@ -43,7 +43,7 @@ func check(t *testing.T, dir string) *Report {
 // TestCheckGoldens: every golden output parses, stub-evaluates, and has
 // each must-contain item, asserted here by value on the evaluated options.
 func TestCheckGoldens(t *testing.T) {
-	testnet.RequireProgram(t, "nix-instantiate")
+	waketest.RequireProgram(t, "nix-instantiate")
 	for name, g := range goldenOutputs(t) {
 		t.Run(name, func(t *testing.T) {
 			c, dir := writeGolden(t, g)
@@ -222,7 +222,7 @@ func prefixAll(pre string, ss []string) []string {
 // TestHostileRoundTrip: strings with ", \, ${ and ” come out of Nix
 // evaluation exactly as they went in.
 func TestHostileRoundTrip(t *testing.T) {
-	testnet.RequireProgram(t, "nix-instantiate")
+	waketest.RequireProgram(t, "nix-instantiate")
 	c, dir := writeGolden(t, goldenOutputs(t)["hostile"])
 	r := check(t, dir)
 	if errs := r.Errors(); len(errs) > 0 {
@@ -257,7 +257,7 @@ func nixEval(t *testing.T, expr string) string {
 }
 
 func TestStrRoundTripNix(t *testing.T) {
-	testnet.RequireProgram(t, "nix-instantiate")
+	waketest.RequireProgram(t, "nix-instantiate")
 	cases := []string{"", "plain", `a"b`, `back\slash`, "${x}", `\${x}`, "$${x}", "$", "${", "''", "'''", "''${x}",
 		"tab\there\nnewline\r", `"; users.users.root.initialPassword = ""; x = "`, "ü ñ 日本", "}", "${builtins.abort \"no\"}", `\`}
 	var lits []string
@@ -334,7 +334,7 @@ func FuzzStr(f *testing.F) {
 // TestCheckFindsProblems puts a mistake into local.nix (or a generated
 // file) and expects Check to name it at file:line.
 func TestCheckFindsProblems(t *testing.T) {
-	testnet.RequireProgram(t, "nix-instantiate")
+	waketest.RequireProgram(t, "nix-instantiate")
 	g := goldenOutputs(t)["ntfs3"]
 	cases := []struct {
 		name  string
@@ -425,7 +425,7 @@ func TestCheckFindsProblems(t *testing.T) {
 // TestCheckCommentsIgnored: denylisted words in comments and strings of a
 // comment-like shape are not findings.
 func TestCheckCommentsIgnored(t *testing.T) {
-	testnet.RequireProgram(t, "nix-instantiate")
+	waketest.RequireProgram(t, "nix-instantiate")
 	_, dir := writeGolden(t, goldenOutputs(t)["ntfs3"])
 	local := "{ config, lib, pkgs, ... }:\n# hardware.opengl.enable = true; --gpus\n/* virtualisation.docker.enableNvidia = true; */\n{\n  environment.etc.\"motd\".text = ''\n    # not a comment: ''${x}\n  '';\n}\n"
 	if err := os.WriteFile(filepath.Join(dir, LocalName), []byte(local), 0o644); err != nil {
@@ -440,7 +440,7 @@ func TestCheckCommentsIgnored(t *testing.T) {
 // TestCheckLocalBeyondStubs: a local.nix the stubs cannot evaluate is a
 // warning, and the rest is still checked.
 func TestCheckLocalBeyondStubs(t *testing.T) {
-	testnet.RequireProgram(t, "nix-instantiate")
+	waketest.RequireProgram(t, "nix-instantiate")
 	_, dir := writeGolden(t, goldenOutputs(t)["ntfs3"])
 	local := "{ config, lib, pkgs, ... }:\n{\n  environment.etc.x.text = lib.generators.toINI { } { a.b = 1; };\n}\n"
 	if err := os.WriteFile(filepath.Join(dir, LocalName), []byte(local), 0o644); err != nil {
@@ -453,7 +453,7 @@ func TestCheckLocalBeyondStubs(t *testing.T) {
 }
 
 func TestCheckWorkflow(t *testing.T) {
-	testnet.RequireProgram(t, "nix-instantiate")
+	waketest.RequireProgram(t, "nix-instantiate")
 	cases := []struct{ name, from, to, want string }{
 		{"no-dispatch", "  workflow_dispatch:\n", "", "the workflow must run on workflow_dispatch"},
 		{"no-push", "  push:\n", "", "the workflow must run on push"},
@@ -515,7 +515,7 @@ func TestCheckNoNix(t *testing.T) {
 }
 
 func TestCheckFlakeCheckSkipped(t *testing.T) {
-	testnet.RequireProgram(t, "nix-instantiate")
+	waketest.RequireProgram(t, "nix-instantiate")
 	_, dir := writeGolden(t, goldenOutputs(t)["ntfs3"])
 	r, err := Check(t.Context(), dir, CheckOptions{FlakeCheck: FlakeCheckNever})
 	if err != nil {

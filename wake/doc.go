@@ -47,5 +47,5 @@
 // `gpuctl wol listen` is built on these, and so are the tests.
 //
 // Sockets belong to the network namespace of the thread that creates them, so
-// tests create listeners and run Burst inside testnet namespaces.
+// tests create listeners and run Burst inside waketest namespaces.
 package wake

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ollamalive/gpuctl/internal/testnet"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/wake"
+	"github.com/ollamalive/gpuctl/wake/waketest"
 )
 
 // Tier 3: two network namespaces ("server" and "pc") joined by a veth pair.
@@ -28,7 +28,7 @@ func TestWakeAcrossNamespaces(t *testing.T) {
 		{name: "slash28", server: "10.88.0.1/28", pc: "10.88.0.9/28", wantBroadcast: "10.88.0.15", password: inventory.Secret{1, 2, 3, 4, 5, 6}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			pair := testnet.NewPair(t, tc.server, tc.pc)
+			pair := waketest.NewPair(t, tc.server, tc.pc)
 			if tc.decoy {
 				// Both ends in the server namespace (no dummy module needed).
 				pair.Server.IP("link", "add", "docker0", "type", "veth", "peer", "name", "docker0p")
@@ -153,7 +153,7 @@ func TestWakeAcrossNamespaces(t *testing.T) {
 // A host whose address is on no interface of the server namespace gets a
 // NoRouteError naming the address and what was considered; nothing is sent.
 func TestNoRouteInNamespace(t *testing.T) {
-	pair := testnet.NewPair(t, "10.77.0.5/23", "10.77.1.20/23")
+	pair := waketest.NewPair(t, "10.77.0.5/23", "10.77.1.20/23")
 	host := &inventory.Host{Name: "gaming-pc", MAC: inventory.MAC{0xd8, 0xbb, 0xc1, 0x0a, 0x0b, 0x0c}, Address: "192.0.2.77"}
 	var err error
 	if derr := pair.Server.Do(func() error { _, err = wake.NewPlan(t.Context(), host); return nil }); derr != nil {

@@ -32,9 +32,9 @@ import (
 
 	"github.com/ollamalive/gpuctl/cmd/gpuctl-sim/sim"
 	"github.com/ollamalive/gpuctl/controller/ollamatest"
-	"github.com/ollamalive/gpuctl/internal/testnet"
 	"github.com/ollamalive/gpuctl/sshexec/sshdtest"
 	"github.com/ollamalive/gpuctl/wake"
+	"github.com/ollamalive/gpuctl/wake/waketest"
 )
 
 const (
@@ -97,7 +97,7 @@ func buildE2E(t *testing.T) e2eBins {
 type e2eBox struct {
 	t         *testing.T
 	bins      e2eBins
-	pair      *testnet.Pair
+	pair      *waketest.Pair
 	dir       string
 	modelsDir string
 	inv       string
@@ -123,7 +123,7 @@ type e2eOptions struct {
 
 func newE2EBox(t *testing.T, bins e2eBins, o e2eOptions) *e2eBox {
 	t.Helper()
-	testnet.Require(t, "ip", sshdtest.Path, "unshare", "mount")
+	waketest.Require(t, "ip", sshdtest.Path, "unshare", "mount")
 	b := &e2eBox{t: t, bins: bins, dir: t.TempDir(), faults: o.faults,
 		packets: make(chan wake.Seen, 64), powerReq: make(chan struct{}, 4)}
 	if err := os.Chmod(b.dir, 0o755); err != nil {
@@ -137,7 +137,7 @@ func newE2EBox(t *testing.T, bins e2eBins, o e2eOptions) *e2eBox {
 	// Powered off, the PC has no address: ARP for 10.77.0.20 goes
 	// unanswered and connections time out (off), while its NIC still sees
 	// every frame.
-	b.pair = testnet.NewPair(t, e2eServerIP+"/24", "")
+	b.pair = waketest.NewPair(t, e2eServerIP+"/24", "")
 	b.mac = b.pair.Veth.BMAC.String()
 	b.modelsDir = filepath.Join(b.dir, "models")
 	b.stateDir = filepath.Join(b.dir, "state")
@@ -263,7 +263,7 @@ host = "gaming-pc"
 }
 
 // serveOllama serves an Ollama fake at addr inside ns until the test ends.
-func (b *e2eBox) serveOllama(ns *testnet.NS, addr string, ol *ollamatest.Server) *http.Server {
+func (b *e2eBox) serveOllama(ns *waketest.NS, addr string, ol *ollamatest.Server) *http.Server {
 	b.t.Helper()
 	var ln net.Listener
 	if err := ns.Do(func() error {
@@ -373,7 +373,7 @@ func (b *e2eBox) run(ctx context.Context, args ...string) (int, *e2eRun) {
 }
 
 func TestE2E(t *testing.T) {
-	testnet.Require(t, "ip", sshdtest.Path, "unshare", "mount")
+	waketest.Require(t, "ip", sshdtest.Path, "unshare", "mount")
 	bins := buildE2E(t)
 	t.Cleanup(func() { os.RemoveAll(e2eBuildDir) })
 

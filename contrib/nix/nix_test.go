@@ -26,8 +26,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 
-	"github.com/ollamalive/gpuctl/internal/testnet"
 	"github.com/ollamalive/gpuctl/inventory"
+	"github.com/ollamalive/gpuctl/wake/waketest"
 )
 
 // repoRoot is the repository root (this package lives in contrib/nix/).
@@ -54,7 +54,7 @@ func nixPath(p string) string { return "(/. + " + nixString(p) + ")" }
 // nix-bin without /nix/var being set up, and never reads the NIX_PATH).
 func nixInstantiate(t *testing.T, args ...string) (stdout, stderr []byte, err error) {
 	t.Helper()
-	testnet.RequireProgram(t, "nix-instantiate")
+	waketest.RequireProgram(t, "nix-instantiate")
 	home := t.TempDir()
 	cmd := exec.Command("nix-instantiate", append([]string{"--readonly-mode"}, args...)...)
 	cmd.Dir = repoRoot(t)
@@ -780,7 +780,7 @@ func TestFlake(t *testing.T) {
 // modules missing there, $GOPROXY. It fails when go.mod or go.sum changed
 // without the hash, and prints the value to put in.
 func TestVendorHash(t *testing.T) {
-	testnet.RequireProgram(t, "go", "nix-hash")
+	waketest.RequireProgram(t, "go", "nix-hash")
 	root := repoRoot(t)
 	src, err := os.ReadFile(filepath.Join(root, "contrib", "nix", "package.nix"))
 	if err != nil {

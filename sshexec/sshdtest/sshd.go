@@ -2,7 +2,7 @@
 // sshd_config in t.TempDir(), listening on a free loopback port (or a given
 // address, e.g. inside a test's network namespace), logging at DEBUG2 to a
 // file that is printed when the test fails. It needs root and
-// /usr/sbin/sshd; see internal/testnet.Require.
+// /usr/sbin/sshd; see internal/waketest.Require.
 package sshdtest
 
 import (
@@ -27,7 +27,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/ollamalive/gpuctl/internal/testnet"
+	"github.com/ollamalive/gpuctl/wake/waketest"
 )
 
 // Path is the sshd binary; OpenSSH requires an absolute path to re-exec.
@@ -71,7 +71,7 @@ type Server struct {
 // test (fails it under CI=true) unless running as root with /usr/sbin/sshd.
 func Start(tb testing.TB, opts Options) *Server {
 	tb.Helper()
-	testnet.Require(tb, Path)
+	waketest.Require(tb, Path)
 	s, err := start(tb, opts)
 	if err != nil {
 		tb.Fatalf("sshdtest: %v", err)

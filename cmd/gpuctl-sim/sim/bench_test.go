@@ -20,7 +20,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ollamalive/gpuctl/controller"
-	"github.com/ollamalive/gpuctl/internal/testnet"
+	"github.com/ollamalive/gpuctl/wake/waketest"
 )
 
 var (
@@ -145,7 +145,7 @@ func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''
 // BenchmarkP2WakeReady: time from the simulated PC's services answering to
 // `gpuctl wake` printing ready (target ≤300 ms), beside the naive loop.
 func BenchmarkP2WakeReady(b *testing.B) {
-	testnet.RequireProgram(b, "ssh")
+	waketest.RequireProgram(b, "ssh")
 	gpuctl := builtGpuctl(b)
 	var wakes, naives []time.Duration
 	for b.Loop() {

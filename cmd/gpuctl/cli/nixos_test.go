@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ollamalive/gpuctl/internal/testnet"
+	"github.com/ollamalive/gpuctl/wake/waketest"
 )
 
 const nixosInventory = `
@@ -78,7 +78,7 @@ func TestNixosGenerateAndCheck(t *testing.T) {
 		t.Errorf("flags after the argument: exit %d, stderr %q", code, stderr)
 	}
 
-	testnet.RequireProgram(t, "nix-instantiate")
+	waketest.RequireProgram(t, "nix-instantiate")
 	code, stdout, stderr = run(t, env, "nixos", "check", "--no-flake-check", out)
 	if code != ExitOK || stdout != "" || !strings.Contains(stderr, "parse, denylist, stub-eval, workflow; skipped nix flake check (turned off); 0 error(s)") {
 		t.Fatalf("check: exit %d, stdout %q, stderr %q", code, stdout, stderr)

@@ -21,7 +21,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ollamalive/gpuctl/controller"
-	"github.com/ollamalive/gpuctl/internal/fixtures"
+	"github.com/ollamalive/gpuctl/controller/fixtures"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
 	"github.com/ollamalive/gpuctl/wake"

@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ollamalive/gpuctl/internal/testnet"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/wake"
+	"github.com/ollamalive/gpuctl/wake/waketest"
 )
 
 // notifyBuf is a goroutine-safe buffer that signals every write.
@@ -230,7 +230,7 @@ address = "192.0.2.10"
 // and names the address and every interface considered. It runs in a test
 // network namespace, so nothing could leave even if it did not fail.
 func TestWOLSendNoRoute(t *testing.T) {
-	ns := testnet.NewNS(t)
+	ns := waketest.NewNS(t)
 	ns.IP("link", "add", "eth7", "type", "veth", "peer", "name", "eth8")
 	ns.AddAddr("eth7", "10.77.0.5/23")
 	ns.Up("eth7")
@@ -351,7 +351,7 @@ func TestWOLListenRawNeedsIface(t *testing.T) {
 // namespace (UDP and raw), `wol send` with the default target in the server
 // namespace.
 func TestWOLSendAndListenInNamespaces(t *testing.T) {
-	pair := testnet.NewPair(t, "10.77.0.5/23", "10.77.1.20/23")
+	pair := waketest.NewPair(t, "10.77.0.5/23", "10.77.1.20/23")
 	stdout, stderr := newNotifyBuf(), newNotifyBuf()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -1,7 +1,7 @@
-// Package testnet holds helpers for the privileged test tiers: real OpenSSH
+// Package waketest holds helpers for the privileged test tiers: real OpenSSH
 // sshd and Linux network namespaces. Outside CI a missing prerequisite skips
 // the test; with CI=true it fails it, because CI must run every tier.
-package testnet
+package waketest
 
 import (
 	"os"

@@ -1,4 +1,4 @@
-package testnet
+package waketest
 
 import (
 	"context"
@@ -177,7 +177,7 @@ var vethSeq atomic.Uint32
 func NewVeth(tb testing.TB, a *NS, aDev string, b *NS, bDev string) *Veth {
 	tb.Helper()
 	if b == nil {
-		tb.Fatal("testnet.NewVeth: the b end must be in a test namespace")
+		tb.Fatal("waketest.NewVeth: the b end must be in a test namespace")
 	}
 	if aDev == "" {
 		aDev = fmt.Sprintf("veth%d", vethSeq.Add(1))
