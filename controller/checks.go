@@ -119,6 +119,10 @@ var checkFuncs = map[string]checkFunc{
 	CheckOllama:       (*checker).ollama, // also gives CheckModels
 }
 
+// sshChecks are the checks that run over the SSH connection: all but the
+// Ollama check, which talks HTTP to the host.
+var sshChecks = []string{CheckGPU, CheckContainer, CheckContainerGPU, CheckMount, CheckFreeSpace, CheckWriteProbe}
+
 // run runs the named checks (all when names is nil) concurrently and merges
 // their results into the report, replacing earlier results of the same name.
 func (k *checker) run(ctx context.Context, names []string) {
@@ -130,22 +134,28 @@ func (k *checker) run(ctx context.Context, names []string) {
 		want[n] = true
 	}
 	var wg sync.WaitGroup
-	results := make(chan []Check, len(checkFuncs))
-	for name, f := range checkFuncs {
-		if names != nil && !want[name] {
+	results := make([][]Check, len(checkOrder))
+	for i, name := range checkOrder {
+		f := checkFuncs[name]
+		if f == nil || names != nil && !want[name] {
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results <- f(k, ctx)
+			results[i] = f(k, ctx)
 		}()
 	}
 	wg.Wait()
-	close(results)
+	k.merge(results...)
+}
+
+// merge puts check results into the report, replacing earlier results of
+// the same name, in checkOrder.
+func (k *checker) merge(results ...[]Check) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	for cs := range results {
+	for _, cs := range results {
 		for _, c := range cs {
 			k.rep.Checks = replaceCheck(k.rep.Checks, c)
 		}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ollamalive/gpuctl/inventory"
@@ -33,12 +35,69 @@ func SSHConnector(configFor func(h *inventory.Host) (sshexec.Config, error)) Con
 				conn.Close()
 			}
 		}
+		ec := &expectClose{}
+		if cfg.Logger != nil {
+			cfg.Logger = slog.New(&closeLogHandler{next: cfg.Logger.Handler(), expected: &ec.expected})
+		}
 		cl, err := sshexec.Dial(ctx, cfg)
 		if err != nil {
 			return nil, nil, err
 		}
-		return cl, cl, nil
+		ec.Client = cl
+		return ec, ec, nil
 	}
+}
+
+// CloseExpecter is implemented by the Runners SSHConnector returns. A caller
+// that asks the host to go down (poweroff) calls ExpectClose(true) first:
+// the connection dropping is then what it asked for, and is logged at Info
+// instead of Warn. ExpectClose(false) undoes it (the command failed).
+type CloseExpecter interface {
+	ExpectClose(expected bool)
+}
+
+// expectClose is an sshexec.Client whose close can be expected.
+type expectClose struct {
+	*sshexec.Client
+	expected atomic.Bool
+}
+
+func (e *expectClose) ExpectClose(expected bool) { e.expected.Store(expected) }
+
+// closeLogHandler logs one connection's warnings at Info while its close
+// is expected: sshexec warns when a server drops the connection, which is
+// the point of a poweroff. Unexpected drops keep their Warn.
+type closeLogHandler struct {
+	next     slog.Handler
+	expected *atomic.Bool
+}
+
+func (h *closeLogHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	// A Warn may become Info: ask about the level it would have then.
+	if l == slog.LevelWarn && h.expected.Load() {
+		l = slog.LevelInfo
+	}
+	return h.next.Enabled(ctx, l)
+}
+
+func (h *closeLogHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level == slog.LevelWarn && h.expected.Load() {
+		r = r.Clone()
+		r.Level = slog.LevelInfo
+		r.AddAttrs(slog.Bool("expected", true))
+		if !h.next.Enabled(ctx, r.Level) {
+			return nil
+		}
+	}
+	return h.next.Handle(ctx, r)
+}
+
+func (h *closeLogHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &closeLogHandler{next: h.next.WithAttrs(as), expected: h.expected}
+}
+
+func (h *closeLogHandler) WithGroup(name string) slog.Handler {
+	return &closeLogHandler{next: h.next.WithGroup(name), expected: h.expected}
 }
 
 // onceDialer returns conn on its first call and dials with next afterwards.

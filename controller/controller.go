@@ -101,6 +101,11 @@ type Controller struct {
 
 	mu       sync.Mutex
 	inflight map[string]*wakeCall
+
+	// defaultHTTP is the client used when HTTP is nil: one per Controller,
+	// so that every host's Ollama check shares one transport.
+	defaultHTTP     *http.Client
+	defaultHTTPOnce sync.Once
 }
 
 func (c *Controller) now() time.Time {
@@ -129,7 +134,8 @@ func (c *Controller) httpClient() *http.Client {
 	if c.HTTP != nil {
 		return c.HTTP
 	}
-	return DefaultHTTPClient(c.dial())
+	c.defaultHTTPOnce.Do(func() { c.defaultHTTP = DefaultHTTPClient(c.dial()) })
+	return c.defaultHTTP
 }
 
 // DefaultHTTPClient is an HTTP client for the Ollama API with bounded dial,

@@ -363,8 +363,14 @@ func TestWakeHostKeyRefused(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.Status.State != StateUnknown || res.ExitCode() != 3 || time.Since(pc.wokeAt) > pc.bootIn+pc.sshIn+time.Second {
-			t.Errorf("got %s after %v: %s", res.Status.State, time.Since(pc.wokeAt), res.Status.Reason)
+		// Stopped at once, exit 1: waiting (exit 3's "not reachable in
+		// time") cannot fix a changed key.
+		if res.Status.State != StateUnknown || res.ExitCode() != 1 || res.Stopped != StopHostKey || time.Since(pc.wokeAt) > pc.bootIn+pc.sshIn+time.Second {
+			t.Errorf("got %s (exit %d, stopped %q) after %v: %s", res.Status.State, res.ExitCode(), res.Stopped, time.Since(pc.wokeAt), res.Status.Reason)
+		}
+		var hk *sshexec.HostKeyError
+		if !errors.As(res.Err, &hk) || hk.Kind != sshexec.HostKeyMismatch {
+			t.Errorf("result error %v, want the host key mismatch", res.Err)
 		}
 		if pc.conns != 1 {
 			t.Errorf("%d handshakes after a host key mismatch, want 1", pc.conns)

@@ -109,7 +109,11 @@ func summary(s HostStatus) string {
 		parts = append(parts, g.Name)
 	}
 	if s.Ollama != nil {
-		parts = append(parts, fmt.Sprintf("Ollama %s, %d models", s.Ollama.Version, len(s.Ollama.Models)))
+		models := fmt.Sprintf("%d models", len(s.Ollama.Models))
+		if len(s.Ollama.Models) == 1 {
+			models = "1 model"
+		}
+		parts = append(parts, fmt.Sprintf("Ollama %s, %s", s.Ollama.Version, models))
 	}
 	if s.Mount != nil && s.Mount.FreeBytes != nil {
 		parts = append(parts, fmt.Sprintf("%s free", byteSize(*s.Mount.FreeBytes)))

@@ -106,6 +106,17 @@ func (c *Controller) Status(ctx context.Context, h *inventory.Host) HostStatus {
 		Probe: ProbeReport{SSH: &sshP, OtherOS: other}}
 	var runner sshexec.Runner
 	var closer io.Closer
+	k := &checker{c: c, h: h}
+	// The Ollama check needs no SSH: it starts as soon as the host answers
+	// and runs during the SSH handshake; its result counts only when SSH
+	// answers too.
+	var ollama chan []Check
+	octx, ocancel := context.WithTimeout(ctx, durOr(c.CheckTimeout, DefaultCheckTimeout))
+	defer ocancel()
+	if conn != nil && c.SSH != nil {
+		ollama = make(chan []Check, 1)
+		go func() { ollama <- k.ollama(octx) }()
+	}
 	if conn != nil {
 		if c.SSH == nil {
 			conn.Close()
@@ -127,13 +138,18 @@ func (c *Controller) Status(ctx context.Context, h *inventory.Host) HostStatus {
 		}
 	}
 	cancel()
+	if runner == nil && ollama != nil {
+		ocancel()
+		<-ollama
+	}
 	switch {
 	case runner != nil:
-		k := &checker{c: c, h: h, runner: runner}
+		k.runner = runner
 		cctx, ccancel := context.WithTimeout(ctx, durOr(c.CheckTimeout, DefaultCheckTimeout))
-		k.run(cctx, nil)
+		k.run(cctx, sshChecks)
 		ccancel()
 		closer.Close()
+		k.merge(<-ollama)
 		st.fill(k.report())
 	case st.State != "":
 		// set above

@@ -60,11 +60,68 @@ type WakeResult struct {
 	Coalesced bool `json:"coalesced"`
 	// Pulled are the models pulled during the wake.
 	Pulled []string `json:"pulled,omitempty"`
+	// Stopped is set when the wake stopped at once on an SSH error that
+	// waiting cannot fix: StopHostKey, StopAuth or StopSSH. Status.Reason
+	// then holds the error's text.
+	Stopped string `json:"stopped,omitempty"`
+	// Err is that error, for its details (fingerprints, keys offered); it
+	// is not kept in JSON, so a coalesced result from another process has
+	// only Stopped and Status.Reason.
+	Err error `json:"-"`
+}
+
+// Why a wake stopped early (WakeResult.Stopped).
+const (
+	// StopHostKey: the host's key was rejected (changed, unknown or revoked).
+	StopHostKey = "host-key"
+	// StopAuth: the host refused every key offered.
+	StopAuth = "auth"
+	// StopSSH: another error the connector marked permanent.
+	StopSSH = "ssh"
+)
+
+// stopKind classifies a permanent connector error.
+func stopKind(err error) string {
+	var hk *sshexec.HostKeyError
+	var ae *sshexec.AuthError
+	switch {
+	case errors.As(err, &hk):
+		return StopHostKey
+	case errors.As(err, &ae):
+		return StopAuth
+	}
+	return StopSSH
+}
+
+// stopWords says in a few words why a wake stopped, for its last progress
+// line.
+func stopWords(err error) string {
+	var hk *sshexec.HostKeyError
+	if errors.As(err, &hk) {
+		switch hk.Kind {
+		case sshexec.HostKeyMismatch:
+			return "host key mismatch"
+		case sshexec.HostKeyUnknown:
+			return "host key not known"
+		case sshexec.HostKeyRevoked:
+			return "host key revoked"
+		}
+		return "host key rejected"
+	}
+	var ae *sshexec.AuthError
+	if errors.As(err, &ae) {
+		return "login refused"
+	}
+	return "SSH error"
 }
 
 // ExitCode maps the outcome to gpuctl wake's exit code: 0 ready, 4 degraded,
-// 5 in its other OS, 3 not reachable by the timeout.
+// 5 in its other OS, 1 stopped on an SSH error waiting cannot fix (Stopped:
+// a rejected host key, a refused login), 3 not reachable by the timeout.
 func (r *WakeResult) ExitCode() int {
+	if r.Stopped != "" {
+		return 1
+	}
 	switch r.Status.State {
 	case StateReady:
 		return 0
@@ -177,6 +234,8 @@ type wakeRun struct {
 	phase Phase
 	since time.Time
 	wait  string
+	// stopErr is the permanent SSH error the wake stopped on.
+	stopErr error
 }
 
 func (w *wakeRun) enter(p Phase, waiting string) {
@@ -251,7 +310,7 @@ func (c *Controller) wake(ctx context.Context, h *inventory.Host, opts WakeOptio
 		if err != nil {
 			conn.Close()
 			if isPermanent(err) {
-				return w.finish(nil, StateUnknown, "ssh: "+err.Error()), nil
+				return w.stop(err), nil
 			}
 		} else {
 			runner, closer = r, cl
@@ -286,6 +345,8 @@ func (c *Controller) wake(ctx context.Context, h *inventory.Host, opts WakeOptio
 		if err != nil {
 			var se *stopError
 			switch {
+			case errors.As(err, &se) && se.err != nil:
+				return w.stop(se.err), nil
 			case errors.As(err, &se):
 				return w.finish(nil, se.state, se.reason), nil
 			case ctx.Err() != nil:
@@ -404,6 +465,12 @@ func allOK(r Report) bool {
 	return true
 }
 
+// stop ends the wake on a permanent SSH error (see isPermanent).
+func (w *wakeRun) stop(err error) *WakeResult {
+	w.stopErr = err
+	return w.finish(nil, StateUnknown, "ssh: "+err.Error())
+}
+
 // finish builds the result, records it and says so. With a report, the
 // state comes from the checks; otherwise from st and reason.
 func (w *wakeRun) finish(rep *Report, st State, reason string) *WakeResult {
@@ -413,7 +480,11 @@ func (w *wakeRun) finish(rep *Report, st State, reason string) *WakeResult {
 	if rep != nil {
 		hs.fill(*rep)
 	}
-	w.enter(PhaseDone, string(hs.State))
+	done := string(hs.State)
+	if w.stopErr != nil {
+		done = "stopped: " + stopWords(w.stopErr)
+	}
+	w.enter(PhaseDone, done)
 	w.rec.Finished = now
 	w.rec.State, w.rec.Reason = hs.State, hs.Reason
 	w.rec.Failed = hs.Failing()
@@ -427,6 +498,9 @@ func (w *wakeRun) finish(rep *Report, st State, reason string) *WakeResult {
 	}
 	hs.finish(c, w.h, w.start)
 	res := &WakeResult{Status: hs, Record: w.rec}
+	if w.stopErr != nil {
+		res.Stopped, res.Err = stopKind(w.stopErr), w.stopErr
+	}
 	if c.StateDir != "" {
 		if err := writeJSON(lastWakePath(c.StateDir, w.h.Name), res); err != nil {
 			c.logger().Warn("cannot record wake result", "host", w.h.Name, "err", err)
@@ -444,10 +518,12 @@ func (c *Controller) lastWake(host string) (*WakeResult, bool) {
 	return &r, true
 }
 
-// stopError ends the wait for SSH with a final state.
+// stopError ends the wait for SSH with a final state, or with a permanent
+// SSH error (err set).
 type stopError struct {
 	state  State
 	reason string
+	err    error
 }
 
 func (e *stopError) Error() string { return e.reason }
@@ -515,7 +591,7 @@ func (c *Controller) waitSSH(ctx context.Context, w *wakeRun, first Probe, wolEr
 			inflight--
 			if a.other {
 				if a.p.Kind == ProbeOK {
-					return nil, nil, &stopError{StateOtherOS, fmt.Sprintf("port %d answers: the PC booted its other OS", h.OtherOSProbe)}
+					return nil, nil, &stopError{state: StateOtherOS, reason: fmt.Sprintf("port %d answers: the PC booted its other OS", h.OtherOSProbe)}
 				}
 				continue
 			}
@@ -535,7 +611,7 @@ func (c *Controller) waitSSH(ctx context.Context, w *wakeRun, first Probe, wolEr
 			}
 			a.conn.Close()
 			if isPermanent(err) {
-				return nil, nil, &stopError{StateUnknown, "ssh: " + err.Error()}
+				return nil, nil, &stopError{state: StateUnknown, reason: "ssh: " + err.Error(), err: err}
 			}
 			lastSSHErr = err
 			w.enter(PhaseBoot, describe())
@@ -561,7 +637,7 @@ func (c *Controller) waitSSH(ctx context.Context, w *wakeRun, first Probe, wolEr
 				if last.Kind == ProbeRefused || lastSSHErr != nil {
 					st = StateBooting
 				}
-				return nil, nil, &stopError{st, fmt.Sprintf("no SSH within the boot timeout; last: %s", describe())}
+				return nil, nil, &stopError{state: st, reason: fmt.Sprintf("no SSH within the boot timeout; last: %s", describe())}
 			}
 			return nil, nil, ctx.Err()
 		}

@@ -78,7 +78,7 @@ func (cfg *Config) loadAuth(ctx context.Context) (*authSet, error) {
 		return nil
 	}
 	for _, f := range cfg.IdentityFiles {
-		data, err := os.ReadFile(f)
+		id, err := readIdentity(f)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				a.notes = append(a.notes, fmt.Sprintf("identity file %s does not exist", f))
@@ -87,12 +87,10 @@ func (cfg *Config) loadAuth(ctx context.Context) (*authSet, error) {
 			a.close()
 			return nil, fmt.Errorf("read identity file %s: %w", f, err)
 		}
-		s, err := ssh.ParsePrivateKey(data)
-		var pm *ssh.PassphraseMissingError
-		switch {
-		case err == nil:
-			a.add(s, f)
-		case errors.As(err, &pm):
+		switch pm := id.missing; {
+		case id.signer != nil:
+			a.add(id.signer, f)
+		case pm != nil:
 			pub := pm.PublicKey
 			if pub == nil {
 				if pd, err := os.ReadFile(f + ".pub"); err == nil {
@@ -110,7 +108,7 @@ func (cfg *Config) loadAuth(ctx context.Context) (*authSet, error) {
 			a.notes = append(a.notes, fmt.Sprintf("identity file %s is passphrase-protected and gpuctl never prompts: load it with: ssh-add %s", f, f))
 		default:
 			a.close()
-			return nil, fmt.Errorf("identity file %s: %w (is it a private key?)", f, err)
+			return nil, fmt.Errorf("identity file %s: %w (is it a private key?)", f, id.parseErr)
 		}
 	}
 	if !cfg.IdentitiesOnly {

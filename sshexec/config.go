@@ -206,7 +206,7 @@ func loadSSHConfig(inv *inventory.Inventory, home string) (*ssh_config.Config, s
 		return nil, "", fmt.Errorf("%s: ssh.config: %w", inv.Path, err)
 	}
 	defer f.Close()
-	sc, err := ssh_config.Decode(f)
+	sc, err := decodeSSHConfig(f, file)
 	if err != nil {
 		return nil, "", fmt.Errorf("ssh config %s: %w (gpuctl reads it with github.com/kevinburke/ssh_config; set [ssh].config = \"none\" to skip it)", file, err)
 	}

@@ -111,11 +111,13 @@ func (cfg *Config) policy() (*hostKeyPolicy, error) {
 	}
 	p := &hostKeyPolicy{files: cfg.KnownHosts}
 	var db ssh.HostKeyCallback
+	certAuthority := false
 	if len(files) > 0 {
-		db, err = knownhosts.New(files...)
+		kh, err := loadKnownHosts(files)
 		if err != nil {
 			return nil, fmt.Errorf("read known_hosts: %w", err)
 		}
+		db, certAuthority = kh.check, kh.certAuthority
 		// Ask the database what it holds for this address.
 		var ke *knownhosts.KeyError
 		if err := db(cfg.Addr, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 22}, probe()); errors.As(err, &ke) {
@@ -137,7 +139,7 @@ func (cfg *Config) policy() (*hostKeyPolicy, error) {
 		// Nothing on record (or only @cert-authority lines, which the
 		// default list, certificates first, serves).
 		p.algos = preferredHostKeyAlgos
-		if hasCertAuthority(files) {
+		if certAuthority {
 			p.algos = nil // x/crypto's default: certificates first
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -32,6 +33,34 @@ func (b *capBuffer) Write(p []byte) (int, error) {
 	}
 	b.buf.Write(p)
 	return len(p), nil
+}
+
+// copyBufs are ReadFrom's read buffers. Without ReadFrom, x/crypto's
+// session copies each of stdout and stderr through io.Copy, which allocates
+// 32 KiB per stream per command: most of what a status of many hosts
+// allocates, for outputs of a few KiB.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 8<<10); return &b }}
+
+// ReadFrom reads r to its end, keeping the first max bytes (io.Copy uses
+// it instead of allocating a buffer of its own).
+func (b *capBuffer) ReadFrom(r io.Reader) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	var n int64
+	for {
+		m, err := r.Read(buf)
+		if m > 0 {
+			n += int64(m)
+			b.Write(buf[:m])
+		}
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
 }
 
 func (b *capBuffer) bytes() ([]byte, bool) {

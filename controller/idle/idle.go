@@ -517,16 +517,14 @@ func apply(rep *Report, sigs []Signal, prev State, now time.Time) {
 	case rep.Busy:
 		rep.Decision = "busy: " + strings.Join(rep.BusyReasons, "; ")
 	case !rep.Idle:
-		rep.Decision = fmt.Sprintf("idle for %s, not more than idle_after %s yet", round(rep.IdleFor), rep.IdleAfter)
+		rep.Decision = fmt.Sprintf("idle for %s, not more than idle_after %s yet", FormatAgainst(rep.IdleFor, rep.IdleAfter), FormatSetting(rep.IdleAfter))
 	case !rep.Eligible:
-		rep.Decision = fmt.Sprintf("idle, but up only %s of min_uptime %s: not eligible", round(rep.Uptime), rep.MinUptime)
+		rep.Decision = fmt.Sprintf("idle, but up only %s of min_uptime %s: not eligible", FormatAgainst(rep.Uptime, rep.MinUptime), FormatSetting(rep.MinUptime))
 	default:
-		rep.Decision = fmt.Sprintf("idle for %s (more than idle_after %s): power off", round(rep.IdleFor), rep.IdleAfter)
+		rep.Decision = fmt.Sprintf("idle for %s (more than idle_after %s): power off", FormatAgainst(rep.IdleFor, rep.IdleAfter), FormatSetting(rep.IdleAfter))
 	}
 	rep.next = next
 }
-
-func round(d time.Duration) time.Duration { return d.Round(time.Second) }
 
 func ollamaPort(h *inventory.Host) uint16 {
 	if h.OllamaURL.URL == nil {
@@ -626,9 +624,9 @@ func ollamaSignal(ps psResult, rep *Report) Signal {
 			parts = append(parts, name)
 		case m.ExpiresAt.Before(boxNow.Add(-ExpiryGrace)):
 			busy = append(busy, fmt.Sprintf("%s expired %s ago but is still loaded: probably generating",
-				name, round(boxNow.Sub(m.ExpiresAt))))
+				name, FormatDuration(boxNow.Sub(m.ExpiresAt))))
 		default:
-			parts = append(parts, fmt.Sprintf("%s (unloads in %s)", name, round(m.ExpiresAt.Sub(boxNow))))
+			parts = append(parts, fmt.Sprintf("%s (unloads in %s)", name, FormatDuration(m.ExpiresAt.Sub(boxNow))))
 		}
 	}
 	if len(busy) > 0 {
@@ -671,9 +669,9 @@ func pullSignal(rem *remote, marks []string, markErr error, boxNow time.Time, bo
 		old, seen := prev.Partials[p.Path]
 		switch {
 		case seen && (old.Size != p.Size || old.Blocks != p.Blocks || !old.MTime.Equal(p.MTime)):
-			busy = append(busy, fmt.Sprintf("%s is growing (%d→%d blocks, written %s ago)", p.Path, old.Blocks, p.Blocks, round(max(age, 0))))
+			busy = append(busy, fmt.Sprintf("%s is growing (%d→%d blocks, written %s ago)", p.Path, old.Blocks, p.Blocks, FormatDuration(max(age, 0))))
 		case age < PullRecent:
-			busy = append(busy, fmt.Sprintf("%s was written %s ago", p.Path, round(max(age, 0))))
+			busy = append(busy, fmt.Sprintf("%s was written %s ago", p.Path, FormatDuration(max(age, 0))))
 		default:
 			stale++
 		}
@@ -811,7 +809,7 @@ func uptimeSignal(rem *remote, h *inventory.Host, now time.Time, rep *Report) Si
 	rep.Uptime = up
 	// The idle clock never starts before the box booted.
 	s.hint = rem.local.Add(-up)
-	s.Value = fmt.Sprintf("up %s (min_uptime %s)", round(up), h.MinUptime)
+	s.Value = fmt.Sprintf("up %s (min_uptime %s)", FormatAgainst(up, h.MinUptime.D()), FormatSetting(h.MinUptime.D()))
 	return s
 }
 

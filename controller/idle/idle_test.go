@@ -3,6 +3,7 @@ package idle
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ollamalive/gpuctl/controller"
+	"github.com/ollamalive/gpuctl/controller/activity"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -265,7 +267,7 @@ func TestMinUptime(t *testing.T) {
 		time.Sleep(2 * time.Minute)
 		out, err = e.cron()
 		wantAction(t, out, err, ActNotElig)
-		if !strings.Contains(out.Reason, "min_uptime 10m0s") {
+		if !strings.Contains(out.Reason, "up only 4m of min_uptime 10m:") {
 			t.Errorf("reason %q", out.Reason)
 		}
 		time.Sleep(6 * time.Minute)
@@ -459,26 +461,53 @@ func TestExplicitShutdown(t *testing.T) {
 }
 
 // A request that arrives while models are being unloaded stops the
-// poweroff.
+// poweroff. With --if-idle that is routine (busy, no error, nothing logged
+// above Info: cron mails nothing); an explicit shutdown is refused and says
+// why.
 func TestRequestWhileDraining(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		e := idleEnv(t)
-		if err := e.ollama.Load("tiny", time.Hour); err != nil {
-			t.Fatal(err)
-		}
-		unload := e.deps.Unload
-		var end func()
-		e.deps.Unload = func(ctx context.Context, h *inventory.Host, names []string) error {
-			end = e.tracker.Begin(h.Name)
-			return unload(ctx, h, names)
-		}
-		out, err := e.cron()
-		wantAction(t, out, err, ActFailed)
-		if !strings.Contains(err.Error(), "arrived while draining") || e.box.poweroffCount() != 0 {
-			t.Fatalf("%v, %d poweroffs", err, e.box.poweroffCount())
-		}
-		end()
-	})
+	for _, ifIdle := range []bool{true, false} {
+		t.Run(fmt.Sprintf("if-idle=%v", ifIdle), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				e := idleEnv(t)
+				if err := e.ollama.Load("tiny", time.Hour); err != nil {
+					t.Fatal(err)
+				}
+				unload := e.deps.Unload
+				var end func()
+				e.deps.Unload = func(ctx context.Context, h *inventory.Host, names []string) error {
+					end = e.tracker.Begin(h.Name)
+					return unload(ctx, h, names)
+				}
+				out, err := Run(context.Background(), e.deps, e.host, Options{IfIdle: ifIdle})
+				defer end()
+				if e.box.poweroffCount() != 0 {
+					t.Fatalf("%d poweroffs", e.box.poweroffCount())
+				}
+				const why = "1 request(s) arrived through the routing proxy while draining"
+				if ifIdle {
+					wantAction(t, out, err, ActBusy)
+					if err != nil || !strings.Contains(out.Reason, why) {
+						t.Fatalf("reason %q, err %v", out.Reason, err)
+					}
+					if strings.Contains(e.logs.String(), "level=WARN") || strings.Contains(e.logs.String(), "level=ERROR") {
+						t.Errorf("a routine abort logged above Info:\n%s", e.logs)
+					}
+				} else {
+					wantAction(t, out, err, ActRefused)
+					if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), why) || !strings.Contains(err.Error(), "--force") {
+						t.Fatalf("error %v", err)
+					}
+				}
+				st := e.state()
+				if st.Phase != PhaseReady || st.IdleSince != nil || len(st.BusyReasons) != 1 || !strings.Contains(st.BusyReasons[0], why) {
+					t.Errorf("state %+v", st)
+				}
+				if _, draining, _ := activity.Draining(e.deps.StateDir, e.host.Name); draining {
+					t.Error("the aborted shutdown left its draining marker")
+				}
+			})
+		})
+	}
 }
 
 // --dry-run shows every signal and writes nothing.

@@ -214,6 +214,26 @@ func fail(d *Deps, h *inventory.Host, st *State, out Outcome, err error) (Outcom
 	return out, err
 }
 
+// busyAgain aborts a shutdown because n requests arrived through the proxy
+// while it drained: the host is in use again and stays up. With --if-idle
+// that is a routine outcome (busy, no error: cron mails nothing); an
+// explicit shutdown is refused.
+func busyAgain(d *Deps, h *inventory.Host, st *State, out Outcome, n int, opts Options) (Outcome, error) {
+	what := fmt.Sprintf("%d request(s) arrived through the routing proxy while draining", n)
+	st.Phase = PhaseReady
+	st.IdleSince = nil
+	st.BusyReasons = []string{SigProxy + ": " + what}
+	if !opts.IfIdle {
+		return refuse(d, st, out, fmt.Errorf("host %q: %w: %s; it stays up (state ready); run the shutdown again once they are done, or use --force",
+			h.Name, ErrRefused, what), false)
+	}
+	out.Action, out.Reason = ActBusy, "busy: "+what+"; shutdown aborted, the host stays up"
+	if err := SaveState(d.StateDir, *st); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
 func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Runner, st *State, out Outcome, opts Options) (Outcome, error) {
 	st.Phase = PhaseDraining
 	if err := SaveState(d.StateDir, *st); err != nil {
@@ -261,7 +281,7 @@ func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 			return fail(d, h, st, out, fmt.Errorf("re-reading the routing proxy before poweroff: %w", err))
 		}
 		if n := r.Snapshot.Hosts[h.Name].InFlight; n > 0 {
-			return fail(d, h, st, out, fmt.Errorf("%d request(s) arrived while draining", n))
+			return busyAgain(d, h, st, out, n, opts)
 		}
 	}
 
@@ -270,8 +290,17 @@ func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 		return fail(d, h, st, out, err)
 	}
 	d.log().Info("powering off", "host", h.Name, "command", "sudo -n "+PoweroffCommand)
+	// The box will drop this connection as it goes down: that is no
+	// warning (see controller.CloseExpecter).
+	ce, _ := runner.(controller.CloseExpecter)
+	if ce != nil {
+		ce.ExpectClose(true)
+	}
 	res, runErr := runner.Run(ctx, sshexec.Cmd{Args: []string{"sudo", "-n", PoweroffCommand}, Timeout: 20 * time.Second})
 	if runErr == nil && res.ExitStatus != 0 {
+		if ce != nil {
+			ce.ExpectClose(false)
+		}
 		msg := strings.TrimSpace(string(res.Stderr))
 		if msg == "" {
 			msg = strings.TrimSpace(string(res.Stdout))

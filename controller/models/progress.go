@@ -136,15 +136,17 @@ func (l *Lines) Event(e Event) {
 		}
 		l.last[e.Model] = e.Status
 	}
-	if s := describe(e); s != "" {
+	if s := Describe(e); s != "" {
 		fmt.Fprintln(l.w, Sanitize(s))
 	}
 }
 
 func (l *Lines) Close() error { return nil }
 
-// describe is the one-line text of an event, shared by Lines and Bars.
-func describe(e Event) string {
+// Describe is the one-line text of an event ("MODEL: what happened"),
+// shared by Lines, Bars and gpuctl wake's progress. It may hold text from
+// the network: Sanitize it before printing.
+func Describe(e Event) string {
 	p := e.Model + ": "
 	switch e.Kind {
 	case EventCheck:
@@ -255,7 +257,7 @@ func (b *Bars) Event(e Event) {
 			}
 		}
 	}
-	if s := describe(e); s != "" && !(e.Kind == EventStatus && e.Digest != "") {
+	if s := Describe(e); s != "" && !(e.Kind == EventStatus && e.Digest != "") {
 		// A message is a bar with no filler that completes at once: it
 		// keeps its place among the bars and is drawn before Close returns.
 		text := Sanitize(s)

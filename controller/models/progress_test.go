@@ -37,7 +37,7 @@ func TestLinesHaveNoControlCharacters(t *testing.T) {
 		}
 	}
 	if len(tiny) != 9 || tiny[1] != "tiny:latest: pulling manifest" || !strings.HasPrefix(tiny[2], "tiny:latest: pulling ") ||
-		!strings.HasSuffix(tiny[2], "(64.0 KiB)") || !strings.HasPrefix(tiny[8], "tiny:latest: on the drive: manifest and 3 blobs") {
+		!strings.HasSuffix(tiny[2], "(64.0 KiB)") || !strings.HasPrefix(tiny[8], "tiny:latest: verified on the drive: manifest and 3 blobs") {
 		t.Errorf("tiny lines:\n%s", strings.Join(tiny, "\n"))
 	}
 	if !strings.Contains(out, "bad:latest: failed: pulling bad:latest on gpu1: evil [2J forged line  ok ") {
@@ -81,7 +81,7 @@ func TestBarsRender(t *testing.T) {
 	}
 	r.Close() // idempotent
 	out := buf.String()
-	for _, want := range []string{"tiny:latest pulling manifest", "tiny:latest on the drive", "gone:latest interrupted"} {
+	for _, want := range []string{"tiny:latest pulling manifest", "tiny:latest verified on the drive", "gone:latest interrupted"} {
 		if !strings.Contains(strings.ReplaceAll(out, ": ", " "), want) {
 			t.Errorf("bars output lacks %q:\n%s", want, out)
 		}

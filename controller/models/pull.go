@@ -266,7 +266,7 @@ func (m *Manager) pullOne(ctx context.Context, r Ref, sink ProgressSink) error {
 		return failed(err)
 	}
 	emit(Event{Kind: EventVerified, Total: v.Size,
-		Message: fmt.Sprintf("on the drive: manifest and %d blobs, %s under %s", len(v.Blobs), size(v.Size), m.Host.ModelsDir)})
+		Message: fmt.Sprintf("verified on the drive: manifest and %d blobs, %s under %s", len(v.Blobs), size(v.Size), m.Host.ModelsDir)})
 	return nil
 }
 

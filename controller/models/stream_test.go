@@ -150,7 +150,7 @@ func FuzzDecodeStream(f *testing.F) {
 			}
 		}
 		e := Event{Model: "m", Kind: EventStatus, Status: tr.Status, Total: total, Completed: done}
-		if s := Sanitize(describe(e)); strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		if s := Sanitize(Describe(e)); strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 			t.Fatalf("control character in %q", s)
 		}
 	})

@@ -6,8 +6,10 @@ import (
 	"encoding/csv"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -86,10 +88,30 @@ func loadGPUTable() (*gpuTable, error) {
 // the unit unless nounits, fields joined by ", ". bad is nvidia-smi's
 // message for an unknown field ("" when all are known).
 func nvidiaSMIQuery(fields []string, header, units bool) (out, bad string, err error) {
-	t, err := loadGPUTable()
+	key := fmt.Sprint(strings.Join(fields, ","), header, units)
+	if r, ok := queryCache.Load(key); ok {
+		r := r.(queryResult)
+		return r.out, r.bad, nil
+	}
+	t, err := capturedGPUs()
 	if err != nil {
 		return "", "", err
 	}
+	out, bad = t.query(fields, header, units)
+	queryCache.Store(key, queryResult{out, bad})
+	return out, bad, nil
+}
+
+// The capture never changes, so neither does an answer to a query: each is
+// computed once (the simulator answers thousands of status checks).
+var (
+	capturedGPUs = sync.OnceValues(loadGPUTable)
+	queryCache   sync.Map // fields, header, units → queryResult
+)
+
+type queryResult struct{ out, bad string }
+
+func (t *gpuTable) query(fields []string, header, units bool) (out, bad string) {
 	var hdr, row []string
 	for _, f := range fields {
 		i := -1
@@ -101,7 +123,7 @@ func nvidiaSMIQuery(fields []string, header, units bool) (out, bad string, err e
 		}
 		if i < 0 {
 			// nvidia-smi's own message for an unknown field.
-			return "", fmt.Sprintf("Field \"%s\" is not a valid field to query.\n", f), nil
+			return "", fmt.Sprintf("Field \"%s\" is not a valid field to query.\n", f)
 		}
 		h, v := t.names[i], t.values[i]
 		if t.units[i] != "" {
@@ -118,7 +140,7 @@ func nvidiaSMIQuery(fields []string, header, units bool) (out, bad string, err e
 		b.WriteString(strings.Join(hdr, ", ") + "\n")
 	}
 	b.WriteString(strings.Join(row, ", ") + "\n")
-	return b.String(), "", nil
+	return b.String(), ""
 }
 
 var (
@@ -130,28 +152,84 @@ var (
 // array) with exactly two values adjusted: the container's Name (docker
 // inspect NAME reports that name) and State.StartedAt (when the box booted).
 func dockerInspect(container string, started time.Time) string {
-	s := string(Fixture(fxDockerInspect))
-	s = reName.ReplaceAllLiteralString(s, `        "Name": "/`+container+`"`)
-	done := false
-	s = reStartedAt.ReplaceAllStringFunc(s, func(m string) string {
-		if done {
-			return m
+	t := inspectTemplate()
+	var b strings.Builder
+	b.Grow(t.size + 8*len(container) + 64)
+	for _, p := range t.parts {
+		switch p.kind {
+		case partName:
+			b.WriteString(`        "Name": "/` + container + `"`)
+		case partStarted:
+			b.WriteString(`"StartedAt": "` + started.UTC().Format(time.RFC3339Nano) + `"`)
+		default:
+			b.WriteString(p.text)
 		}
-		done = true
-		return `"StartedAt": "` + started.UTC().Format(time.RFC3339Nano) + `"`
-	})
-	return s
+	}
+	return b.String()
+}
+
+// inspectTemplate cuts the capture once, at every container Name and at the
+// first StartedAt (the container's; later ones are health-check times).
+var inspectTemplate = sync.OnceValue(func() *template {
+	s := string(Fixture(fxDockerInspect))
+	var cuts []cut
+	for _, m := range reName.FindAllStringIndex(s, -1) {
+		cuts = append(cuts, cut{m[0], m[1], partName})
+	}
+	if m := reStartedAt.FindStringIndex(s); m != nil {
+		cuts = append(cuts, cut{m[0], m[1], partStarted})
+	}
+	slices.SortFunc(cuts, func(a, b cut) int { return a.from - b.from })
+	t := &template{size: len(s)}
+	at := 0
+	for _, c := range cuts {
+		t.parts = append(t.parts, part{text: s[at:c.from]}, part{kind: c.kind})
+		at = c.to
+	}
+	t.parts = append(t.parts, part{text: s[at:]})
+	return t
+})
+
+type partKind int
+
+const (
+	partText partKind = iota
+	partName
+	partStarted
+)
+
+type part struct {
+	kind partKind
+	text string
+}
+
+type cut struct {
+	from, to int
+	kind     partKind
+}
+
+type template struct {
+	parts []part
+	size  int
 }
 
 // findmntJSON is the ntfs-3g capture (read-write or read-only) with the
 // mount point rewritten to target.
 func findmntJSON(target string, readOnly bool) string {
+	key := fmt.Sprint(readOnly, target)
+	if out, ok := findmntCache.Load(key); ok {
+		return out.(string)
+	}
 	f := fxFindmntRW
 	if readOnly {
 		f = fxFindmntRO
 	}
-	return strings.Replace(string(Fixture(f)), `"target": "`+fixtureMountFrom+`"`, `"target": "`+jsonEscape(target)+`"`, 1)
+	out := strings.Replace(string(Fixture(f)), `"target": "`+fixtureMountFrom+`"`, `"target": "`+jsonEscape(target)+`"`, 1)
+	findmntCache.Store(key, out)
+	return out
 }
+
+var findmntCache sync.Map // readOnly, target → output
 
 func jsonEscape(s string) string {
 	q := strconv.Quote(s)
@@ -183,11 +261,11 @@ type dfRow struct {
 }
 
 // dfSource is the device and type the NTFS capture shows.
-func dfSource() (source, fstype string) {
+var dfSource = sync.OnceValues(func() (source, fstype string) {
 	lines := strings.Split(string(Fixture(fxDF)), "\n")
 	f := strings.Fields(lines[1])
 	return f[0], f[1]
-}
+})
 
 // renderDF prints `df -B1 --output=COLS` for one row as GNU df aligns it.
 func renderDF(cols []string, r dfRow) (string, error) {

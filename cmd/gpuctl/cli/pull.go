@@ -123,7 +123,11 @@ func runPull(ctx context.Context, env *Env, inv *loadedInventory, h *inventory.H
 			return modelsExit(err)
 		}
 		if len(names) == 0 {
-			fmt.Fprintf(env.Stderr, "%s: all %d declared models are present\n", h.Name, len(h.Models))
+			if len(h.Models) == 1 {
+				fmt.Fprintf(env.Stderr, "%s: its declared model %s is present\n", h.Name, h.Models[0])
+			} else {
+				fmt.Fprintf(env.Stderr, "%s: all %d declared models are present\n", h.Name, len(h.Models))
+			}
 			return nil
 		}
 	}

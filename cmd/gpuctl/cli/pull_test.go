@@ -62,7 +62,7 @@ func TestPullDeclaredMissingPlainOutput(t *testing.T) {
 	if strings.ContainsFunc(out, func(r rune) bool { return r != '\n' && unicode.IsControl(r) }) {
 		t.Errorf("control characters in %q", out)
 	}
-	for _, want := range []string{"tiny:latest: pulling manifest\n", "tiny:latest: success\n", "tiny:latest: on the drive: manifest and 3 blobs"} {
+	for _, want := range []string{"tiny:latest: pulling manifest\n", "tiny:latest: success\n", "tiny:latest: verified on the drive: manifest and 3 blobs"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

@@ -32,10 +32,11 @@ func shutdownCommand(env *Env) *cli.Command {
 			"are in flight (override with --force). Either way it refuses unless Wake-on-LAN is armed on the\n" +
 			"box's NIC, unloads the models, runs `sudo -n /run/current-system/sw/bin/poweroff` and waits for\n" +
 			"the box to stop answering. Wakes and shutdowns of one host take the same lock.\n\n" +
-			"Exit code: 0 powered off, or (with --if-idle) left up because busy, not idle long enough, just\n" +
-			"booted, already off, in its other OS, or locked by a running wake or shutdown; 1 refused or\n" +
-			"failed (the host stays up; the reason is printed and kept in STATE_DIR/idle/HOST.json);\n" +
-			"2 usage or not an on_demand host; 3 the host cannot be reached to decide.",
+			"Exit code: 0 powered off, or (with --if-idle) left up because busy (also when requests arrived\n" +
+			"while it drained), not idle long enough, just booted, already off, in its other OS, or locked by a\n" +
+			"running wake or shutdown; 1 refused or failed (the host stays up; the reason is printed and kept\n" +
+			"in STATE_DIR/idle/HOST.json); 2 usage or not an on_demand host; 3 the host cannot be reached\n" +
+			"to decide.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "if-idle", Usage: "power off only when every idle signal has been idle for longer than idle_after"},
 			&cli.DurationFlag{Name: "idle-after", Usage: "override the host's idle_after (`DURATION`, such as 20m)"},
@@ -117,19 +118,31 @@ func runShutdown(ctx context.Context, env *Env, o shutdownOptions) error {
 		if jerr := enc.Encode(shutdownJSON(out, err)); jerr != nil {
 			return fmt.Errorf("write shutdown report: %w", jerr)
 		}
-	} else if o.opts.DryRun || out.Action == idle.ActPoweredOff || out.Action == idle.ActFailed {
-		writeIdleReport(env.Stdout, out.Report, env.Now())
+	}
+	report := !o.json && (o.opts.DryRun || out.Action == idle.ActPoweredOff || out.Action == idle.ActFailed)
+	if report {
+		writeIdleReport(env.Stdout, out.Report, o.opts.IfIdle)
 	}
 	code := shutdownExit(out, err, o.opts)
 	msg := h.Name + ": " + string(out.Action) + ": " + out.Reason
+	if report {
+		// The report's last lines say why: the outcome alone, not its
+		// reason a second time.
+		msg = h.Name + ": " + string(out.Action)
+		switch {
+		case o.opts.DryRun:
+			msg += " (dry run: nothing changed)"
+		case !o.opts.IfIdle:
+			msg += " (explicit shutdown)"
+		}
+	}
 	switch {
 	case code != ExitOK:
 		if o.json {
 			return &ExitError{Code: code}
 		}
 		return withCode(code, err)
-	case out.Action == idle.ActBusy || out.Action == idle.ActNotYet || out.Action == idle.ActNotElig ||
-		out.Action == idle.ActAlreadyOff:
+	case routineShutdown(out.Action, o.opts):
 		// Routine cron outcomes: logged, not printed, so cron mails nothing.
 		env.Logger.Info("idle shutdown", "host", h.Name, "action", string(out.Action), "reason", out.Reason)
 		if o.opts.DryRun && !o.json {
@@ -141,6 +154,18 @@ func runShutdown(ctx context.Context, env *Env, o shutdownOptions) error {
 		}
 	}
 	return nil
+}
+
+// routineShutdown reports whether an outcome is one cron should not mail
+// about: with --if-idle, the host was left alone for one of the expected
+// reasons (docs/exit-codes.md). An explicit shutdown always says what it
+// did.
+func routineShutdown(a idle.Action, opts idle.Options) bool {
+	switch a {
+	case idle.ActAlreadyOff, idle.ActBusy, idle.ActNotYet, idle.ActNotElig, idle.ActLocked, idle.ActOtherOS, idle.ActNotReady:
+		return opts.IfIdle
+	}
+	return false
 }
 
 // shutdownExit maps an outcome to the documented exit code.
@@ -176,8 +201,11 @@ func shutdownJSON(out idle.Outcome, err error) shutdownOut {
 	return j
 }
 
-// writeIdleReport prints every signal and the decision.
-func writeIdleReport(w io.Writer, r idle.Report, now time.Time) {
+// writeIdleReport prints every signal and the decision (what an --if-idle
+// run does; labelled so when the shutdown is explicit). Times are those of
+// the check the decision was made on (r.Checked), not of the printing:
+// after a poweroff that is many seconds later.
+func writeIdleReport(w io.Writer, r idle.Report, ifIdle bool) {
 	if r.Box != idle.BoxUp {
 		fmt.Fprintf(w, "%s: %s (%s)\n", r.Host, r.Box, r.BoxDetail)
 		return
@@ -211,12 +239,22 @@ func writeIdleReport(w io.Writer, r idle.Report, now time.Time) {
 	}
 	fmt.Fprintf(tw, "wake-on-lan\t%s\t-\t%s\n", wol, oneLine(strings.TrimSpace(v)))
 	tw.Flush()
-	since := "-"
+	since := "- (busy)"
 	if r.IdleSince != nil {
-		since = fmt.Sprintf("%s (%s ago)", r.IdleSince.Local().Format("2006-01-02 15:04:05"), now.Sub(*r.IdleSince).Round(time.Second))
+		since = fmt.Sprintf("%s (idle for %s at the check, %s)", r.IdleSince.Local().Format("2006-01-02 15:04:05"),
+			idle.FormatAgainst(r.IdleFor, r.IdleAfter), r.Checked.Local().Format("15:04:05"))
 	}
-	fmt.Fprintf(w, "idle since: %s; idle_after %s; uptime %s, min_uptime %s\n", since, r.IdleAfter, r.Uptime.Round(time.Second), r.MinUptime)
-	fmt.Fprintf(w, "decision: %s\n", r.Decision)
+	uptime := "unknown"
+	if r.Uptime > 0 {
+		uptime = idle.FormatAgainst(r.Uptime, r.MinUptime)
+	}
+	fmt.Fprintf(w, "idle since: %s; idle_after %s; uptime %s, min_uptime %s\n", since, idle.FormatSetting(r.IdleAfter),
+		uptime, idle.FormatSetting(r.MinUptime))
+	if ifIdle {
+		fmt.Fprintf(w, "decision: %s\n", r.Decision)
+	} else {
+		fmt.Fprintf(w, "--if-idle would decide: %s\n", r.Decision)
+	}
 	if !r.WOL.Armed && r.WOL.Fix != "" {
 		fmt.Fprintf(w, "wake-on-lan: %s\n", r.WOL.Fix)
 	}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/ollama/ollama/api"
 	"github.com/urfave/cli/v2"
+	"golang.org/x/crypto/ssh"
 	"golang.org/x/term"
 
 	"github.com/ollamalive/gpuctl/controller"
@@ -29,7 +31,8 @@ func wakeCommand(env *Env) *cli.Command {
 		Description: "Returns at once when the host is ready already. Otherwise sends Wake-on-LAN packets (again and\n" +
 			"again while waiting), waits for SSH, runs the readiness checks until they pass and pulls missing\n" +
 			"declared models. Exit code: 0 ready, 4 degraded (failing checks named), 3 not reachable by the\n" +
-			"timeout, 5 the PC runs its other OS (never woken). Concurrent wakes of a host share one wake.",
+			"timeout, 5 the PC runs its other OS (never woken), 1 stopped at once on an SSH error that waiting\n" +
+			"cannot fix (host key mismatch, login refused). Concurrent wakes of a host share one wake.",
 		Flags: []cli.Flag{
 			jsonFlag,
 			&cli.DurationFlag{Name: "timeout", Usage: "how long to wait for the host (default: its boot_timeout)"},
@@ -88,11 +91,15 @@ func runWake(ctx context.Context, env *Env, o wakeOptions) error {
 		return fmt.Errorf("write result: %w", err)
 	}
 	st := res.Status
+	if res.Stopped != "" {
+		return withCode(res.ExitCode(), stoppedError(o.host.Name, res))
+	}
 	switch code := res.ExitCode(); code {
 	case ExitOK:
 		return nil
 	case ExitDegraded:
-		return exitf(code, "host %s is up but degraded: failing checks: %s", o.host.Name, strings.Join(st.Failing(), ", "))
+		return exitf(code, "host %s is up but degraded: failing checks: %s; the table above says why (gpuctl status %s checks again)",
+			o.host.Name, strings.Join(st.Failing(), ", "), o.host.Name)
 	case ExitOff:
 		return exitf(code, "host %s: %s", o.host.Name, controller.Clean(st.Reason))
 	default:
@@ -100,9 +107,76 @@ func runWake(ctx context.Context, env *Env, o wakeOptions) error {
 		if timeout == 0 {
 			timeout = o.host.BootTimeout.D()
 		}
-		return exitf(code, "host %s is not ready after %s (%s): %s; is Wake-on-LAN armed, and the PC on this network? (gpuctl wol listen on another machine shows the packets)",
-			o.host.Name, timeout, st.State, controller.Clean(st.Reason))
+		return exitf(code, "host %s is not ready after %s (%s): %s%s", o.host.Name, timeout, st.State,
+			controller.Clean(st.Reason), notReadyHint(o, res, timeout))
 	}
+}
+
+// notReadyHint is what to check when a wake timed out, by where the host
+// got to: only a host that never answered points at Wake-on-LAN.
+func notReadyHint(o wakeOptions, res *controller.WakeResult, timeout time.Duration) string {
+	switch {
+	case res.Status.State == controller.StateOff && res.Record.Woke:
+		return "; is Wake-on-LAN armed, and the PC on this network? (gpuctl wol listen on another machine shows the packets)"
+	case res.Status.State == controller.StateOff:
+		return fmt.Sprintf("; no magic packet was sent (host %s has no mac in %s): power it on by hand, or add its mac", o.host.Name, o.inv.Path)
+	case res.Status.State == controller.StateBooting:
+		return fmt.Sprintf("; the host answers on the network but SSH never became usable: check that sshd runs on it, or allow a slower boot (--timeout, or boot_timeout, now %s)", timeout)
+	}
+	return ""
+}
+
+// stoppedError says why a wake stopped at once on an SSH error that waiting
+// cannot fix, and what to do about it: no Wake-on-LAN hint, since the host
+// is up and answering.
+func stoppedError(host string, res *controller.WakeResult) error {
+	var hk *sshexec.HostKeyError
+	var ae *sshexec.AuthError
+	switch {
+	case errors.As(res.Err, &hk) && hk.Kind == sshexec.HostKeyMismatch:
+		var b strings.Builder
+		fmt.Fprintf(&b, "wake %s stopped: host key mismatch at %s: the host presents %s %s, but ", host, hk.Addr, hk.Key.Type(), ssh.FingerprintSHA256(hk.Key))
+		for i, k := range hk.Known {
+			if i > 0 {
+				b.WriteString(" and ")
+			}
+			fmt.Fprintf(&b, "%s %s is on record in %s", k.Key.Type(), ssh.FingerprintSHA256(k.Key), knownKeySource(k))
+		}
+		if len(hk.Known) == 0 {
+			b.WriteString("another key is on record")
+		}
+		b.WriteString("; someone may be intercepting the connection, or the host was reinstalled, so gpuctl did not log in; " +
+			"compare with the key on the host itself (on its console: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)")
+		switch {
+		case strings.HasPrefix(hk.Hint, "gpuctl trust "):
+			fmt.Fprintf(&b, "; if it matches, run: gpuctl trust %s --replace", host)
+		case hk.Hint != "":
+			fmt.Fprintf(&b, "; if it matches, %s", hk.Hint)
+		}
+		return errors.New(controller.Clean(b.String()))
+	case errors.As(res.Err, &ae) && len(ae.Offered) > 0:
+		var b strings.Builder
+		fmt.Fprintf(&b, "wake %s stopped: %s refused the login as %q with every key offered (%s)", host, ae.Addr, ae.User, strings.Join(ae.Offered, "; "))
+		for _, n := range ae.Notes {
+			b.WriteString("; ")
+			b.WriteString(n)
+		}
+		fmt.Fprintf(&b, "; add one of these public keys to %s's ~/.ssh/authorized_keys on the host, or set [ssh].identity_files to the key it accepts", ae.User)
+		return errors.New(controller.Clean(b.String()))
+	case res.Err != nil:
+		return fmt.Errorf("wake %s stopped: %s", host, controller.Clean(res.Err.Error()))
+	}
+	// A result recorded by another gpuctl: only its text.
+	return fmt.Errorf("wake %s stopped: %s", host, controller.Clean(res.Status.Reason))
+}
+
+// knownKeySource says where a recorded key comes from: file:line, or the
+// inventory's host_key.
+func knownKeySource(k sshexec.KnownKey) string {
+	if k.Line > 0 {
+		return fmt.Sprintf("%s:%d", k.File, k.Line)
+	}
+	return k.File
 }
 
 func isTTY(w io.Writer) bool {
@@ -214,15 +288,9 @@ func (p modelsPuller) Pull(ctx context.Context, h *inventory.Host, r sshexec.Run
 	var mu sync.Mutex
 	lastLine := ""
 	return m.Pull(ctx, names, models.SinkFunc(func(e models.Event) {
-		line := e.Model + ": " + string(e.Kind)
-		if e.Status != "" {
-			line = e.Model + ": " + e.Status
-		}
-		if e.Total > 0 {
-			line += fmt.Sprintf(" %d%%", e.Completed*100/e.Total)
-		}
-		if e.Error != "" {
-			line += ": " + e.Error
+		line := pullLine(e)
+		if line == "" {
+			return
 		}
 		mu.Lock()
 		changed := line != lastLine
@@ -232,4 +300,18 @@ func (p modelsPuller) Pull(ctx context.Context, h *inventory.Host, r sshexec.Run
 			progress(line)
 		}
 	}))
+}
+
+// pullLine is a wake's progress text for one pull event: Ollama's status
+// with the layer's percentage while it downloads, otherwise the event as
+// gpuctl pull prints it.
+func pullLine(e models.Event) string {
+	if e.Kind != models.EventStatus {
+		return models.Describe(e)
+	}
+	line := e.Model + ": " + e.Status
+	if e.Total > 0 {
+		line += fmt.Sprintf(" %d%%", min(e.Completed, e.Total)*100/e.Total)
+	}
+	return line
 }

@@ -46,6 +46,12 @@ type simPC struct {
 	gpuExit  int
 	neverUp  bool
 	bootWait time.Duration
+	// bootKey, when set, is the host key the PC presents once booted
+	// instead of the one pinned in the inventory (a reinstalled host, or
+	// someone in the middle); authKey replaces the client key its sshd
+	// accepts (a refused login).
+	bootKey ssh.Signer
+	authKey ssh.PublicKey
 
 	mu      sync.Mutex
 	packets int
@@ -163,7 +169,14 @@ func (pc *simPC) boot() {
 		pc.t.Error(err)
 		return
 	}
-	srv, err := sshtest.Start(sshtest.Options{Addr: pc.sshAddr, HostKeys: []ssh.Signer{pc.hostKey}, AuthorizedKeys: []ssh.PublicKey{cpub}})
+	if pc.authKey != nil {
+		cpub = pc.authKey
+	}
+	hk := pc.hostKey
+	if pc.bootKey != nil {
+		hk = pc.bootKey
+	}
+	srv, err := sshtest.Start(sshtest.Options{Addr: pc.sshAddr, HostKeys: []ssh.Signer{hk}, AuthorizedKeys: []ssh.PublicKey{cpub}})
 	if err != nil {
 		pc.t.Errorf("boot: %v", err)
 		return
