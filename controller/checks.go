@@ -427,13 +427,16 @@ func (k *checker) ollama(ctx context.Context) []Check {
 	k.mu.Lock()
 	k.rep.Ollama = o
 	k.mu.Unlock()
-	out := k.timed(CheckOllama, start, Check{OK: true, Detail: fmt.Sprintf("Ollama %s at %s, %d models", v, o.URL, len(o.Models))})
+	out := k.timed(CheckOllama, start, Check{OK: true, Detail: fmt.Sprintf("Ollama %s at %s, %s", v, o.URL, plural(len(o.Models), "model"))})
 	mc := Check{Name: CheckModels, OK: len(o.Missing) == 0, Duration: out[0].Duration}
 	switch {
 	case len(k.h.Models) == 0:
 		mc.Detail = "no models declared"
 	case len(o.Missing) == 0:
-		mc.Detail = fmt.Sprintf("all %d declared models present", len(k.h.Models))
+		mc.Detail = "declared " + plural(len(k.h.Models), "model") + " present"
+		if len(k.h.Models) > 1 {
+			mc.Detail = "all " + mc.Detail
+		}
 	default:
 		mc.Detail = "missing: " + strings.Join(o.Missing, ", ") + " (gpuctl pull " + k.h.Name + ")"
 	}
@@ -483,4 +486,12 @@ func MissingModels(declared []inventory.ModelName, present []string) []string {
 		}
 	}
 	return missing
+}
+
+// plural writes "1 model", "2 models".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

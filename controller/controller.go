@@ -186,9 +186,9 @@ type ProbeError struct {
 
 func (e *ProbeError) Error() string { return fmt.Sprintf("host %q: %s", e.Host, e.Probe.Describe()) }
 
-// isPermanent reports whether a connector error cannot be fixed by retrying:
+// IsPermanent reports whether a connector error cannot be fixed by retrying:
 // a rejected host key, refused authentication, or an error that says so.
-func isPermanent(err error) bool {
+func IsPermanent(err error) bool {
 	var p PermanentError
 	if errors.As(err, &p) {
 		return p.Permanent()

@@ -309,7 +309,7 @@ func (c *Controller) wake(ctx context.Context, h *inventory.Host, opts WakeOptio
 		ccancel()
 		if err != nil {
 			conn.Close()
-			if isPermanent(err) {
+			if IsPermanent(err) {
 				return w.stop(err), nil
 			}
 		} else {
@@ -610,7 +610,7 @@ func (c *Controller) waitSSH(ctx context.Context, w *wakeRun, first Probe, wolEr
 				return r, cl, nil
 			}
 			a.conn.Close()
-			if isPermanent(err) {
+			if IsPermanent(err) {
 				return nil, nil, &stopError{state: StateUnknown, reason: "ssh: " + err.Error(), err: err}
 			}
 			lastSSHErr = err

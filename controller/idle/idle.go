@@ -230,7 +230,9 @@ type Report struct {
 	Checked time.Time `json:"checked"`
 	// Box is up, off, in-use-other-os, booting or unknown; signals are
 	// gathered only when it is up (or unknown: SSH failed, all busy).
-	Box       string   `json:"box"`
+	Box string `json:"box"`
+	// sshErr is why SSH failed when Box is unknown.
+	sshErr    error
 	BoxDetail string   `json:"box_detail,omitempty"`
 	Signals   []Signal `json:"signals"`
 	// Busy reports whether any signal is busy; BusyReasons say which.
@@ -317,7 +319,7 @@ func connect(ctx context.Context, d *Deps, h *inventory.Host) (sshexec.Runner, i
 	r, cl, err := d.Connect(pctx, h, conn)
 	if err != nil {
 		conn.Close()
-		rep.Box, rep.BoxDetail = BoxUnknown, "ssh: "+err.Error()
+		rep.Box, rep.BoxDetail, rep.sshErr = BoxUnknown, "ssh: "+err.Error(), err
 		return nil, nil, rep
 	}
 	rep.Box = BoxUp

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +19,8 @@ import (
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/activity"
 	"github.com/ollamalive/gpuctl/inventory"
+	"github.com/ollamalive/gpuctl/sshexec"
+	"github.com/ollamalive/gpuctl/sshexec/sshtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -543,4 +546,43 @@ func TestDryRun(t *testing.T) {
 			t.Fatalf("evaluate: %+v %v", rep, err)
 		}
 	})
+}
+
+// A rejected host key or login never clears up by itself, so a cron run
+// says so (exit 1, cron mails) instead of leaving the box up in silence; a
+// passing SSH problem (a timeout) stays a routine, quiet outcome.
+func TestCronReportsPermanentSSHFailures(t *testing.T) {
+	key, err := sshtest.NewEd25519Signer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		err     error
+		refused bool
+	}{
+		{"host-key", &sshexec.HostKeyError{Kind: sshexec.HostKeyMismatch, Host: "gaming-pc", Addr: "192.0.2.20:22", Key: key.PublicKey()}, true},
+		{"auth", &sshexec.AuthError{}, true},
+		{"timeout", context.DeadlineExceeded, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				e := idleEnv(t)
+				e.deps.Connect = func(ctx context.Context, h *inventory.Host, conn net.Conn) (sshexec.Runner, io.Closer, error) {
+					conn.Close()
+					return nil, nil, tc.err
+				}
+				out, err := e.cron()
+				if out.Action != ActNotReady {
+					t.Fatalf("action %q, want %q", out.Action, ActNotReady)
+				}
+				if got := errors.Is(err, ErrRefused); got != tc.refused {
+					t.Fatalf("cron error %v: refused=%v, want %v", err, got, tc.refused)
+				}
+				if e.box.poweroffCount() != 0 {
+					t.Fatal("powered off without SSH")
+				}
+			})
+		})
+	}
 }

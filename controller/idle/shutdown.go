@@ -118,9 +118,11 @@ func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome
 				return out, err
 			}
 		}
-		if opts.IfIdle {
+		if opts.IfIdle && !controller.IsPermanent(rep.sshErr) {
 			return out, nil
 		}
+		// A rejected host key or login never clears up by itself: say so
+		// even from cron, or the box would silently never be powered off.
 		return out, fmt.Errorf("host %q: %w: %s", h.Name, ErrRefused, rep.BoxDetail)
 	}
 
