@@ -137,6 +137,9 @@ func TestDrainMarkerFirstHoldsThenWakes(t *testing.T) {
 			t.Fatalf("warm-up: %v %v", res, err)
 		}
 		readAll(t, res)
+		// The handler ends the request (in flight -1) just after the client
+		// has read the last byte: let it finish before the shutdown reads.
+		synctest.Wait()
 		if !s.begin() {
 			t.Fatal("the shutdown saw a request in flight")
 		}
