@@ -89,6 +89,10 @@ type Options struct {
 	Addr string
 	// Logf, when set, receives server-side errors.
 	Logf func(format string, args ...any)
+	// MaxRecorded caps how many received commands Commands keeps (the
+	// oldest are dropped); 0 keeps them all, as tests want. A long-running
+	// simulator sets it so its memory stays bounded.
+	MaxRecorded int
 }
 
 // Server is a running fake SSH server.
@@ -473,6 +477,9 @@ func (s *Server) exec(c *conn, user string, ch ssh.Channel, raw string, chDone <
 	argv, aerr := SplitWords(raw)
 	s.mu.Lock()
 	s.execs = append(s.execs, Exec{Raw: raw, Argv: argv, ArgvErr: aerr, User: user})
+	if n := s.opts.MaxRecorded; n > 0 && len(s.execs) > n {
+		s.execs = append(s.execs[:0], s.execs[len(s.execs)-n:]...)
+	}
 	var r *rule
 	for i := range s.rules {
 		if s.rules[i].match(raw, argv) {

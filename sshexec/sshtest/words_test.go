@@ -1,8 +1,12 @@
 package sshtest
 
 import (
+	"io"
 	"slices"
 	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
 )
 
 func TestSplitWords(t *testing.T) {
@@ -49,4 +53,31 @@ func FuzzSplitWords(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		_, _ = SplitWords(s) // must not panic
 	})
+}
+
+func TestMaxRecordedKeepsTheLatest(t *testing.T) {
+	srv := New(t, Options{MaxRecorded: 2, Handler: func(string, io.Reader, io.Writer, io.Writer) int { return 0 }})
+	c, err := ssh.Dial("tcp", srv.Addr(), &ssh.ClientConfig{
+		User:            "gpuctl",
+		Auth:            []ssh.AuthMethod{ssh.PublicKeys(srv.ClientSigner())},
+		HostKeyCallback: ssh.FixedHostKey(srv.HostKey()),
+		Timeout:         5 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, cmd := range []string{"one", "two", "three"} {
+		sess, err := c.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sess.Run(cmd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := srv.Commands()
+	if len(got) != 2 || got[0].Raw != "two" || got[1].Raw != "three" {
+		t.Fatalf("recorded %+v, want the latest two", got)
+	}
 }

@@ -309,7 +309,9 @@ func (p *PC) bringUp() {
 	srv, err := sshtest.Start(sshtest.Options{
 		HostKeys:       []ssh.Signer{hostKey},
 		AuthorizedKeys: []ssh.PublicKey{p.cfg.ClientKey},
-		Addr:           p.SSHAddr(),
+		// Recent commands only: a simulator may run for days.
+		MaxRecorded: 256,
+		Addr:        p.SSHAddr(),
 		Handler: func(cmd string, _ io.Reader, stdout, stderr io.Writer) int {
 			if d := p.cfg.CommandDelay; d > 0 {
 				time.Sleep(d) // the box's own time to run the command
