@@ -41,10 +41,30 @@ func TestHelpText(t *testing.T) {
 					continue
 				}
 				u := df.GetUsage()
-				if u == "" {
-					t.Errorf("%s: flag --%s has no usage text", name, f.Names()[0])
-				} else if strings.HasSuffix(u, ".") {
-					t.Errorf("%s: flag --%s usage %q has a trailing period", name, f.Names()[0], u)
+				fl := f.Names()[0]
+				switch {
+				case u == "":
+					t.Errorf("%s: flag --%s has no usage text", name, fl)
+				case strings.HasSuffix(u, "."):
+					t.Errorf("%s: flag --%s usage %q has a trailing period", name, fl, u)
+				case unicode.IsUpper([]rune(u)[0]) && !unicode.IsUpper([]rune(u)[min(1, len([]rune(u))-1)]):
+					// Flag usages read as continuations: "print JSON…", "show help".
+					t.Errorf("%s: flag --%s usage %q should start in lowercase", name, fl, u)
+				}
+				// A `word` in backquotes names the value; only value flags have one,
+				// and it must be a placeholder (N, DURATION), not prose.
+				if strings.Count(u, "`") > 0 {
+					if !df.TakesValue() {
+						t.Errorf("%s: boolean flag --%s usage %q has a `placeholder`", name, fl, u)
+					} else if _, after, ok := strings.Cut(u, "`"); ok {
+						ph, _, _ := strings.Cut(after, "`")
+						if strings.ToUpper(ph) != ph {
+							t.Errorf("%s: flag --%s placeholder %q should be upper case", name, fl, ph)
+						}
+					}
+				}
+				if dur, ok := f.(*cli.DurationFlag); ok && dur.Value == 0 && dur.DefaultText == "" {
+					t.Errorf("%s: duration flag --%s shows \"(default: 0s)\"; set Value or DefaultText", name, fl)
 				}
 			}
 			walk(name, c.Subcommands)

@@ -39,7 +39,7 @@ func nixosCommand(env *Env) *cli.Command {
 				ArgsUsage: "DIR",
 				Flags: []cli.Flag{
 					jsonFlag,
-					&cli.BoolFlag{Name: "no-flake-check", Usage: "never run `nix flake check`, even with network access"},
+					&cli.BoolFlag{Name: "no-flake-check", Usage: "never run nix flake check, even with network access"},
 				},
 				Action: func(c *cli.Context) error {
 					a, err := args(c, 1, 1, "DIR")

@@ -29,8 +29,8 @@ func pullCommand(env *Env) *cli.Command {
 		ArgsUsage: "HOST [MODEL...]",
 		Flags: []cli.Flag{
 			jsonFlag,
-			&cli.BoolFlag{Name: "insecure", Usage: "Talk plain HTTP to the model's registry (a private registry host in the name)"},
-			&cli.IntFlag{Name: "concurrency", Value: 1, Usage: "Pull at most `N` models at once"},
+			&cli.BoolFlag{Name: "insecure", Usage: "talk plain HTTP to the model's registry (a private registry host in the name)"},
+			&cli.IntFlag{Name: "concurrency", Value: 1, Usage: "pull at most `N` models at once"},
 		},
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 1, -1, "HOST")

@@ -29,7 +29,7 @@ func serveCommand(env *Env) *cli.Command {
 			"Runs until SIGINT or SIGTERM, then lets open streams finish for up to --drain.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Usage: "listen on `ADDR` (host:port; default: [serve] listen, else " + inventory.DefaultListen + ")"},
-			&cli.DurationFlag{Name: "drain", Value: proxy.DefaultDrainTimeout, Usage: "on shutdown, how long open streams may take to finish"},
+			&cli.DurationFlag{Name: "drain", Value: proxy.DefaultDrainTimeout, Usage: "on shutdown, how long open streams may take to finish (`DURATION`)"},
 		},
 		Action: func(c *cli.Context) error {
 			if _, err := args(c, 0, 0, ""); err != nil {

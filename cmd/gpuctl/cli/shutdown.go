@@ -39,7 +39,7 @@ func shutdownCommand(env *Env) *cli.Command {
 			"to decide.",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "if-idle", Usage: "power off only when every idle signal has been idle for longer than idle_after"},
-			&cli.DurationFlag{Name: "idle-after", Usage: "override the host's idle_after (`DURATION`, such as 20m)"},
+			&cli.DurationFlag{Name: "idle-after", Usage: "override the host's idle_after (`DURATION`, such as 20m)", DefaultText: "the host's idle_after"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "print every signal and the decision; change nothing"},
 			&cli.BoolFlag{Name: "force", Usage: "power off even with requests in flight (not with --if-idle; never skips the Wake-on-LAN check)"},
 			jsonFlag,

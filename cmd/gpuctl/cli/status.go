@@ -27,7 +27,7 @@ func statusCommand(env *Env) *cli.Command {
 		Flags: []cli.Flag{
 			jsonFlag,
 			&cli.DurationFlag{Name: "timeout", Value: controller.DefaultProbeTimeout,
-				Usage: "how long to wait for a host to answer before calling it off"},
+				Usage: "how long to wait for a host to answer before calling it off (`DURATION`)"},
 		},
 		Action: func(c *cli.Context) error {
 			names, err := args(c, 0, -1, "HOST")

@@ -29,7 +29,7 @@ func trustCommand(env *Env) *cli.Command {
 			&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Usage: "do not ask; requires --fingerprint"},
 			&cli.StringFlag{Name: "fingerprint", Usage: "the expected key fingerprint (`SHA256:...`); refuse any other"},
 			&cli.BoolFlag{Name: "replace", Usage: "replace a different key already recorded for the host"},
-			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "how long to wait for the host to answer"},
+			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "how long to wait for the host to answer (`DURATION`)"},
 		},
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 1, 1, "HOST")

@@ -15,7 +15,7 @@ func unloadCommand(env *Env) *cli.Command {
 		Usage:     "Unload models from a host's GPU memory now (keep_alive 0)",
 		ArgsUsage: "HOST [MODEL...]",
 		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "all", Usage: "Unload every loaded model"},
+			&cli.BoolFlag{Name: "all", Usage: "unload every loaded model"},
 		},
 		Action: func(c *cli.Context) error {
 			a, err := args(c, 1, -1, "HOST")

@@ -35,7 +35,7 @@ func wakeCommand(env *Env) *cli.Command {
 			"cannot fix (host key mismatch, login refused). Concurrent wakes of a host share one wake.",
 		Flags: []cli.Flag{
 			jsonFlag,
-			&cli.DurationFlag{Name: "timeout", Usage: "how long to wait for the host (default: its boot_timeout)"},
+			&cli.DurationFlag{Name: "timeout", Usage: "how long to wait for the host (`DURATION`)", DefaultText: "its boot_timeout"},
 			&cli.BoolFlag{Name: "no-pull", Usage: "do not pull missing declared models (they leave the host degraded)"},
 		},
 		Action: func(c *cli.Context) error {
