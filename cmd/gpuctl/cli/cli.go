@@ -281,6 +281,20 @@ func loadInventory(c *cli.Context, env *Env) (*loadedInventory, error) {
 	return &loadedInventory{Inventory: inv, Source: source}, nil
 }
 
+// loadHost loads the inventory and resolves the host named on the command
+// line; both kinds of mistake exit 2.
+func loadHost(c *cli.Context, env *Env, name string) (*loadedInventory, *inventory.Host, error) {
+	inv, err := loadInventory(c, env)
+	if err != nil {
+		return nil, nil, err
+	}
+	h, err := inv.host(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	return inv, h, nil
+}
+
 // hostsByName resolves host names given on the command line; none means all.
 func (inv *loadedInventory) hostsByName(names []string) ([]*inventory.Host, error) {
 	if len(names) == 0 {

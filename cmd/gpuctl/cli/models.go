@@ -24,11 +24,7 @@ func modelsCommand(env *Env) *cli.Command {
 			if err != nil {
 				return err
 			}
-			inv, err := loadInventory(c, env)
-			if err != nil {
-				return err
-			}
-			h, err := inv.host(a[0])
+			inv, h, err := loadHost(c, env, a[0])
 			if err != nil {
 				return err
 			}

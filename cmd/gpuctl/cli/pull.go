@@ -40,11 +40,7 @@ func pullCommand(env *Env) *cli.Command {
 			if c.Int("concurrency") < 1 {
 				return usageError("--concurrency must be at least 1")
 			}
-			inv, err := loadInventory(c, env)
-			if err != nil {
-				return err
-			}
-			h, err := inv.host(a[0])
+			inv, h, err := loadHost(c, env, a[0])
 			if err != nil {
 				return err
 			}

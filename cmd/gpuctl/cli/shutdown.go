@@ -55,11 +55,7 @@ func shutdownCommand(env *Env) *cli.Command {
 			if c.Bool("force") && c.Bool("if-idle") {
 				return usageError("--force and --if-idle contradict each other: --force is for an explicit shutdown")
 			}
-			inv, err := loadInventory(c, env)
-			if err != nil {
-				return err
-			}
-			h, err := inv.host(a[0])
+			inv, h, err := loadHost(c, env, a[0])
 			if err != nil {
 				return err
 			}

@@ -34,11 +34,7 @@ func unloadCommand(env *Env) *cli.Command {
 				}
 				names = append(names, n)
 			}
-			inv, err := loadInventory(c, env)
-			if err != nil {
-				return err
-			}
-			h, err := inv.host(a[0])
+			inv, h, err := loadHost(c, env, a[0])
 			if err != nil {
 				return err
 			}

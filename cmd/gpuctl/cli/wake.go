@@ -46,11 +46,7 @@ func wakeCommand(env *Env) *cli.Command {
 			if c.Duration("timeout") < 0 {
 				return usageError("--timeout must be positive")
 			}
-			inv, err := loadInventory(c, env)
-			if err != nil {
-				return err
-			}
-			h, err := inv.host(a[0])
+			inv, h, err := loadHost(c, env, a[0])
 			if err != nil {
 				return err
 			}
