@@ -1,12 +1,12 @@
 package controller
 
 import (
-	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"time"
+
+	"github.com/ollamalive/gpuctl/controller/statefile"
 )
 
 // PhaseTiming is how long one phase of a wake took.
@@ -57,54 +57,13 @@ func statePath(stateDir, host string) string {
 	return filepath.Join(stateDir, "status", host+".json")
 }
 
-// writeJSON writes v to p atomically (temp file, fsync, rename).
-func writeJSON(p string, v any) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return err
-	}
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(p), filepath.Base(p)+".tmp*")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), p)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	return nil
-}
-
-func readJSON(p string, v any) error {
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return err
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("%s: %w (delete it; gpuctl rebuilds it)", p, err)
-	}
-	return nil
-}
-
 // WakeHistory returns host's recorded wakes, oldest first.
 func (c *Controller) WakeHistory(host string) ([]WakeRecord, error) {
 	if c.StateDir == "" {
 		return nil, nil
 	}
 	var h historyFile
-	if err := readJSON(historyPath(c.StateDir, host), &h); err != nil {
+	if err := statefile.ReadJSON(historyPath(c.StateDir, host), &h); err != nil {
 		if os.IsNotExist(err) {
 			return nil, nil
 		}
@@ -127,7 +86,7 @@ func (c *Controller) appendHistory(rec WakeRecord) error {
 	if n := max(1, intOr(c.History, DefaultHistory)); len(old) > n {
 		old = old[len(old)-n:]
 	}
-	return writeJSON(historyPath(c.StateDir, rec.Host), historyFile{Wakes: old})
+	return statefile.WriteJSON(historyPath(c.StateDir, rec.Host), historyFile{Wakes: old})
 }
 
 func intOr(n, def int) int {
@@ -176,10 +135,10 @@ func (c *Controller) noteState(host string, st State, now time.Time) time.Time {
 	}
 	p := statePath(c.StateDir, host)
 	var old stateRecord
-	if err := readJSON(p, &old); err == nil && old.State == st && !old.Since.IsZero() && !old.Since.After(now) {
+	if err := statefile.ReadJSON(p, &old); err == nil && old.State == st && !old.Since.IsZero() && !old.Since.After(now) {
 		return old.Since
 	}
-	if err := writeJSON(p, stateRecord{State: st, Since: now}); err != nil {
+	if err := statefile.WriteJSON(p, stateRecord{State: st, Since: now}); err != nil {
 		c.logger().Warn("cannot record host state", "host", host, "err", err)
 	}
 	return now

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ollamalive/gpuctl/controller/statefile"
+
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -502,7 +504,7 @@ func (w *wakeRun) finish(rep *Report, st State, reason string) *WakeResult {
 		res.Stopped, res.Err = stopKind(w.stopErr), w.stopErr
 	}
 	if c.StateDir != "" {
-		if err := writeJSON(lastWakePath(c.StateDir, w.h.Name), res); err != nil {
+		if err := statefile.WriteJSON(lastWakePath(c.StateDir, w.h.Name), res); err != nil {
 			c.logger().Warn("cannot record wake result", "host", w.h.Name, "err", err)
 		}
 	}
@@ -512,7 +514,7 @@ func (w *wakeRun) finish(rep *Report, st State, reason string) *WakeResult {
 // lastWake reads the result of the host's last wake.
 func (c *Controller) lastWake(host string) (*WakeResult, bool) {
 	var r WakeResult
-	if err := readJSON(lastWakePath(c.StateDir, host), &r); err != nil {
+	if err := statefile.ReadJSON(lastWakePath(c.StateDir, host), &r); err != nil {
 		return nil, false
 	}
 	return &r, true

@@ -27,6 +27,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ollamalive/gpuctl/controller/statefile"
 )
 
 // Path is where the proxy serves its live snapshot.
@@ -174,13 +176,13 @@ func Publish(ctx context.Context, stateDir, listen string, t *Tracker, interval 
 		t.Restore(s)
 	}
 	a := announcement{PID: os.Getpid(), Listen: listen, Started: t.started}
-	if err := writeJSON(servePath(stateDir), a); err != nil {
+	if err := statefile.WriteJSON(servePath(stateDir), a); err != nil {
 		return err
 	}
 	save := func() error {
 		s := t.Snapshot()
 		s.Listen = listen
-		return writeJSON(activityPath(stateDir), s)
+		return statefile.WriteJSON(activityPath(stateDir), s)
 	}
 	if interval <= 0 {
 		interval = time.Second
@@ -219,21 +221,6 @@ func removeIfOurs(stateDir string) error {
 		if err := os.Remove(servePath(stateDir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove %s: %w", servePath(stateDir), err)
 		}
-	}
-	return nil
-}
-
-func writeJSON(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ollamalive/gpuctl/controller/statefile"
 	"go.uber.org/goleak"
 )
 
@@ -66,8 +67,8 @@ func TestReadStoppedWhenNoAnnouncement(t *testing.T) {
 func TestReadStoppedWhenPIDGoneKeepsSavedLastEnd(t *testing.T) {
 	dir := t.TempDir()
 	last := time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)
-	writeJSON(servePath(dir), announcement{PID: 1 << 22, Listen: "127.0.0.1:1"})
-	writeJSON(activityPath(dir), Snapshot{Hosts: map[string]Host{"pc": {LastEnd: last}}})
+	statefile.WriteJSON(servePath(dir), announcement{PID: 1 << 22, Listen: "127.0.0.1:1"})
+	statefile.WriteJSON(activityPath(dir), Snapshot{Hosts: map[string]Host{"pc": {LastEnd: last}}})
 	old := Alive
 	Alive = func(int) bool { return false }
 	t.Cleanup(func() { Alive = old })
@@ -87,7 +88,7 @@ func TestReadRunningLiveSnapshot(t *testing.T) {
 	defer end()
 	srv := httptest.NewServer(tr)
 	defer srv.Close()
-	writeJSON(servePath(dir), announcement{PID: os.Getpid(), Listen: strings.TrimPrefix(srv.URL, "http://")})
+	statefile.WriteJSON(servePath(dir), announcement{PID: os.Getpid(), Listen: strings.TrimPrefix(srv.URL, "http://")})
 	r, err := Read(context.Background(), dir, srv.Client())
 	if err != nil || r.State != Running {
 		t.Fatalf("Read = %+v, %v", r, err)
@@ -116,7 +117,7 @@ func TestReadRunningButUnreadableIsAnError(t *testing.T) {
 			go func() { <-done; c.Close() }()
 		}
 	}()
-	writeJSON(servePath(dir), announcement{PID: os.Getpid(), Listen: ln.Addr().String()})
+	statefile.WriteJSON(servePath(dir), announcement{PID: os.Getpid(), Listen: ln.Addr().String()})
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	r, err := Read(ctx, dir, nil)
@@ -127,7 +128,7 @@ func TestReadRunningButUnreadableIsAnError(t *testing.T) {
 
 func TestPublishAnnouncesSavesAndWithdraws(t *testing.T) {
 	dir := t.TempDir()
-	writeJSON(activityPath(dir), Snapshot{Hosts: map[string]Host{"pc": {LastEnd: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Requests: 3}}})
+	statefile.WriteJSON(activityPath(dir), Snapshot{Hosts: map[string]Host{"pc": {LastEnd: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Requests: 3}}})
 	tr := NewTracker(nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)

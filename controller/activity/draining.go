@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/ollamalive/gpuctl/controller/statefile"
 )
 
 // The draining interlock closes the last-instant race between a request
@@ -52,27 +54,8 @@ func MarkDraining(stateDir, host string, now time.Time) (clear func() error, err
 		return nil, fmt.Errorf("draining marker for %s: no state_dir configured", host)
 	}
 	p := DrainingPath(stateDir, host)
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return nil, fmt.Errorf("draining marker for %s: %w (check state_dir's permissions)", host, err)
-	}
-	b, err := json.Marshal(Drain{Host: host, PID: os.Getpid(), Started: now})
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.CreateTemp(filepath.Dir(p), "."+host+".*.tmp")
-	if err != nil {
+	if err := statefile.WriteJSON(p, Drain{Host: host, PID: os.Getpid(), Started: now}); err != nil {
 		return nil, fmt.Errorf("draining marker for %s: %w", host, err)
-	}
-	_, err = f.Write(append(b, '\n'))
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), p)
-	}
-	if err != nil {
-		_ = os.Remove(f.Name())
-		return nil, fmt.Errorf("write %s: %w", p, err)
 	}
 	return func() error {
 		d, ok, _ := readDrain(p)

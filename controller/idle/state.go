@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/ollamalive/gpuctl/controller/statefile"
 )
 
 // Phase is where the idle-shutdown machinery left a host.
@@ -78,22 +80,8 @@ func LoadState(stateDir, host string) (State, error) {
 // SaveState writes a host's idle state atomically. Callers hold the host
 // lock (controller.LockHost).
 func SaveState(stateDir string, st State) error {
-	p := StatePath(stateDir, st.Host)
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return fmt.Errorf("idle state dir: %w", err)
-	}
-	b, err := json.MarshalIndent(st, "", "  ")
-	if err != nil {
-		return err
-	}
-	// Writers hold the host lock, so one temporary name is enough.
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("write idle state of %s: %w", st.Host, err)
-	}
-	if err := os.Rename(tmp, p); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", p, err)
+	if err := statefile.WriteJSON(StatePath(stateDir, st.Host), st); err != nil {
+		return fmt.Errorf("idle state of %s: %w", st.Host, err)
 	}
 	return nil
 }

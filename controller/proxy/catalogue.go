@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ollamalive/gpuctl/controller/statefile"
 )
 
 // catEntry is one model in a host's list.
@@ -126,7 +128,7 @@ func (c *catalogue) save() {
 	b, err := json.MarshalIndent(catFile{Hosts: c.hosts}, "", " ")
 	c.mu.RUnlock()
 	if err == nil {
-		err = writeFileAtomic(c.path, b)
+		err = statefile.Write(c.path, append(b, '\n'))
 	}
 	if err != nil {
 		c.log.Warn("cannot save the model catalogue; a restart will not list sleeping hosts' models until they wake", "err", err)
@@ -157,20 +159,6 @@ func (c *catalogue) lookup(model string) (map[string]bool, int64) {
 		}
 	}
 	return having, size
-}
-
-func writeFileAtomic(path string, b []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }
 
 // getJSON fetches a small JSON answer from host's Ollama.

@@ -1,0 +1,63 @@
+// Package statefile writes and reads the small JSON files gpuctl keeps in its
+// state directory (wake history, idle clocks, the proxy's activity and model
+// catalogue, draining markers). Writes are atomic: a temporary file in the
+// same directory, synced, then renamed over the old one, so a reader (another
+// gpuctl process, a cron run) never sees half a file, and concurrent writers
+// never share a temporary name. Files are 0600 in 0700 directories.
+package statefile
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Write replaces path's contents with b atomically.
+func Write(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w (check state_dir's permissions)", dir, err)
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// WriteJSON writes v as indented JSON with a final newline, atomically.
+func WriteJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return Write(path, append(b, '\n'))
+}
+
+// ReadJSON decodes path into v. A missing file returns an error for which
+// errors.Is(err, fs.ErrNotExist) holds.
+func ReadJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: %w (delete it to start afresh)", path, err)
+	}
+	return nil
+}
