@@ -60,6 +60,17 @@ func deadline(ctx context.Context) time.Time {
 	return time.Now().Add(sendTimeout)
 }
 
+// checkDestination refuses destinations a magic packet must never go to.
+func checkDestination(dst netip.AddrPort) error {
+	if !dst.IsValid() || dst.Port() == 0 {
+		return fmt.Errorf("sending a magic packet: %q is not an ip:port", dst)
+	}
+	if a := dst.Addr().Unmap(); a == netip.IPv4Unspecified() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) || a == netip.IPv6Unspecified() {
+		return fmt.Errorf("sending a magic packet to %s: refusing the limited broadcast/unspecified address, which leaves by the default route; use the directed broadcast of the PC's network", dst)
+	}
+	return nil
+}
+
 // SendUDP sends payload in one UDP datagram to dst from a fresh socket with
 // SO_BROADCAST set. With device non-empty the socket is bound to that
 // interface (SO_BINDTODEVICE), so a broadcast leaves on it; where binding is
@@ -67,11 +78,8 @@ func deadline(ctx context.Context) time.Time {
 // table decides instead, which for a directed broadcast picks the same
 // interface.
 func SendUDP(ctx context.Context, dst netip.AddrPort, device string, payload []byte) error {
-	if !dst.IsValid() || dst.Port() == 0 {
-		return fmt.Errorf("sending a magic packet: %q is not an ip:port", dst)
-	}
-	if dst.Addr() == netip.IPv4Unspecified() || dst.Addr() == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-		return fmt.Errorf("sending a magic packet to %s: refusing the limited broadcast/unspecified address, which leaves by the default route; use the directed broadcast of the PC's network", dst)
+	if err := checkDestination(dst); err != nil {
+		return err
 	}
 	network, local := "udp4", "0.0.0.0:0"
 	if dst.Addr().Unmap().Is6() {

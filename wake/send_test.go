@@ -266,11 +266,18 @@ func TestUDPLoopback(t *testing.T) {
 	}
 }
 
+// The check SendUDP makes before opening a socket. It is tested on its own,
+// so that a regression can never put a packet on the real network.
 func TestSendUDPRefusesLimitedBroadcast(t *testing.T) {
-	for _, a := range []string{"255.255.255.255:9", "0.0.0.0:9"} {
-		err := SendUDP(t.Context(), netip.MustParseAddrPort(a), "", []byte("x"))
+	for _, a := range []string{"255.255.255.255:9", "0.0.0.0:9", "[::ffff:255.255.255.255]:9", "[::]:9"} {
+		err := checkDestination(netip.MustParseAddrPort(a))
 		if err == nil || !strings.Contains(err.Error(), "refusing") {
 			t.Errorf("%s: err = %v", a, err)
+		}
+	}
+	for _, a := range []string{"10.77.1.255:9", "127.0.0.1:7"} {
+		if err := checkDestination(netip.MustParseAddrPort(a)); err != nil {
+			t.Errorf("%s refused: %v", a, err)
 		}
 	}
 }
