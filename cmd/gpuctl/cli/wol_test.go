@@ -128,7 +128,7 @@ func TestWOLSendHostToLoopback(t *testing.T) {
 name = "gaming-pc"
 on_demand = true
 mac = "aa:bb:cc:dd:ee:01"
-address = "192.0.2.10"
+address = "127.0.0.2"
 wol_to = [%q]
 wol_password = "de:ad:be:ef:42:42"
 `, addr))
@@ -173,8 +173,8 @@ func TestWOLSendMACToLoopback(t *testing.T) {
 [[host]]
 name = "gaming-pc"
 mac = "d8:bb:c1:0a:0b:0c"
-address = "192.0.2.10"
-wol_to = ["192.0.2.255:9"]
+address = "127.0.0.2"
+wol_to = ["127.0.0.3:9"]
 `)
 	code, _, stderr = run(t, nil, "--config", cfg, "wol", "send", "--to", addr, "--count", "1", "d8:bb:c1:0a:0b:0c")
 	if code != ExitOK || !strings.Contains(stderr, "for gaming-pc (d8:bb:c1:0a:0b:0c) to udp "+addr) {
@@ -192,7 +192,7 @@ address = "127.0.0.1"
 [[host]]
 name = "gaming-pc"
 mac = "aa:bb:cc:dd:ee:01"
-address = "192.0.2.10"
+address = "127.0.0.2"
 `)
 	for _, c := range []struct {
 		args []string
@@ -205,7 +205,7 @@ address = "192.0.2.10"
 		{[]string{"wol", "send", "--count", "0", "gaming-pc"}, nil, "--count 0: give a number from 1 to 1000"},
 		{[]string{"wol", "send", "--interval", "-1s", "gaming-pc"}, nil, "--interval -1s"},
 		{[]string{"wol", "send", "--to", "pc.lan:9", "gaming-pc"}, nil, `--to "pc.lan:9": give an IP address`},
-		{[]string{"wol", "send", "--to", "192.0.2.255", "gaming-pc"}, nil, `"192.0.2.255" is not host:port`},
+		{[]string{"wol", "send", "--to", "127.0.0.3", "gaming-pc"}, nil, `"127.0.0.3" is not host:port`},
 		{[]string{"--config", cfg, "wol", "send", "server"}, nil, "host server has no mac in " + cfg},
 		{[]string{"--config", cfg, "wol", "send", "nosuch"}, nil, `"nosuch" is neither a MAC address nor a host in ` + cfg + " (hosts: server, gaming-pc)"},
 		{[]string{"wol", "send", "d8:bb:c1:0a:0b:0c"}, noInventoryEnv(t), "no host in the inventory has MAC d8:bb:c1:0a:0b:0c, so gpuctl does not know its network; give --to IP:PORT"},
