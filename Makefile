@@ -65,6 +65,7 @@ install: build
 	install -D -m 0644 contrib/gpuctl-idle.service $(DESTDIR)/etc/systemd/system/gpuctl-idle@.service
 	install -D -m 0644 contrib/gpuctl-idle.timer $(DESTDIR)/etc/systemd/system/gpuctl-idle@.timer
 	install -D -m 0644 examples/gpuctl.toml $(DESTDIR)/etc/gpuctl/gpuctl.toml.example
+	sed -i 's|/usr/local/bin/gpuctl|$(PREFIX)/bin/gpuctl|' $(DESTDIR)/etc/systemd/system/gpuctl-serve.service $(DESTDIR)/etc/systemd/system/gpuctl-idle@.service
 
 clean:
 	rm -rf $(BIN)
