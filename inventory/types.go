@@ -363,5 +363,9 @@ func (s Secret) String() string {
 	return "(redacted)"
 }
 
+// MarshalJSON and GoString keep the secret out of JSON and %#v output.
+func (s Secret) MarshalJSON() ([]byte, error) { return []byte(`"` + s.String() + `"`), nil }
+func (s Secret) GoString() string             { return s.String() }
+
 // Equal compares two secrets.
 func (s Secret) Equal(o Secret) bool { return bytes.Equal(s, o) }

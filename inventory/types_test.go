@@ -1,6 +1,10 @@
 package inventory
 
 import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -117,6 +121,14 @@ func TestSecureOnNeverPrints(t *testing.T) {
 	}
 	if strings.Contains(s.String(), "01") {
 		t.Fatalf("secret printed: %s", s)
+	}
+	h := Host{Name: "pc", WOLPassword: s}
+	j, _ := json.Marshal(h)
+	if bytes.Contains(j, []byte(base64.StdEncoding.EncodeToString(s))) || !bytes.Contains(j, []byte("(redacted)")) {
+		t.Fatalf("JSON leaks the secret: %s", j)
+	}
+	if g := fmt.Sprintf("%#v", h); strings.Contains(g, "0x1, 0x2") {
+		t.Fatalf("%%#v leaks the secret: %s", g)
 	}
 	for _, bad := range []string{"01:02:03", "zz:02:03:04", "01020304050607"} {
 		if _, err := ParseSecureOn(bad); err == nil {

@@ -103,8 +103,9 @@ func readIdentity(f string) (*identity, error) {
 type hostKeyDB struct {
 	versions []version
 	check    ssh.HostKeyCallback
-	// certAuthority: a file has a @cert-authority line.
-	certAuthority bool
+	// caLines are the @cert-authority lines: knownhosts reports them in
+	// KeyError.Want like plain keys, but a CA's key is never the host's.
+	caLines map[lineRef]bool
 }
 
 var (
@@ -134,7 +135,7 @@ func loadKnownHosts(files []string) (*hostKeyDB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db = &hostKeyDB{versions: vs, check: check, certAuthority: hasCertAuthority(files)}
+	db = &hostKeyDB{versions: vs, check: check, caLines: certAuthorityLines(files)}
 	knownHostsMu.Lock()
 	knownHostsCache[key] = db
 	knownHostsMu.Unlock()

@@ -1,6 +1,7 @@
 package sshexec
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -23,6 +24,14 @@ var preferredHostKeyAlgos = []string{
 	ssh.KeyAlgoED25519,
 	ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521,
 	ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256,
+}
+
+// certHostKeyAlgos are asked for first when a @cert-authority line covers
+// the address.
+var certHostKeyAlgos = []string{
+	ssh.CertAlgoED25519v01,
+	ssh.CertAlgoECDSA256v01, ssh.CertAlgoECDSA384v01, ssh.CertAlgoECDSA521v01,
+	ssh.CertAlgoRSASHA512v01, ssh.CertAlgoRSASHA256v01,
 }
 
 // algosForKeyType lists the host key algorithms that make a server present a
@@ -111,18 +120,26 @@ func (cfg *Config) policy() (*hostKeyPolicy, error) {
 	}
 	p := &hostKeyPolicy{files: cfg.KnownHosts}
 	var db ssh.HostKeyCallback
-	certAuthority := false
+	var isCA func(knownhosts.KnownKey) bool
 	if len(files) > 0 {
 		kh, err := loadKnownHosts(files)
 		if err != nil {
 			return nil, fmt.Errorf("read known_hosts: %w", err)
 		}
-		db, certAuthority = kh.check, kh.certAuthority
+		db = kh.check
+		isCA = func(k knownhosts.KnownKey) bool { return kh.caLines[lineRef{k.Filename, k.Line}] }
 		// Ask the database what it holds for this address.
 		var ke *knownhosts.KeyError
 		if err := db(cfg.Addr, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 22}, probe()); errors.As(err, &ke) {
 			seen := map[string]bool{}
+			caCovers := false
 			for _, w := range ke.Want {
+				if isCA(w) {
+					// A @cert-authority line for the address: its key is
+					// the CA's, and says nothing of the host key's type.
+					caCovers = true
+					continue
+				}
 				p.known = append(p.known, KnownKey{Key: w.Key, File: w.Filename, Line: w.Line})
 				for _, a := range algosForKeyType(w.Key.Type()) {
 					if !seen[a] {
@@ -131,17 +148,23 @@ func (cfg *Config) policy() (*hostKeyPolicy, error) {
 					}
 				}
 			}
+			if caCovers {
+				// Certificates first, then the plain keys on record (or,
+				// with none, the preferred types, so a host without a
+				// certificate shows the key gpuctl trust would record).
+				plain := p.algos
+				if len(plain) == 0 {
+					plain = preferredHostKeyAlgos
+				}
+				p.algos = append(append([]string{}, certHostKeyAlgos...), plain...)
+			}
 		} else if err != nil {
 			return nil, fmt.Errorf("known_hosts lookup for %s: %w", cfg.Addr, err)
 		}
 	}
 	if len(p.algos) == 0 {
-		// Nothing on record (or only @cert-authority lines, which the
-		// default list, certificates first, serves).
+		// Nothing on record for this address.
 		p.algos = preferredHostKeyAlgos
-		if certAuthority {
-			p.algos = nil // x/crypto's default: certificates first
-		}
 	}
 	hint := cfg.TrustHint
 	p.callback = func(hostname string, remote net.Addr, key ssh.PublicKey) error {
@@ -154,15 +177,32 @@ func (cfg *Config) policy() (*hostKeyPolicy, error) {
 		}
 		var ke *knownhosts.KeyError
 		var re *knownhosts.RevokedError
-		switch {
-		case errors.As(err, &ke) && len(ke.Want) == 0:
-			return &HostKeyError{Kind: HostKeyUnknown, Host: cfg.name(), Addr: cfg.Addr, Key: key, Files: cfg.KnownHosts, Hint: hint}
-		case errors.As(err, &ke):
-			he := &HostKeyError{Kind: HostKeyMismatch, Host: cfg.name(), Addr: cfg.Addr, Key: key, Files: cfg.KnownHosts, Hint: hint}
-			for _, w := range ke.Want {
-				he.Known = append(he.Known, KnownKey{Key: w.Key, File: w.Filename, Line: w.Line})
+		if cert, ok := key.(*ssh.Certificate); ok && !errors.As(err, &ke) && !errors.As(err, &re) {
+			// A certificate no @cert-authority line vouches for (another
+			// CA, another principal, expired): check its plain key, as
+			// OpenSSH does. The server proved it holds that key.
+			key = cert.Key
+			if err = db(hostname, remote, key); err == nil {
+				return nil
 			}
-			return he
+			if !errors.As(err, &ke) && !errors.As(err, &re) {
+				return fmt.Errorf("host key of %s: %w", cfg.name(), err)
+			}
+		}
+		switch {
+		case errors.As(err, &ke):
+			// Only plain keys on record make a mismatch: a @cert-authority
+			// line for the address is no key the host could present.
+			var known []KnownKey
+			for _, w := range ke.Want {
+				if !isCA(w) {
+					known = append(known, KnownKey{Key: w.Key, File: w.Filename, Line: w.Line})
+				}
+			}
+			if len(known) == 0 {
+				return &HostKeyError{Kind: HostKeyUnknown, Host: cfg.name(), Addr: cfg.Addr, Key: key, Files: cfg.KnownHosts, Hint: hint}
+			}
+			return &HostKeyError{Kind: HostKeyMismatch, Host: cfg.name(), Addr: cfg.Addr, Key: key, Files: cfg.KnownHosts, Hint: hint, Known: known}
 		case errors.As(err, &re):
 			return &HostKeyError{Kind: HostKeyRevoked, Host: cfg.name(), Addr: cfg.Addr, Key: key, Files: cfg.KnownHosts,
 				Known: []KnownKey{{Key: re.Revoked.Key, File: re.Revoked.Filename, Line: re.Revoked.Line}}}
@@ -187,18 +227,27 @@ func CheckHostKey(cfg Config, key ssh.PublicKey) error {
 	return p.callback(cfg.Addr, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: pn}, key)
 }
 
-// hasCertAuthority reports whether any file has a @cert-authority line.
-func hasCertAuthority(files []string) bool {
+// lineRef is one line of a known_hosts file, numbered as knownhosts does.
+type lineRef struct {
+	file string
+	line int
+}
+
+// certAuthorityLines lists the @cert-authority lines of files.
+func certAuthorityLines(files []string) map[lineRef]bool {
+	out := map[lineRef]bool{}
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			continue
 		}
-		for _, l := range strings.Split(string(data), "\n") {
-			if strings.HasPrefix(strings.TrimSpace(l), "@cert-authority") {
-				return true
+		sc := bufio.NewScanner(bytes.NewReader(data))
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for n := 1; sc.Scan(); n++ {
+			if w := strings.Fields(sc.Text()); len(w) > 0 && w[0] == "@cert-authority" {
+				out[lineRef{f, n}] = true
 			}
 		}
 	}
-	return false
+	return out
 }

@@ -69,6 +69,11 @@ func (b *capBuffer) bytes() ([]byte, bool) {
 	return bytes.Clone(b.buf.Bytes()), b.truncated
 }
 
+// startError is a failed Session.Start in Run's wait channel.
+type startError struct{ err error }
+
+func (e startError) Error() string { return "start: " + e.err.Error() }
+
 // Run runs cmd in a new session on the connection. The command line is
 // Quote(cmd.Args...). It waits for a free session slot, bounded by ctx.
 //
@@ -128,29 +133,45 @@ func (c *Client) Run(ctx context.Context, cmd Cmd) (Result, error) {
 		return r
 	}
 	c.log.Debug("ssh run", "cmd", line)
-	if err := sess.Start(line); err != nil {
-		if c.Err() != nil {
-			return result(), c.Err()
-		}
-		return result(), opErr(fmt.Errorf("start: %w", err))
-	}
+	// Start waits for the server's reply to "exec", which a server whose
+	// session setup hangs never sends: it runs beside the select below, so
+	// the command's deadline covers it as it covers Wait.
+	started := make(chan struct{})
 	waitc := make(chan error, 1)
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
+		if err := sess.Start(line); err != nil {
+			waitc <- startError{err}
+			return
+		}
+		close(started)
 		waitc <- sess.Wait()
 	}()
 	select {
 	case err = <-waitc:
+		if se, ok := err.(startError); ok {
+			if c.Err() != nil {
+				return result(), c.Err()
+			}
+			return result(), opErr(fmt.Errorf("start: %w", se.err))
+		}
 	case <-ctx.Done():
-		_ = sess.Signal(ssh.SIGKILL)
+		late, closing := "no exit", "did not finish"
+		select {
+		case <-started:
+			_ = sess.Signal(ssh.SIGKILL)
+		default:
+			// The exec request is unanswered: nothing runs to signal.
+			late, closing = "no reply to the exec request", "could not start"
+		}
 		cause := ctx.Err()
 		if errors.Is(cause, context.DeadlineExceeded) {
-			cause = fmt.Errorf("no exit after %s: %w", time.Since(start).Round(time.Millisecond), cause)
+			cause = fmt.Errorf("%s after %s: %w", late, time.Since(start).Round(time.Millisecond), cause)
 		}
 		terr := opErr(cause)
 		c.closeWith(&OpError{Op: "run", Host: c.cfg.name(), Addr: c.cfg.Addr,
-			Err: fmt.Errorf("closed the connection after %s did not finish in time: %w", cmd.Args[0], ErrClosed)})
+			Err: fmt.Errorf("closed the connection after %s %s in time: %w", cmd.Args[0], closing, ErrClosed)})
 		<-waitc
 		return result(), terr
 	case <-c.done:

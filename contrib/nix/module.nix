@@ -348,8 +348,6 @@ in
               description = "Power off ${host} when it is idle (gpuctl)";
               serviceConfig = hardening // {
                 Type = "oneshot";
-                # Flags go before the host: gpuctl stops reading flags at the
-                # first argument.
                 # Exit 0 also when the host is busy, already off or locked by
                 # a wake; 1 (refused or failed) and 3 mark the unit failed.
                 ExecStart = "${gpuctl} --config ${configPath} shutdown --if-idle ${host}";

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,8 +51,23 @@ func MarkPull(stateDir, host, what string) (done func(), err error) {
 		return nil, fmt.Errorf("pull marker for %s: %w", host, err)
 	}
 	name := f.Name()
+	// The draining interlock (see package activity), pull side: the
+	// marker is down, now look for a shutdown draining the host. Either
+	// that shutdown's last look at the pull markers sees this one and
+	// aborts, or this pull sees its draining marker and does not start on
+	// a box about to go down. An unreadable draining marker is no reason
+	// to refuse: the shutdown still sees this pull's marker.
+	if dr, draining, _ := activity.Draining(stateDir, host); draining {
+		_ = os.Remove(name)
+		return nil, fmt.Errorf("pull onto %s: %w (gpuctl shutdown, pid %d, since %s); once it is off, run `gpuctl wake %s` and pull again",
+			host, ErrDraining, dr.PID, dr.Started.Format(time.RFC3339), host)
+	}
 	return func() { _ = os.Remove(name) }, nil
 }
+
+// ErrDraining is returned by MarkPull while a shutdown is powering the host
+// off.
+var ErrDraining = errors.New("the host is being powered off")
 
 // ActivePulls lists the pulls gpuctl processes are running onto host, from
 // the markers in stateDir.
@@ -78,7 +94,15 @@ func ActivePulls(stateDir, host string) ([]string, error) {
 			err = json.Unmarshal(b, &m)
 		}
 		if err != nil {
-			// Being written right now, or damaged: count it (busy is safe).
+			// Being written right now, or damaged: count it (busy is
+			// safe), unless the process named in the file name (MarkPull
+			// writes PID-*.json) is gone: a pull that crashed between
+			// creating and writing its marker must not block idle
+			// shutdown forever.
+			if pid, ok := namePID(e.Name()); ok && !activity.Alive(pid) {
+				_ = os.Remove(p)
+				continue
+			}
 			out = append(out, e.Name())
 			continue
 		}
@@ -90,4 +114,17 @@ func ActivePulls(stateDir, host string) ([]string, error) {
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// namePID reads the pid MarkPull puts at the start of a marker's name.
+func namePID(name string) (int, bool) {
+	s, _, ok := strings.Cut(name, "-")
+	if !ok {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(s)
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	return pid, true
 }

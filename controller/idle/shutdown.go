@@ -97,6 +97,17 @@ func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome
 	if closer != nil {
 		defer closer.Close()
 	}
+	if rep.Box != BoxUp && rep.Box != BoxUnknown && !opts.DryRun && len(prev.Since) > 0 {
+		// The box could not be observed (off, unreachable, SSH refused,
+		// in its other OS), so nothing is known of what ran on it
+		// meanwhile: the sampled signals' clocks must not span this gap.
+		// Their clocks restart at the next check that sees the box up.
+		st := prev
+		st.Since = nil
+		if err := SaveState(d.StateDir, st); err != nil {
+			return Outcome{Action: ActFailed, Reason: err.Error(), Report: rep}, err
+		}
+	}
 	switch rep.Box {
 	case BoxOff:
 		return Outcome{Action: ActAlreadyOff, Reason: rep.BoxDetail, Report: rep}, nil
@@ -221,10 +232,16 @@ func fail(d *Deps, h *inventory.Host, st *State, out Outcome, err error) (Outcom
 // that is a routine outcome (busy, no error: cron mails nothing); an
 // explicit shutdown is refused.
 func busyAgain(d *Deps, h *inventory.Host, st *State, out Outcome, n int, opts Options) (Outcome, error) {
-	what := fmt.Sprintf("%d request(s) arrived through the routing proxy while draining", n)
+	return busyAgainFor(d, h, st, out, SigProxy, fmt.Sprintf("%d request(s) arrived through the routing proxy while draining", n), opts)
+}
+
+// busyAgainFor aborts a shutdown because signal sig became busy (what)
+// while it drained; see busyAgain.
+func busyAgainFor(d *Deps, h *inventory.Host, st *State, out Outcome, sig, what string, opts Options) (Outcome, error) {
 	st.Phase = PhaseReady
 	st.IdleSince = nil
-	st.BusyReasons = []string{SigProxy + ": " + what}
+	delete(st.Since, sig)
+	st.BusyReasons = []string{sig + ": " + what}
 	if !opts.IfIdle {
 		return refuse(d, st, out, fmt.Errorf("host %q: %w: %s; it stays up (state ready); run the shutdown again once they are done, or use --force",
 			h.Name, ErrRefused, what), false)
@@ -284,6 +301,21 @@ func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 		}
 		if n := r.Snapshot.Hosts[h.Name].InFlight; n > 0 {
 			return busyAgain(d, h, st, out, n, opts)
+		}
+	}
+	// The same interlock for gpuctl's own pulls (`gpuctl pull` takes no
+	// host lock): MarkPull writes its marker and only then looks for the
+	// draining marker, so a pull that started after the evaluation either
+	// shows here or refuses to start.
+	if opts.IfIdle {
+		pctx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout))
+		ps, err := d.pulls(pctx, h.Name)
+		cancel()
+		if err != nil {
+			return fail(d, h, st, out, fmt.Errorf("re-reading gpuctl's pull markers before poweroff: %w", err))
+		}
+		if len(ps) > 0 {
+			return busyAgainFor(d, h, st, out, SigPulls, "a pull started while draining: gpuctl is pulling "+strings.Join(ps, ", "), opts)
 		}
 	}
 

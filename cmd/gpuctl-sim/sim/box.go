@@ -498,7 +498,8 @@ func (b *Box) wol() Result {
 }
 
 // partials is find "$models" -maxdepth 3 -name 'sha256-*-partial*'
-// -printf '%s %b %T@ %p\n'.
+// -printf '%s %b %T@ %p\n'. GNU find prints %T@ with ten fractional
+// digits, the nanoseconds and a trailing 0 ("1717538311.1234567890").
 func (b *Box) partials(dir string) Result {
 	lp, ok := b.localPath(dir)
 	if fi, err := os.Stat(lp); !ok || err != nil || !fi.IsDir() {
@@ -525,7 +526,7 @@ func (b *Box) partials(dir string) Result {
 			blocks = st.Blocks
 		}
 		mt := fi.ModTime()
-		fmt.Fprintf(&out, "%d %d %d.%09d %s\n", fi.Size(), blocks, mt.Unix(), mt.Nanosecond(), path.Join(dir, filepath.ToSlash(rel)))
+		fmt.Fprintf(&out, "%d %d %d.%09d0 %s\n", fi.Size(), blocks, mt.Unix(), mt.Nanosecond(), path.Join(dir, filepath.ToSlash(rel)))
 		return nil
 	})
 	return okR(out.String())

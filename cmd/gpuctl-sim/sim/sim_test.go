@@ -5,6 +5,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -222,5 +224,28 @@ func TestPCPowerCycle(t *testing.T) {
 	}
 	if p, b, o := pc.Counts(); p != 1 || b != 1 || o != 1 {
 		t.Errorf("counts %d packets %d boots %d poweroffs", p, b, o)
+	}
+}
+
+// The partial-blob listing has GNU find's own -printf '%s %b %T@ %p\n'
+// shape: %T@ with ten fractional digits (find prints the nanoseconds and
+// a trailing 0), as in the idle package's parser's example.
+func TestPartialsFindFormat(t *testing.T) {
+	b := testBox(t)
+	blobs := filepath.Join(b.LocalDir, "blobs")
+	if err := os.MkdirAll(blobs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(blobs, "sha256-abc-partial-0"), []byte("1234"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mt := time.Date(2025, 6, 1, 10, 5, 0, 123456789, time.UTC)
+	if err := os.Chtimes(filepath.Join(blobs, "sha256-abc-partial-0"), mt, mt); err != nil {
+		t.Fatal(err)
+	}
+	r := b.partials(b.ModelsDir)
+	want := regexp.MustCompile(`^4 \d+ ` + strconv.FormatInt(mt.Unix(), 10) + `\.1234567890 /mnt/models/ollama/blobs/sha256-abc-partial-0\n$`)
+	if r.Exit != 0 || !want.MatchString(r.Stdout) {
+		t.Errorf("partials: exit %d, %q; want a line matching %s", r.Exit, r.Stdout, want)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -77,14 +78,20 @@ func runTrust(ctx context.Context, env *Env, o trustOptions) error {
 	pinned := cfg.HostKey
 	cfg.HostKey = nil // scan what the server presents, whatever is pinned
 	cfg.ConnectTimeout = o.timeout
-	ctx, cancel := context.WithTimeout(ctx, o.timeout+time.Second)
+	scanCtx, cancel := context.WithTimeout(ctx, o.timeout+time.Second)
 	defer cancel()
-	key, err := sshexec.ScanHostKey(ctx, cfg)
+	key, err := sshexec.ScanHostKey(scanCtx, cfg)
 	if err != nil {
 		if sshexec.IsTimeout(err) {
 			return withCode(ExitUnreachable, fmt.Errorf("trust %s: %w", h.Name, err))
 		}
 		return fmt.Errorf("trust %s: %w", h.Name, err)
+	}
+	if cert, ok := key.(*ssh.Certificate); ok && (pinned != nil || sshexec.CheckHostKey(cfg, key) != nil) {
+		// A host certificate no @cert-authority line vouches for: what can
+		// be recorded (and what ssh-keygen -lf shows on the host) is its
+		// plain key.
+		key = cert.Key
 	}
 	fp := ssh.FingerprintSHA256(key)
 	fmt.Fprintf(env.Stdout, "%s %s %s\n", cfg.Addr, key.Type(), fp)
@@ -136,7 +143,11 @@ func runTrust(ctx context.Context, env *Env, o trustOptions) error {
 	default:
 		fmt.Fprintf(env.Stderr, "%s (%s) presents a %s key with fingerprint\n  %s\nCompare it with `ssh-keygen -lf /etc/ssh/ssh_host_%s_key.pub` run on the host.\nTrust it? [y/N] ",
 			h.Name, cfg.Addr, key.Type(), fp, keyFileType(key.Type()))
-		line, _ := bufio.NewReader(env.Stdin).ReadString('\n')
+		line, err := readAnswer(ctx, env.Stdin)
+		if err != nil {
+			fmt.Fprintln(env.Stderr)
+			return fmt.Errorf("not trusted: %w", err)
+		}
 		if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
 			return errors.New("not trusted: you did not answer yes")
 		}
@@ -147,6 +158,31 @@ func runTrust(ctx context.Context, env *Env, o trustOptions) error {
 	}
 	fmt.Fprintf(env.Stderr, "%s: recorded %s %s in %s\n", h.Name, key.Type(), fp, file)
 	return nil
+}
+
+// readAnswer reads one line from in, or gives up when ctx ends: main turns
+// Ctrl-C into a cancelled context, so a read that ignored it could never be
+// interrupted. The reading goroutine stays blocked until in yields a line
+// or ends (the process exits soon after).
+func readAnswer(ctx context.Context, in io.Reader) (string, error) {
+	type answer struct {
+		line string
+		err  error
+	}
+	ch := make(chan answer, 1)
+	go func() {
+		line, err := bufio.NewReader(in).ReadString('\n')
+		ch <- answer{line, err}
+	}()
+	select {
+	case a := <-ch:
+		if a.err != nil && a.line == "" && !errors.Is(a.err, io.EOF) {
+			return "", a.err
+		}
+		return a.line, nil
+	case <-ctx.Done():
+		return "", context.Cause(ctx)
+	}
 }
 
 func keyFileType(t string) string {
