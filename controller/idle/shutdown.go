@@ -134,6 +134,10 @@ func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome
 		}
 		// A rejected host key or login never clears up by itself: say so
 		// even from cron, or the box would silently never be powered off.
+		if rep.sshErr != nil {
+			// Keep the cause inspectable (controller.IsPermanent) for the CLI.
+			return out, fmt.Errorf("host %q: %w: %w", h.Name, ErrRefused, rep.sshErr)
+		}
 		return out, fmt.Errorf("host %q: %w: %s", h.Name, ErrRefused, rep.BoxDetail)
 	}
 

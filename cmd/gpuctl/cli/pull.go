@@ -162,7 +162,10 @@ func markPull(stateDir, host string, names []inventory.ModelName) (func(), error
 		what[i] = string(n)
 	}
 	done, err := idle.MarkPull(stateDir, host, strings.Join(what, ", "))
-	if err != nil {
+	switch {
+	case errors.Is(err, idle.ErrDraining):
+		return nil, err // says what is happening and what to do
+	case err != nil:
 		return nil, fmt.Errorf("%w; not pulling, since idle shutdown could power %s off mid-pull", err, host)
 	}
 	return done, nil

@@ -14,6 +14,7 @@ import (
 	"github.com/ollama/ollama/api"
 	"github.com/urfave/cli/v2"
 
+	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/models"
 	"github.com/ollamalive/gpuctl/inventory"
@@ -173,6 +174,9 @@ func shutdownExit(out idle.Outcome, err error, opts idle.Options) int {
 		if opts.IfIdle {
 			return ExitOK
 		}
+		return ExitFailure
+	case controller.IsPermanent(err):
+		// A rejected host key or login: not "try again later".
 		return ExitFailure
 	case out.Action == idle.ActNotReady && !opts.IfIdle:
 		return ExitUnreachable

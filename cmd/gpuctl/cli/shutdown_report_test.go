@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ollamalive/gpuctl/controller/idle"
+	"github.com/ollamalive/gpuctl/sshexec"
 )
 
 // The report printed after a poweroff (many seconds after the check) says
@@ -61,6 +62,11 @@ func TestShutdownOutcomes(t *testing.T) {
 		{idle.ActAlreadyOff, nil, explicit, ExitOK, false},
 		{idle.ActRefused, refused, explicit, ExitFailure, false},
 		{idle.ActLocked, idle.ErrLocked, explicit, ExitFailure, false},
+		// A box that does not answer SSH in time: try again later (3).
+		{idle.ActNotReady, fmt.Errorf("host %q: %w: timeout", "gaming-pc", idle.ErrRefused), explicit, ExitUnreachable, false},
+		// A rejected host key is never routine, from cron or by hand (1).
+		{idle.ActNotReady, fmt.Errorf("host %q: %w: %w", "gaming-pc", idle.ErrRefused, &sshexec.AuthError{}), explicit, ExitFailure, false},
+		{idle.ActNotReady, fmt.Errorf("host %q: %w: %w", "gaming-pc", idle.ErrRefused, &sshexec.AuthError{}), cron, ExitFailure, true},
 	} {
 		if got := shutdownExit(idle.Outcome{Action: tc.action}, tc.err, tc.opts); got != tc.code {
 			t.Errorf("%s (if-idle %v): exit %d, want %d", tc.action, tc.opts.IfIdle, got, tc.code)
