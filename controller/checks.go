@@ -123,6 +123,18 @@ var checkFuncs = map[string]checkFunc{
 // Ollama check, which talks HTTP to the host.
 var sshChecks = []string{CheckGPU, CheckContainer, CheckContainerGPU, CheckMount, CheckFreeSpace, CheckWriteProbe}
 
+// sshChecksFor lists the SSH checks that apply to h (its `checks`); none
+// means the host is checked over HTTP alone and never reached by SSH.
+func sshChecksFor(h *inventory.Host) []string {
+	var out []string
+	for _, n := range sshChecks {
+		if h.HasCheck(n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
 // run runs the named checks (all when names is nil) concurrently and merges
 // their results into the report, replacing earlier results of the same name.
 func (k *checker) run(ctx context.Context, names []string) {
@@ -137,7 +149,7 @@ func (k *checker) run(ctx context.Context, names []string) {
 	results := make([][]Check, len(checkOrder))
 	for i, name := range checkOrder {
 		f := checkFuncs[name]
-		if f == nil || names != nil && !want[name] {
+		if f == nil || names != nil && !want[name] || !k.h.HasCheck(name) {
 			continue
 		}
 		wg.Add(1)

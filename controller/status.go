@@ -100,6 +100,11 @@ func (c *Controller) StatusAll(ctx context.Context, hosts []*inventory.Host) []H
 // within CheckTimeout.
 func (c *Controller) Status(ctx context.Context, h *inventory.Host) HostStatus {
 	start := c.now()
+	if len(sshChecksFor(h)) == 0 {
+		st := c.statusHTTP(ctx, h)
+		st.finish(c, h, start)
+		return st
+	}
 	pctx, cancel := context.WithTimeout(ctx, durOr(c.ProbeTimeout, DefaultProbeTimeout))
 	sshP, conn, other := c.reach(pctx, h)
 	st := HostStatus{Name: h.Name, CheckedAt: start, Checks: []Check{}, GPU: []GPU{},
@@ -115,7 +120,11 @@ func (c *Controller) Status(ctx context.Context, h *inventory.Host) HostStatus {
 	defer ocancel()
 	if conn != nil && c.SSH != nil {
 		ollama = make(chan []Check, 1)
-		go func() { ollama <- k.ollama(octx) }()
+		if h.HasCheck(CheckOllama) {
+			go func() { ollama <- k.ollama(octx) }()
+		} else {
+			ollama <- nil
+		}
 	}
 	if conn != nil {
 		if c.SSH == nil {
@@ -146,7 +155,7 @@ func (c *Controller) Status(ctx context.Context, h *inventory.Host) HostStatus {
 	case runner != nil:
 		k.runner = runner
 		cctx, ccancel := context.WithTimeout(ctx, durOr(c.CheckTimeout, DefaultCheckTimeout))
-		k.run(cctx, sshChecks)
+		k.run(cctx, sshChecksFor(h))
 		ccancel()
 		closer.Close()
 		k.merge(<-ollama)
@@ -164,6 +173,23 @@ func (c *Controller) Status(ctx context.Context, h *inventory.Host) HostStatus {
 	}
 	st.finish(c, h, start)
 	return st
+}
+
+// statusHTTP checks a host whose `checks` hold no SSH check (the always-on
+// server, typically): its Ollama alone says whether it is ready.
+func (c *Controller) statusHTTP(ctx context.Context, h *inventory.Host) HostStatus {
+	st := HostStatus{Name: h.Name, CheckedAt: c.now(), Checks: []Check{}, GPU: []GPU{}}
+	st.fill(c.checkHTTP(ctx, h))
+	return st
+}
+
+// checkHTTP runs the checks of a host reached by HTTP alone.
+func (c *Controller) checkHTTP(ctx context.Context, h *inventory.Host) Report {
+	k := &checker{c: c, h: h}
+	cctx, cancel := context.WithTimeout(ctx, durOr(c.CheckTimeout, DefaultCheckTimeout))
+	defer cancel()
+	k.run(cctx, nil)
+	return k.report()
 }
 
 // stateFromProbe is the state a failed SSH probe implies.

@@ -292,6 +292,17 @@ func (c *Controller) wake(ctx context.Context, h *inventory.Host, opts WakeOptio
 		}
 	}
 
+	// A host checked by HTTP alone (the always-on server) is never woken:
+	// its Ollama says where it stands.
+	if len(sshChecksFor(h)) == 0 {
+		w.enter(PhaseChecks, "asking Ollama at "+h.OllamaURL.String())
+		rep := c.checkHTTP(bctx, h)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return w.finish(&rep, "", ""), nil
+	}
+
 	// Up already?
 	w.enter(PhaseProbe, "probing "+h.SSHAddr())
 	// A host that is up answers TCP on its LAN within milliseconds; an off

@@ -100,11 +100,33 @@ type Host struct {
 	// GPUBusyPercent is the utilisation above which the GPU counts as busy
 	// for idle shutdown.
 	GPUBusyPercent int `toml:"gpu_busy_percent"`
+	// Checks are the readiness checks that apply to the host (CheckNames;
+	// default: all). A host checked by "ollama" alone is never reached over
+	// SSH, as suits the always-on server gpuctl itself runs on.
+	Checks []string `toml:"checks"`
 
 	NixOS *NixOS `toml:"nixos"`
 
 	// index is the host's position among the [[host]] tables.
 	index int
+}
+
+// CheckNames are the readiness checks a host may select with `checks`, in
+// the order they are reported. All but "ollama" run over SSH; "ollama" also
+// reports which declared models are missing.
+var CheckNames = []string{"gpu", "container", "container_gpu", "mount", "free_space", "write_probe", "ollama"}
+
+// HasCheck reports whether the named readiness check applies to h.
+func (h *Host) HasCheck(name string) bool {
+	if len(h.Checks) == 0 {
+		return true
+	}
+	for _, c := range h.Checks {
+		if c == name {
+			return true
+		}
+	}
+	return false
 }
 
 // Route sends requests for matching models to a host.

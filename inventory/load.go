@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -591,6 +592,27 @@ func (v *validator) checkHost(i int, names map[string]int, macs map[MAC]int) {
 	}
 	if h.NixOS != nil {
 		v.checkNixOS(p+".nixos", h)
+	}
+	if _, set := v.ps.pos[p+".checks"]; set && len(h.Checks) == 0 {
+		v.fail(p+".checks", "an empty list checks nothing; leave checks out for all of %s", strings.Join(CheckNames, ", "))
+	}
+	seenCheck := map[string]bool{}
+	for _, c := range h.Checks {
+		switch {
+		case !slices.Contains(CheckNames, c):
+			v.fail(p+".checks", "%q is not a check%s (checks: %s)", c, suggest(c, CheckNames), strings.Join(CheckNames, ", "))
+		case seenCheck[c]:
+			v.fail(p+".checks", "%q is listed twice", c)
+		}
+		seenCheck[c] = true
+	}
+	if h.OnDemand && len(h.Checks) > 0 {
+		if !h.HasCheck("ollama") {
+			v.fail(p+".checks", "an on_demand host needs the \"ollama\" check: wake and routing wait for Ollama to answer")
+		}
+		if len(h.Checks) == 1 && h.Checks[0] == "ollama" {
+			v.fail(p+".checks", "an on_demand host needs at least one SSH check besides \"ollama\": gpuctl reaches it over SSH to check it and power it off")
+		}
 	}
 }
 

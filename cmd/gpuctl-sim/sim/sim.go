@@ -286,7 +286,7 @@ func (s *Sim) Inventory() string {
 		q(s.stateDir), q(s.keyFile))
 	if s.server != nil {
 		fmt.Fprintf(&b, "[serve]\nlisten = %s\ndefault_host = \"server\"\n\n", q(s.serve))
-		fmt.Fprintf(&b, "# The always-on server's own Ollama (light models).\n[[host]]\nname = \"server\"\naddress = \"127.0.0.1\"\nollama_url = %s\nvram = \"16GiB\"\n",
+		fmt.Fprintf(&b, "# The always-on server's own Ollama (light models).\n[[host]]\nname = \"server\"\naddress = \"127.0.0.1\"\nchecks = [\"ollama\"]\nollama_url = %s\nvram = \"16GiB\"\n",
 			q(s.serverURL))
 		if len(s.cfg.LightModels) > 0 {
 			fmt.Fprintf(&b, "models = [%s]\n", quoteList(s.cfg.LightModels))
