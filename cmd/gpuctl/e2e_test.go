@@ -24,7 +24,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -45,42 +44,27 @@ const (
 	e2eBootDelay = 300 * time.Millisecond
 )
 
-// e2eBins are gpuctl and gpuctl-sim, built once per test binary run.
+// e2eBins are the built gpuctl and gpuctl-sim binaries.
 type e2eBins struct{ gpuctl, sim string }
 
-var (
-	e2eBuildOnce sync.Once
-	e2eBuilt     e2eBins
-	e2eBuildErr  error
-	e2eBuildDir  string
-)
-
-// buildE2E builds the real binaries (with -race when the tests run with it,
-// which also reuses the test build's cache).
+// buildE2E builds the real binaries into the test's temporary directory
+// (with -race when the tests run with it, which also reuses the test build's
+// cache).
 func buildE2E(t *testing.T) e2eBins {
 	t.Helper()
-	e2eBuildOnce.Do(func() {
-		e2eBuildDir, e2eBuildErr = os.MkdirTemp("", "gpuctl-e2e-bin-")
-		if e2eBuildErr != nil {
-			return
+	dir := t.TempDir()
+	bins := e2eBins{gpuctl: filepath.Join(dir, "gpuctl"), sim: filepath.Join(dir, "gpuctl-sim")}
+	for pkg, out := range map[string]string{".": bins.gpuctl, "../gpuctl-sim": bins.sim} {
+		args := []string{"build", "-o", out}
+		if raceEnabled {
+			args = append(args, "-race")
 		}
-		e2eBuilt = e2eBins{gpuctl: filepath.Join(e2eBuildDir, "gpuctl"), sim: filepath.Join(e2eBuildDir, "gpuctl-sim")}
-		for pkg, out := range map[string]string{".": e2eBuilt.gpuctl, "../gpuctl-sim": e2eBuilt.sim} {
-			args := []string{"build", "-o", out}
-			if raceEnabled {
-				args = append(args, "-race")
-			}
-			cmd := exec.Command("go", append(args, pkg)...)
-			if b, err := cmd.CombinedOutput(); err != nil {
-				e2eBuildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
-				return
-			}
+		cmd := exec.Command("go", append(args, pkg)...)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", pkg, err, b)
 		}
-	})
-	if e2eBuildErr != nil {
-		t.Fatal(e2eBuildErr)
 	}
-	return e2eBuilt
+	return bins
 }
 
 // e2eBox is a simulated gaming PC in its own network namespace ("pc",
@@ -375,7 +359,6 @@ func (b *e2eBox) run(ctx context.Context, args ...string) (int, *e2eRun) {
 func TestE2E(t *testing.T) {
 	waketest.Require(t, "ip", sshdtest.Path, "unshare", "mount")
 	bins := buildE2E(t)
-	t.Cleanup(func() { os.RemoveAll(e2eBuildDir) })
 
 	// The whole chain, as `make demo` runs it: wake (magic packet, real
 	// sshd, checks, model pull) → a chat through gpuctl serve routed to the
