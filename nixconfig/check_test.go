@@ -110,6 +110,17 @@ func assertMustContain(t *testing.T, c *Config, cfg, fl map[string]any) {
 	if c.OllamaOnly {
 		ports = []int{c.SSHPort}
 	}
+	dockerAfter := []string{"nvidia-container-toolkit-cdi-generator.service"}
+	var ext4 []want
+	if c.ModelsFSType == "ext4" {
+		// ext4 keeps owners: the models directory is handed to the gpuctl
+		// account before the container starts.
+		dockerAfter = append(dockerAfter, "gpuctl-models-dir.service")
+		ext4 = []want{
+			{p(`systemd.services."gpuctl-models-dir".script`), "install -d -o " + shQuote(c.User) + " -g users -m 0755 " + shQuote(c.ModelsDir)},
+			{p(`systemd.services."gpuctl-models-dir".unitConfig.RequiresMountsFor`), []string{c.ModelsMount}},
+		}
+	}
 	wants := []want{
 		{p("nixpkgs.config.allowUnfree"), true},
 		{p("services.xserver.videoDrivers"), []string{"nvidia"}},
@@ -125,7 +136,7 @@ func assertMustContain(t *testing.T, c *Config, cfg, fl map[string]any) {
 		{p(ctr + ".extraOptions"), []string{"--device=nvidia.com/gpu=all"}},
 		{p(ctr + ".ports"), []string{fmt.Sprintf("0.0.0.0:%d:11434", c.OllamaPort)}},
 		{p(ctr + ".volumes"), []string{c.ModelsDir + ":/root/.ollama"}},
-		{p(svc + ".after"), []string{"nvidia-container-toolkit-cdi-generator.service"}},
+		{p(svc + ".after"), dockerAfter},
 		{p(svc + ".requires"), []string{"nvidia-container-toolkit-cdi-generator.service"}},
 		{p(svc + ".unitConfig.RequiresMountsFor"), []string{c.ModelsMount}},
 		{p(mnt + ".device"), c.ModelsDevice},
@@ -142,7 +153,7 @@ func assertMustContain(t *testing.T, c *Config, cfg, fl map[string]any) {
 		{p("services.openssh.settings.KbdInteractiveAuthentication"), false},
 		{p("services.openssh.settings.PermitRootLogin"), "no"},
 		{p(user + ".openssh.authorizedKeys.keys"), c.UserKeys},
-		{p(user + ".extraGroups"), []string{}},
+		{p(user + ".extraGroups"), []string{"docker"}},
 		{p("security.sudo.extraRules"), []map[string]any{{"users": []string{c.User}, "commands": []map[string]any{
 			{"command": `/run/current-system/sw/bin/poweroff ""`, "options": []string{"NOPASSWD"}}}}}},
 		{p("security.sudo.execWheelOnly"), false},
@@ -164,6 +175,7 @@ func assertMustContain(t *testing.T, c *Config, cfg, fl map[string]any) {
 	if !c.AdminIsUser {
 		wants = append(wants, want{p(`users.users."` + c.Admin + `".extraGroups`), []string{"wheel", "docker", "video"}})
 	}
+	wants = append(wants, ext4...)
 	for _, w := range wants {
 		if got := get(cfg, w.path...); !jsonEq(got, w.val) {
 			g, _ := json.Marshal(got)
@@ -357,6 +369,7 @@ func TestCheckFindsProblems(t *testing.T) {
 		{name: "password-auth", local: `services.openssh.settings.PasswordAuthentication = lib.mkForce true;`, want: "local.nix:3: error: services.openssh.settings.PasswordAuthentication must be false"},
 		{name: "root-login", local: `services.openssh.settings.PermitRootLogin = lib.mkForce "prohibit-password";`, want: "local.nix:3: error: services.openssh.settings.PermitRootLogin must be \"no\""},
 		{name: "wheel", local: `users.users.gpuctl.extraGroups = [ "wheel" ];`, want: "local.nix:3: error: user \"gpuctl\" (the gpuctl account) must not be in wheel"},
+		{name: "no-docker-group", local: `users.users.gpuctl.extraGroups = lib.mkForce [ ];`, want: "error: user \"gpuctl\" (the gpuctl account) must be in the docker group"},
 		{name: "sudo-all", local: `security.sudo.extraRules = [ { users = [ "gpuctl" ]; commands = [ { command = "ALL"; options = [ "NOPASSWD" ]; } ]; } ];`, want: "local.nix:3: error: sudo rule for \"gpuctl\" allows \"ALL\""},
 		{name: "extra-port", local: `networking.firewall.allowedTCPPorts = [ 8080 ];`, want: "local.nix:3: error: networking.firewall.allowedTCPPorts opens 8080"},
 		{name: "udp", local: `networking.firewall.allowedUDPPorts = [ 53 ];`, want: "local.nix:3: error: networking.firewall.allowedUDPPorts is set"},

@@ -366,6 +366,9 @@ func (c *checker) checkConfig(cfg map[string]any) {
 				if inWheel(u) {
 					c.cross(`wheel`, gp, "user %q (the gpuctl account) must not be in wheel: it may run poweroff and nothing else", u)
 				}
+				if !contains(getStrs(users, u, "extraGroups"), "docker") {
+					c.cross(`extraGroups`, gp, "user %q (the gpuctl account) must be in the docker group: its checks run docker inspect and docker exec", u)
+				}
 				if len(getStrs(users, u, "openssh", "authorizedKeys", "keys")) == 0 && len(getList(users, u, "openssh", "authorizedKeys", "keyFiles")) == 0 {
 					c.cross(`authorizedKeys`, gp, "user %q has no SSH authorized key: gpuctl cannot log in", u)
 				}
