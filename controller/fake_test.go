@@ -57,13 +57,13 @@ func newFakePC(t *testing.T) *fakePC {
 	pc.replies = map[string]func(int) sshexec.Result{
 		CheckGPU: func(int) sshexec.Result { return sshexec.Result{Stdout: []byte(gpuLine)} },
 		CheckContainer: func(int) sshexec.Result {
-			return sshexec.Result{Stdout: fx(t, "docker_inspect_running_nginx_20.10.5.json")}
+			return sshexec.Result{Stdout: fx("docker_inspect_running_nginx_20.10.5.json")}
 		},
-		CheckContainerGPU: func(int) sshexec.Result { return sshexec.Result{Stdout: fx(t, "nvidia-smi_L_rtx4080super.txt")} },
+		CheckContainerGPU: func(int) sshexec.Result { return sshexec.Result{Stdout: fx("nvidia-smi_L_rtx4080super.txt")} },
 		CheckMount: func(int) sshexec.Result {
-			return sshexec.Result{Stdout: fx(t, "findmnt_json_ntfs-3g_fuseblk_LOCAL.json")}
+			return sshexec.Result{Stdout: fx("findmnt_json_ntfs-3g_fuseblk_LOCAL.json")}
 		},
-		CheckFreeSpace:  func(int) sshexec.Result { return sshexec.Result{Stdout: fx(t, "df_B1_output_ntfs-3g_LOCAL.txt")} },
+		CheckFreeSpace:  func(int) sshexec.Result { return sshexec.Result{Stdout: fx("df_B1_output_ntfs-3g_LOCAL.txt")} },
 		CheckWriteProbe: func(int) sshexec.Result { return sshexec.Result{} },
 	}
 	return pc
@@ -188,7 +188,7 @@ func (pc *fakePC) ollama() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/version", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		w.Write(fx(pc.t, "ollama_api_version_docs-example.json"))
+		w.Write(fx("ollama_api_version_docs-example.json"))
 	})
 	mux.HandleFunc("/api/tags", func(w http.ResponseWriter, r *http.Request) {
 		pc.mu.Lock()

@@ -13,7 +13,7 @@
 //	})
 //	client := srv.Client() // *api.Client
 //
-// What it reproduces, from the captures in ../shared/fixtures (SOURCES.md §2,
+// What it reproduces, from the captures in controller/fixtures (testdata/SOURCES.md §2,
 // §7) and ollama/ollama's server/routes.go:
 //
 //   - POST /api/pull answers application/x-ndjson lines: "pulling manifest",

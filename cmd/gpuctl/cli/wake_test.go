@@ -89,9 +89,9 @@ func newSimPC(t *testing.T) *simPC {
 		w.Header().Set("Content-Type", "application/json")
 		switch r.URL.Path {
 		case "/api/version":
-			w.Write(fixtures.Read(t, "ollama_api_version_docs-example.json"))
+			w.Write(fixtures.Must("ollama_api_version_docs-example.json"))
 		case "/api/tags":
-			w.Write(fixtures.Read(t, "ollama_api_tags_docs-example.json"))
+			w.Write(fixtures.Must("ollama_api_tags_docs-example.json"))
 		default:
 			http.NotFound(w, r)
 		}
