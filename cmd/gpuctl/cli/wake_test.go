@@ -181,16 +181,15 @@ func (pc *simPC) boot() {
 		pc.t.Errorf("boot: %v", err)
 		return
 	}
-	t := pc.t
 	srv.HandleArgv("nvidia-smi", sshtest.Reply{Stdout: string(pc.gpuOut), Exit: pc.gpuExit})
 	srv.HandleMatch(func(_ string, argv []string) bool {
 		return len(argv) > 1 && argv[0] == "docker" && argv[1] == "inspect"
 	},
-		sshtest.Reply{Stdout: string(fixtures.Read(t, "docker_inspect_running_nginx_20.10.5.json"))})
+		sshtest.Reply{Stdout: string(fixtures.Must("docker_inspect_running_nginx_20.10.5.json"))})
 	srv.HandleMatch(func(_ string, argv []string) bool { return len(argv) > 1 && argv[0] == "docker" && argv[1] == "exec" },
-		sshtest.Reply{Stdout: string(fixtures.Read(t, "nvidia-smi_L_rtx4080super.txt"))})
-	srv.HandleArgv("findmnt", sshtest.Reply{Stdout: string(fixtures.Read(t, "findmnt_json_ntfs-3g_fuseblk_LOCAL.json"))})
-	srv.HandleArgv("df", sshtest.Reply{Stdout: string(fixtures.Read(t, "df_B1_output_ntfs-3g_LOCAL.txt"))})
+		sshtest.Reply{Stdout: string(fixtures.Must("nvidia-smi_L_rtx4080super.txt"))})
+	srv.HandleArgv("findmnt", sshtest.Reply{Stdout: string(fixtures.Must("findmnt_json_ntfs-3g_fuseblk_LOCAL.json"))})
+	srv.HandleArgv("df", sshtest.Reply{Stdout: string(fixtures.Must("df_B1_output_ntfs-3g_LOCAL.txt"))})
 	srv.HandleArgv("sh", sshtest.Reply{})
 	pc.srv = srv
 }
