@@ -11,7 +11,7 @@ PKGS      := ./...
 FUZZTIME  ?= 60s
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build test test-short lint fuzz bench demo install clean
+.PHONY: all build test test-short fresh lint fuzz bench demo install clean
 
 all: build
 
@@ -28,6 +28,16 @@ test:
 # In-process tier only (no root, no sshd): for a quick loop while editing.
 test-short:
 	$(GO) test -short -count=1 $(PKGS)
+
+# What a public clone gets: HEAD cloned into a temporary directory with no
+# ../shared beside it, then the in-process tier there. Catches tests that read
+# files outside the repository or left untracked.
+fresh:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	git clone -q --no-local . "$$tmp/gpuctl"; \
+	cd "$$tmp/gpuctl"; test ! -e ../shared; \
+	echo "== fresh clone of $$(git rev-parse --short HEAD) in $$tmp/gpuctl (no ../shared)"; \
+	$(MAKE) --no-print-directory test-short
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
