@@ -71,10 +71,14 @@ type Serve struct {
 // Host is one machine with an Ollama server: the always-on box or an
 // on-demand gaming PC that gpuctl wakes and powers off.
 type Host struct {
-	Name         string     `toml:"name"`
-	OnDemand     bool       `toml:"on_demand"`
-	MAC          MAC        `toml:"mac"`
-	Address      string     `toml:"address"`
+	Name     string `toml:"name"`
+	OnDemand bool   `toml:"on_demand"`
+	MAC      MAC    `toml:"mac"`
+	Address  string `toml:"address"`
+	// Wake is how gpuctl wakes the host, tried in order (default ["wol"]).
+	Wake WakeActions `toml:"wake"`
+	// WakeTimeout bounds each wake command (default 30 s).
+	WakeTimeout  Duration   `toml:"wake_timeout"`
 	WOLTo        []HostPort `toml:"wol_to"`
 	WOLInterface string     `toml:"wol_interface"`
 	// WOLPassword is an optional SecureOn password (4 or 6 bytes).

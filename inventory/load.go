@@ -511,10 +511,23 @@ func (v *validator) checkHost(i int, names map[string]int, macs map[MAC]int) {
 	} else if _, err := netip.ParseAddr(h.Address); err != nil && !addressRE.MatchString(h.Address) {
 		v.fail(p+".address", "%q is neither an IP address nor a host name", h.Address)
 	}
-	if h.OnDemand {
-		if h.MAC.IsZero() {
-			v.fail(p, "an on_demand host needs a mac to wake it by")
+	if h.Wake == nil {
+		h.Wake = WakeActions{{WOL: true}}
+	} else if len(h.Wake) == 0 {
+		v.fail(p+".wake", "an empty list leaves no way to wake the host: remove the key for the default [\"wol\"]")
+	}
+	for _, a := range h.Wake {
+		if err := a.check(); err != nil {
+			v.fail(p+".wake", "%v", err)
 		}
+	}
+	if h.WakeTimeout == 0 {
+		h.WakeTimeout = DefaultWakeTimeout
+	} else if h.WakeTimeout < 0 {
+		v.fail(p+".wake_timeout", "must be positive")
+	}
+	if h.OnDemand && h.Wake.HasWOL() && h.MAC.IsZero() {
+		v.fail(p, "an on_demand host woken by Wake-on-LAN needs a mac (or set wake to a command)")
 	}
 	if len(h.WOLPassword) > 0 && h.MAC.IsZero() {
 		v.fail(p+".wol_password", "a SecureOn password needs a mac")

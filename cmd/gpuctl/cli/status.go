@@ -157,7 +157,7 @@ func newController(env *Env, inv *loadedInventory) *controller.Controller {
 			return sshexec.ConfigFor(inv.Inventory, h,
 				sshexec.WithEnv(env.Getenv, env.Getenv("HOME")), sshexec.WithLogger(env.Logger))
 		}),
-		Waker:  &controller.PlanWaker{},
+		Waker:  &controller.ActionWaker{WOL: &controller.PlanWaker{}, Getenv: env.Getenv, Logger: env.Logger},
 		Puller: modelsPuller{http: httpClient, logger: env.Logger, stateDir: inv.StateDir},
 	}
 }

@@ -53,10 +53,15 @@ type simPC struct {
 	bootKey ssh.Signer
 	authKey ssh.PublicKey
 
-	mu      sync.Mutex
-	packets int
-	srv     *sshtest.Server
+	mu       sync.Mutex
+	packets  int
+	powerOns int // POSTs to the smart-plug endpoint (plugPath)
+	srv      *sshtest.Server
 }
+
+// plugPath is the simulated PC's smart-plug endpoint: a POST boots it, as a
+// wake command (curl to Home Assistant, say) would.
+const plugPath = "/test-plug/on"
 
 func newSimPC(t *testing.T) *simPC {
 	t.Helper()
@@ -92,6 +97,15 @@ func newSimPC(t *testing.T) *simPC {
 			w.Write(fixtures.Must("ollama_api_version_docs-example.json"))
 		case "/api/tags":
 			w.Write(fixtures.Must("ollama_api_tags_docs-example.json"))
+		case plugPath:
+			pc.mu.Lock()
+			pc.powerOns++
+			first := pc.powerOns == 1 && pc.packets == 0 && !pc.neverUp
+			pc.mu.Unlock()
+			if first {
+				time.AfterFunc(pc.bootWait, pc.boot)
+			}
+			w.Write([]byte(`{"state":"on"}`))
 		default:
 			http.NotFound(w, r)
 		}
