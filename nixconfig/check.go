@@ -285,6 +285,8 @@ func (n *nixRunner) run(ctx context.Context, args ...string) (stdout, stderr str
 		"NIX_PATH=",
 	)
 	cmd.Dir = n.tmp
+	// Stdout is the result; stderr (warnings included) only ever explains a
+	// failure.
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err = cmd.Run()
@@ -346,7 +348,7 @@ var nixPosRE = regexp.MustCompile(`(?:at |at: \(\d+:\d+\) from file: |, at )?(/[
 
 // nixError turns nix-instantiate's stderr into a finding at file:line.
 func (c *checker) nixError(check, file, stderr string, err error) {
-	msg := strings.TrimSpace(stderr)
+	msg, _ := splitNixStderr(stderr)
 	if msg == "" {
 		msg = err.Error()
 	}
@@ -376,6 +378,7 @@ func (c *checker) stubEval(ctx context.Context, n *nixRunner) error {
 	if err != nil && ctx.Err() != nil {
 		return ctx.Err()
 	}
+	stderr, _ = splitNixStderr(stderr)
 	if err != nil {
 		if _, ok := c.srcs[LocalName]; ok && !strings.Contains(stderr, "conflicting definitions for") {
 			// local.nix may use more of nixpkgs' lib than the stub has:

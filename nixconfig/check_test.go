@@ -261,9 +261,11 @@ func nixEval(t *testing.T, expr string) string {
 	tmp := t.TempDir()
 	cmd := exec.Command("nix-instantiate", "--eval", "--strict", "--json", "--readonly-mode", "-E", expr)
 	cmd.Env = append(os.Environ(), "HOME="+tmp, "NIX_STATE_DIR="+tmp+"/state", "NIX_LOG_DIR="+tmp+"/log")
-	out, err := cmd.CombinedOutput()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("nix-instantiate -E %s: %v\n%s", expr, err, out)
+		t.Fatalf("nix-instantiate -E %s: %v\n%s", expr, err, stderr.String())
 	}
 	return string(out)
 }
