@@ -54,7 +54,7 @@ func TestCheckGoldens(t *testing.T) {
 				}
 				t.Errorf("unexpected finding: %s", f)
 			}
-			if want := []string{"parse", "denylist", "stub-eval", "workflow"}; strings.Join(r.Ran, ",") != strings.Join(want, ",") {
+			if want := []string{"parse", "denylist", "stub-eval", "options", "workflow"}; strings.Join(r.Ran, ",") != strings.Join(want, ",") {
 				t.Errorf("ran %v, want %v", r.Ran, want)
 			}
 			if len(r.Skipped) != 1 || !strings.Contains(r.Skipped[0], "nix flake check (no network") {

@@ -80,7 +80,7 @@ func TestNixosGenerateAndCheck(t *testing.T) {
 
 	waketest.RequireProgram(t, "nix-instantiate")
 	code, stdout, stderr = run(t, env, "nixos", "check", "--no-flake-check", out)
-	if code != ExitOK || stdout != "" || !strings.Contains(stderr, "parse, denylist, stub-eval, workflow; skipped nix flake check (turned off); 0 error(s)") {
+	if code != ExitOK || stdout != "" || !strings.Contains(stderr, "parse, denylist, stub-eval, options, workflow; skipped nix flake check (turned off); 0 error(s)") {
 		t.Fatalf("check: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 	os.WriteFile(filepath.Join(out, "local.nix"), []byte("{ ... }:\n{\n  hardware.opengl.enable = true;\n}\n"), 0o644)
