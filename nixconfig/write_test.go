@@ -54,7 +54,7 @@ func TestWriteRegenerateIdentical(t *testing.T) {
 		t.Fatalf("first write: %+v", res)
 	}
 	first := snapshot(t, dir)
-	want := []string{".github/workflows/build.yml", ManifestName, "FLASHING.md", "configuration.nix", "flake.nix", "gpuctl.nix", "local.nix"}
+	want := []string{".github/workflows/build.yml", ManifestName, "FLASHING.md", "configuration.nix", "flake.nix", "gpuctl.nix", "local.nix", LayoutName}
 	if got := keys(first); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("files = %v, want %v", got, want)
 	}
