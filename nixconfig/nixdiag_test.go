@@ -72,3 +72,37 @@ func TestCheckWithNixWarnings(t *testing.T) {
 		t.Errorf("findings = %q, want one syntax error at local.nix:3 without the warning", r.Findings)
 	}
 }
+
+// FuzzSplitNixStderr: whatever Nix prints, no warning line survives into the
+// error text and no error line is dropped.
+func FuzzSplitNixStderr(f *testing.F) {
+	f.Add(capturedParseErr)
+	f.Add(capturedAbort)
+	f.Add("warning: a\n  b\nerror: c\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		got, warns := splitNixStderr(s)
+		for _, l := range strings.Split(got, "\n") {
+			if strings.HasPrefix(l, "warning:") {
+				t.Fatalf("warning line kept: %q", l)
+			}
+		}
+		for _, l := range strings.Split(strings.ReplaceAll(s, "\r\n", "\n"), "\n") {
+			if strings.HasPrefix(l, "error:") && !strings.Contains(got, strings.TrimSpace(l)) {
+				t.Fatalf("error line %q dropped from %q", l, got)
+			}
+		}
+		_ = warns
+	})
+}
+
+// FuzzParseType: the table's type grammar never panics.
+func FuzzParseType(f *testing.F) {
+	for _, s := range []string{"bool", "list(str)", "enum(a|b)", "str|int", "attrsOf(list(int))?", "path|package?", "list(enum(a|b))"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if ty, err := parseType(s); err == nil {
+			_ = ty.String()
+		}
+	})
+}
