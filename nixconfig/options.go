@@ -389,7 +389,7 @@ func checkUnder(root, n *optNode, p []string, i int, variant string, d def) stri
 		return fmt.Sprintf("%s is %s, not an attribute set", optPath(p[:i+1]), t.elem)
 	case "list":
 		if p[i] == "*" {
-			if t.elem != nil && t.elem.kind == "sub" {
+			if hasSub(t.elem) {
 				return walkSub(root, n, p, i, variant, d)
 			}
 			return ""
@@ -405,6 +405,22 @@ func checkUnder(root, n *optNode, p []string, i int, variant string, d def) stri
 		}
 	}
 	return fmt.Sprintf("%s is %s, not an attribute set (no option %s)", at, t, optPath(p[:i+1]))
+}
+
+// hasSub reports whether t is, or may be, a submodule.
+func hasSub(t *optType) bool {
+	if t == nil {
+		return false
+	}
+	if t.kind == "sub" {
+		return true
+	}
+	for _, a := range t.alts {
+		if a.kind == "sub" {
+			return true
+		}
+	}
+	return false
 }
 
 // walkSub continues into a submodule's declared children (<name> or *).

@@ -39,6 +39,8 @@ func TestOptionTable(t *testing.T) {
 			{[]string{"services", "xserver", "videoDrivers"}, "list", ""},
 			{[]string{"time", "timeZone", "x"}, "string", "time.timeZone is a string or null, not an attribute set"},
 			{[]string{"networking", "firewall"}, "bool", "networking.firewall is a set of options, not a boolean"},
+			{[]string{"security", "sudo", "extraRules", "*", "commands", "*", "comand"}, "string", "security.sudo.extraRules.*.commands.*.comand is not a NixOS option (did you mean security.sudo.extraRules.*.commands.*.command?)"},
+			{[]string{"security", "sudo", "extraRules", "*", "commands", "*", "command"}, "string", ""},
 		} {
 			if got := c.matchDef(tree, def{Path: tc.path, Kind: tc.kind}); !strings.HasPrefix(got, tc.want) || (tc.want == "") != (got == "") {
 				t.Errorf("%s: %v: got %q, want %q", rel, tc.path, got, tc.want)
