@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ollamalive/gpuctl/controller"
+	"github.com/ollamalive/gpuctl/controller/fixtures"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/nixconfig"
@@ -42,16 +43,16 @@ if [ "$(id -u)" != 0 ]; then
 fi
 echo "$*" >> /run/gpuctl-test/docker.log
 case "$*" in
-"inspect --type container ollama")
-  echo '[{"Name":"/ollama","RestartCount":0,"State":{"Status":"running","Running":true,"StartedAt":"2026-12-07T10:00:00Z"}}]' ;;
-"exec ollama nvidia-smi -L")
-  echo 'GPU 0: NVIDIA GeForce RTX 3090 (UUID: GPU-6f0e6c6b-8a4e-4bb4-9d1e-2a3c4b5d6e7f)' ;;
+"inspect --type container ollama") cat FIXTURES/docker_inspect_running_nginx_20.10.5.json ;;
+"exec ollama nvidia-smi -L") cat FIXTURES/nvidia-smi_L_rtx4080super.txt ;;
 *)
   echo "docker stand-in: $* is not simulated" >&2; exit 125 ;;
 esac
 `
+	// The gpu check's own query (controller.GPUQueryArgs), values as in
+	// the rtx4080super capture.
 	standinNvidiaSMI = `#!/bin/sh
-echo '0, NVIDIA GeForce RTX 3090, GPU-6f0e6c6b-8a4e-4bb4-9d1e-2a3c4b5d6e7f, 570.153.02, 24576, 512, 0, 35, P8'
+echo '0, NVIDIA GeForce RTX 4080 SUPER, GPU-6f0e6c6b-8a4e-4bb4-9d1e-2a3c4b5d6e7f, 595.71.05, 16376, 596, 0, 35, P8'
 `
 	standinPoweroff = `#!/bin/sh
 [ "$(id -u)" = 0 ] || { echo "poweroff: must be root" >&2; exit 1; }
@@ -116,7 +117,17 @@ func TestChecksAsUnprivilegedSudoUser(t *testing.T) {
 		fmt.Fprintf(&sudoers, "%s ALL=(ALL:ALL) NOPASSWD: %s\n", sudoUser, c)
 	}
 	etc("sudoers", sudoers.String(), 0o440)
-	for name, body := range map[string]string{"docker": standinDocker, "nvidia-smi": standinNvidiaSMI, "poweroff": standinPoweroff} {
+	// Real captures (controller/fixtures) behind the stand-ins.
+	fix := filepath.Join(root, "fixtures")
+	if err := os.MkdirAll(fix, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"docker_inspect_running_nginx_20.10.5.json", "nvidia-smi_L_rtx4080super.txt"} {
+		if err := os.WriteFile(filepath.Join(fix, n), fixtures.Must(n), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, body := range map[string]string{"docker": strings.ReplaceAll(standinDocker, "FIXTURES", fix), "nvidia-smi": standinNvidiaSMI, "poweroff": standinPoweroff} {
 		if err := os.WriteFile(filepath.Join(root, "bin", name), []byte(body), 0o755); err != nil {
 			t.Fatal(err)
 		}
