@@ -44,6 +44,11 @@ type Inventory struct {
 	Serve    Serve   `toml:"serve"`
 	Hosts    []Host  `toml:"host"`
 	Routes   []Route `toml:"route"`
+
+	// Notes are what loading changed or wants known without failing (a
+	// normalized value), located like errors; `gpuctl config check` and
+	// `gpuctl nixos generate` print them.
+	Notes []*ConfigError `toml:"-"`
 }
 
 // SSH holds defaults for every host's SSH connection.

@@ -109,6 +109,7 @@ func Parse(name string, data []byte, env Env) (*Inventory, error) {
 	if len(v.errs) > 0 {
 		return nil, v.errs
 	}
+	inv.Notes = v.notes
 	return inv, nil
 }
 
@@ -323,12 +324,25 @@ func levenshtein(a, b string) int {
 }
 
 type validator struct {
-	file string
-	src  string
-	ps   *positions
-	inv  *Inventory
-	md   toml.MetaData
-	errs Errors
+	file  string
+	src   string
+	ps    *positions
+	inv   *Inventory
+	md    toml.MetaData
+	errs  Errors
+	notes []*ConfigError
+}
+
+// note records something the loader changed or the user should know, at a
+// key path; it is not an error.
+func (v *validator) note(p, format string, args ...any) {
+	line, col := v.ps.at(p)
+	if _, exact := v.ps.pos[p]; exact && line > 0 {
+		if c := valueCol(v.src, line); c > 0 {
+			col = c
+		}
+	}
+	v.notes = append(v.notes, &ConfigError{File: v.file, Line: line, Col: col, Key: p, Msg: describe(p, v.inv) + fmt.Sprintf(format, args...)})
 }
 
 // fail records a problem at a key path such as "host[1].mac".

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -196,11 +197,15 @@ func (pc *simPC) boot() {
 		return
 	}
 	srv.HandleArgv("nvidia-smi", sshtest.Reply{Stdout: string(pc.gpuOut), Exit: pc.gpuExit})
-	srv.HandleMatch(func(_ string, argv []string) bool {
-		return len(argv) > 1 && argv[0] == "docker" && argv[1] == "inspect"
-	},
+	// The controller's templates (sudo -n docker ...), whatever the container.
+	tmpl := func(t []string) func(string, []string) bool {
+		return func(_ string, argv []string) bool {
+			return len(argv) == len(t) && slices.Equal(argv[:4], t[:4])
+		}
+	}
+	srv.HandleMatch(tmpl(controller.InspectArgs("c")),
 		sshtest.Reply{Stdout: string(fixtures.Must("docker_inspect_running_nginx_20.10.5.json"))})
-	srv.HandleMatch(func(_ string, argv []string) bool { return len(argv) > 1 && argv[0] == "docker" && argv[1] == "exec" },
+	srv.HandleMatch(tmpl(controller.ContainerGPUArgs("c")),
 		sshtest.Reply{Stdout: string(fixtures.Must("nvidia-smi_L_rtx4080super.txt"))})
 	srv.HandleArgv("findmnt", sshtest.Reply{Stdout: string(fixtures.Must("findmnt_json_ntfs-3g_fuseblk_LOCAL.json"))})
 	srv.HandleArgv("df", sshtest.Reply{Stdout: string(fixtures.Must("df_B1_output_ntfs-3g_LOCAL.txt"))})
