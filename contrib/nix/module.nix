@@ -2,13 +2,18 @@
 #
 # Renders the inventory (services.gpuctl.settings, a Nix attrset with the keys
 # of gpuctl.toml) to /etc/gpuctl/gpuctl.toml, creates the dedicated `gpuctl`
-# system user that owns the state directory and the SSH key gpuctl logs in to
-# the GPU boxes with, runs `gpuctl serve` as a hardened service, and runs
-# `gpuctl shutdown --if-idle HOST` every five minutes for each on-demand host.
+# system user that owns the state directory, runs `gpuctl serve` as a
+# hardened service (gpuctl-serve.service), and runs `gpuctl shutdown
+# --if-idle HOST` every five minutes for each on-demand host
+# (gpuctl-idle@HOST.timer starting gpuctl-idle@HOST.service: the names
+# contrib/'s units use). The SSH key and secrets reach the units through
+# LoadCredential= and EnvironmentFile=, read on every start. `gpuctl` on the
+# PATH is a wrapper that runs the CLI as the service user when root starts
+# it, so that the CLI and the services share the state directory.
 #
 # From the flake, nixosModules.default also sets services.gpuctl.package to
-# the flake's build; this file alone defaults to building ./package.nix with
-# the system's nixpkgs.
+# the flake's build; this file alone defaults to pkgs.gpuctl (an overlay) or
+# builds ./package.nix with the system's nixpkgs.
 {
   config,
   lib,

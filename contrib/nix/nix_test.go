@@ -13,6 +13,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -21,8 +22,10 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -816,17 +819,76 @@ func TestPackage(t *testing.T) {
 
 	var p pkgResult
 	evalJSON(t, call(need, need), &p)
-	if p.Pname != "gpuctl" || p.Version != "dev" || p.MainProgram != "gpuctl" || p.DoCheck {
-		t.Errorf("package = %+v", p)
+	if p.Pname != "gpuctl" || p.Version != "0-unstable" || p.MainProgram != "gpuctl" || p.DoCheck {
+		t.Errorf("package = %+v, want version 0-unstable without flakes", p)
 	}
 	if !slices.Equal(p.SubPackages, []string{"cmd/gpuctl"}) {
 		t.Errorf("subPackages = %q", p.SubPackages)
 	}
-	if !slices.Contains(p.Ldflags, "-X main.version=dev") {
-		t.Errorf("ldflags = %q, want -X main.version=dev", p.Ldflags)
+	if !slices.Contains(p.Ldflags, "-X main.version=0-unstable") {
+		t.Errorf("ldflags = %q, want -X main.version=0-unstable", p.Ldflags)
 	}
 	if !p.ProxyVendor || !regexp.MustCompile(`^sha256-[A-Za-z0-9+/]{43}=$`).MatchString(p.VendorHash) {
 		t.Errorf("proxyVendor %v vendorHash %q", p.ProxyVendor, p.VendorHash)
+	}
+
+	// The source: what the Go build reads, never .git, bin/, test binaries,
+	// node_modules or test data (the filter is nixpkgs' cleanSourceWith's,
+	// asked about paths of this checkout).
+	cases := []struct {
+		path, typ string
+		keep      bool
+	}{
+		{"go.mod", "regular", true},
+		{"go.sum", "regular", true},
+		{"cmd", "directory", true},
+		{"cmd/gpuctl/main.go", "regular", true},
+		{"nixconfig/templates", "directory", true}, // embedded by nixconfig/render.go
+		{"nixconfig/templates/flake.nix.tmpl", "regular", true},
+		{"nixconfig/stub.nix", "regular", true}, // embedded by nixconfig/check.go
+		{"cmd/gpuctl-sim/sim/fixtures/x.csv", "regular", true},
+		{".git", "directory", false},
+		{"sub/.git", "directory", false},
+		{"bin", "directory", false},
+		{"cmd/gpuctl/gpuctl.test", "regular", false},
+		{"cmd/gpuctl/main_test.go", "regular", false},
+		{"cpu.prof", "regular", false},
+		{"controller/proxy/testdata", "directory", false},
+		{"controller/proxy/testdata/node/node_modules", "directory", false},
+		{"node_modules", "directory", false},
+		{"result", "symlink", false},
+		{"result-1", "symlink", false},
+		{"docs", "directory", false},
+		{"contrib", "directory", false},
+		{"flake.lock", "regular", false},
+		{"README.md", "regular", false},
+	}
+	var src struct {
+		Name  string `json:"name"`
+		Keeps []bool `json:"keeps"`
+	}
+	var list strings.Builder
+	for _, c := range cases {
+		fmt.Fprintf(&list, " { path = %s; type = %s; }", nixString(filepath.Join(repoRoot(t), c.path)), nixString(c.typ))
+	}
+	evalJSON(t, fmt.Sprintf(`let s = %s; p = s.pkgs.callPackage %s { }; in {
+	  inherit (p.src) name;
+	  keeps = map (c: p.src.filter c.path c.type) [%s ];
+	}`, stubExpr(t), pkg, list.String()), &src)
+	if src.Name != "gpuctl-source" || len(src.Keeps) != len(cases) {
+		t.Fatalf("src = %+v", src)
+	}
+	for i, c := range cases {
+		if src.Keeps[i] != c.keep {
+			t.Errorf("the source filter keeps %s (%s): %v, want %v", c.path, c.typ, src.Keeps[i], c.keep)
+		}
+	}
+
+	// With a revision (the flake passes self.shortRev), `gpuctl version`
+	// names it; the derivation's version stays the convention's.
+	evalJSON(t, fmt.Sprintf(`let s = %s; in (s.pkgs.callPackage %s { version = "0-unstable-2026-12-07"; rev = "abc1234"; }).ldflags`, stubExpr(t), pkg), &p.Ldflags)
+	if !slices.Contains(p.Ldflags, "-X main.version=0-unstable-2026-12-07+abc1234") {
+		t.Errorf("ldflags = %q, want the version and the revision", p.Ldflags)
 	}
 
 	// The Go it builds with: the default when new enough, else go_1_26.
@@ -862,7 +924,8 @@ func TestFlake(t *testing.T) {
 		Overlay     string          `json:"overlay"`
 		Description string          `json:"description"`
 	}
-	evalJSON(t, flake(`{ shortRev = "0123abc"; }`, `let p = o.packages.x86_64-linux.default; in {
+	const rev = `{ shortRev = "0123abc"; lastModifiedDate = "20261207103000"; }`
+	evalJSON(t, flake(rev, `let p = o.packages.x86_64-linux.default; in {
 	  url = f.inputs.nixpkgs.url;
 	  args = builtins.functionArgs f.outputs;
 	  systems = builtins.attrNames o.packages;
@@ -876,42 +939,68 @@ func TestFlake(t *testing.T) {
 	  inherit (f) description;
 	}`), &shape)
 
-	if !regexp.MustCompile(`^github:NixOS/nixpkgs/nixos-[0-9]{2}\.(05|11)$`).MatchString(shape.URL) {
-		t.Errorf("inputs.nixpkgs.url = %q, want a NixOS release branch", shape.URL)
+	m := regexp.MustCompile(`^github:NixOS/nixpkgs/(nixos-([0-9]{2})\.(05|11))$`).FindStringSubmatch(shape.URL)
+	if m == nil {
+		t.Fatalf("inputs.nixpkgs.url = %q, want a NixOS release branch", shape.URL)
 	}
+	// A release is supported for about seven months: YY.05 until the end
+	// of YY's December, YY.11 until the end of June after it. A flake
+	// pinned to a release past its end of life gets no security fixes.
+	yy, _ := strconv.Atoi(m[2])
+	eol := time.Date(2000+yy, time.December, 31, 23, 59, 59, 0, time.UTC)
+	if m[3] == "11" {
+		eol = time.Date(2000+yy+1, time.June, 30, 23, 59, 59, 0, time.UTC)
+	}
+	if now := time.Now(); now.After(eol) {
+		t.Errorf("inputs.nixpkgs.url = %q: that release reached its end of life on %s; move to the newest stable branch and run `nix flake update nixpkgs`", shape.URL, eol.Format(time.DateOnly))
+	}
+	checkFlakeLock(t, m[1])
 	if !reflect.DeepEqual(shape.Args, map[string]bool{"self": false, "nixpkgs": false}) {
 		t.Errorf("outputs takes %v, want { self, nixpkgs }", shape.Args)
 	}
 	if !slices.Equal(shape.Systems, []string{"aarch64-linux", "x86_64-linux"}) {
 		t.Errorf("packages for %q", shape.Systems)
 	}
-	if shape.Pkg.Pname != "gpuctl" || shape.Pkg.Version != "0123abc" || !slices.Contains(shape.Pkg.Ldflags, "-X main.version=0123abc") {
-		t.Errorf("packages.x86_64-linux.default = %+v, want version 0123abc from self.shortRev", shape.Pkg)
+	if shape.Pkg.Pname != "gpuctl" || shape.Pkg.Version != "0-unstable-2026-12-07" || !slices.Contains(shape.Pkg.Ldflags, "-X main.version=0-unstable-2026-12-07+0123abc") {
+		t.Errorf("packages.x86_64-linux.default = %+v, want version 0-unstable-2026-12-07 (self.lastModifiedDate), built with the revision", shape.Pkg)
 	}
-	if shape.App["type"] != "app" || shape.App["program"] != "/nix/store/00000000000000000000000000000000-gpuctl-0123abc/bin/gpuctl" {
+	if shape.App["type"] != "app" || shape.App["program"] != "/nix/store/00000000000000000000000000000000-gpuctl-0-unstable-2026-12-07/bin/gpuctl" {
 		t.Errorf("apps.default = %v", shape.App)
 	}
-	for _, want := range []string{"go-" + goModGo(t), "openssh", "iproute2", "nix"} {
+	for _, want := range []string{"openssh", "iproute2", "nix"} {
 		if !slices.Contains(shape.Shell, want) {
 			t.Errorf("devShells.default packages %q lack %s", shape.Shell, want)
 		}
 	}
+	if !slices.ContainsFunc(shape.Shell, func(p string) bool { return strings.HasPrefix(p, "go-") }) {
+		t.Errorf("devShells.default packages %q lack Go", shape.Shell)
+	}
 	if !slices.Contains(shape.Checks, "module-eval") || shape.CheckName != "gpuctl-module-eval" {
 		t.Errorf("checks = %q (%q)", shape.Checks, shape.CheckName)
 	}
-	if !slices.Contains(shape.Modules, "default") || shape.Overlay != "0123abc" || shape.Description == "" {
+	if !slices.Contains(shape.Modules, "default") || shape.Overlay != "0-unstable-2026-12-07" || shape.Description == "" {
 		t.Errorf("nixosModules %q, overlay version %q, description %q", shape.Modules, shape.Overlay, shape.Description)
 	}
 
-	// The version comes from git: shortRev, else dirtyShortRev, else "dev".
-	for rev, want := range map[string]string{
-		`{ }`:                                  "dev",
-		`{ dirtyShortRev = "0123abc-dirty"; }`: "0123abc-dirty",
+	// The version follows nixpkgs' convention, 0-unstable-<date of the last
+	// commit>, which parseDrvName reads back whatever the revision looks
+	// like ("gpuctl-abc1234" has no version); outside git, the epoch.
+	for self, want := range map[string]string{
+		`{ shortRev = "abc1234"; lastModifiedDate = "20261207103000"; }`:            "0-unstable-2026-12-07",
+		`{ shortRev = "0123abc"; lastModifiedDate = "20270101000000"; }`:            "0-unstable-2027-01-01",
+		`{ dirtyShortRev = "fedcba9-dirty"; lastModifiedDate = "20261207103000"; }`: "0-unstable-2026-12-07",
+		`{ }`: "0-unstable-1970-01-01",
 	} {
-		var v string
-		evalJSON(t, flake(rev, `o.packages.x86_64-linux.default.version`), &v)
-		if v != want {
-			t.Errorf("self = %s: version %q, want %q", rev, v, want)
+		var v struct {
+			Version string   `json:"version"`
+			Parsed  string   `json:"parsed"`
+			Name    string   `json:"name"`
+			Ldflags []string `json:"ldflags"`
+		}
+		evalJSON(t, flake(self, `let p = o.packages.x86_64-linux.default; d = builtins.parseDrvName p.name; in {
+		  inherit (p) version ldflags; parsed = d.version; name = d.name; }`), &v)
+		if v.Version != want || v.Parsed != want || v.Name != "gpuctl" {
+			t.Errorf("self = %s: version %q, parseDrvName gives %q %q; want %q", self, v.Version, v.Name, v.Parsed, want)
 		}
 	}
 
@@ -921,15 +1010,61 @@ func TestFlake(t *testing.T) {
 		ExecStart string `json:"execStart"`
 		Settings  map[string]any
 	}
-	evalJSON(t, flake(`{ shortRev = "0123abc"; }`, `let c = (s.nixpkgs.lib.nixosSystem { modules = [ o.nixosModules.default `+
+	evalJSON(t, flake(rev, `let c = (s.nixpkgs.lib.nixosSystem { modules = [ o.nixosModules.default `+
 		nixPath(filepath.Join(repoRoot(t), "contrib", "nix", "tests", "example.nix"))+` ]; }).config; in {
 	  execStart = c.systemd.services.gpuctl-serve.serviceConfig.ExecStart;
 	  settings = c.environment.etc."gpuctl/gpuctl.toml".source.value;
 	}`), &sys)
-	if want := "/nix/store/00000000000000000000000000000000-gpuctl-0123abc/bin/gpuctl --config /etc/gpuctl/gpuctl.toml serve"; sys.ExecStart != want {
+	if want := "/nix/store/00000000000000000000000000000000-gpuctl-0-unstable-2026-12-07/bin/gpuctl --config /etc/gpuctl/gpuctl.toml serve"; sys.ExecStart != want {
 		t.Errorf("with nixosModules.default, gpuctl-serve ExecStart = %q, want %q", sys.ExecStart, want)
 	}
 	settingsToInventory(t, sys.Settings)
+}
+
+// checkFlakeLock checks flake.lock against flake.nix: nixpkgs locked to a
+// revision of branch, with its NAR hash. (A missing flake.lock is reported:
+// creating one needs GitHub, which the tests never reach.)
+func checkFlakeLock(t *testing.T, branch string) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), "flake.lock"))
+	if errors.Is(err, fs.ErrNotExist) {
+		t.Logf("no flake.lock: run `nix flake lock` on a machine that reaches GitHub and commit it")
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lock struct {
+		Version int    `json:"version"`
+		Root    string `json:"root"`
+		Nodes   map[string]struct {
+			Inputs map[string]any `json:"inputs"`
+			Locked struct {
+				Type, Owner, Repo, Rev, NarHash string
+				LastModified                    int64
+			} `json:"locked"`
+			Original struct{ Type, Owner, Repo, Ref string } `json:"original"`
+		} `json:"nodes"`
+	}
+	if err := json.Unmarshal(data, &lock); err != nil {
+		t.Fatalf("flake.lock: %v", err)
+	}
+	root, ok := lock.Nodes[lock.Root]
+	if lock.Version != 7 || !ok {
+		t.Fatalf("flake.lock: version %d, root %q: want a version 7 lock file", lock.Version, lock.Root)
+	}
+	name, _ := root.Inputs["nixpkgs"].(string)
+	n, ok := lock.Nodes[name]
+	if !ok {
+		t.Fatalf("flake.lock locks no nixpkgs input")
+	}
+	if n.Original.Type != "github" || n.Original.Owner != "NixOS" || n.Original.Repo != "nixpkgs" || n.Original.Ref != branch {
+		t.Errorf("flake.lock's nixpkgs follows %+v, but flake.nix asks for %s: run `nix flake update nixpkgs`", n.Original, branch)
+	}
+	if n.Locked.Type != "github" || !regexp.MustCompile(`^[0-9a-f]{40}$`).MatchString(n.Locked.Rev) ||
+		!regexp.MustCompile(`^sha256-[A-Za-z0-9+/]{43}=$`).MatchString(n.Locked.NarHash) || n.Locked.LastModified == 0 {
+		t.Errorf("flake.lock's nixpkgs is not locked to a revision with its NAR hash: %+v", n.Locked)
+	}
 }
 
 // TestVendorHash recomputes contrib/nix/package.nix's vendorHash the way
