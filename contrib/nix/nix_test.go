@@ -253,6 +253,7 @@ type unit struct {
 	ServiceConfig  map[string]any    `json:"serviceConfig"`
 	TimerConfig    map[string]any    `json:"timerConfig"`
 	RestartTrigger []string          `json:"restartTriggers"`
+	Documentation  []string          `json:"documentation"`
 }
 
 type assertion struct {
