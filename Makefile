@@ -75,6 +75,8 @@ install: build
 	install -D -m 0644 contrib/gpuctl-idle.service $(DESTDIR)/etc/systemd/system/gpuctl-idle@.service
 	install -D -m 0644 contrib/gpuctl-idle.timer $(DESTDIR)/etc/systemd/system/gpuctl-idle@.timer
 	install -D -m 0644 examples/gpuctl.toml $(DESTDIR)/etc/gpuctl/gpuctl.toml.example
+	install -D -m 0644 contrib/gpuctl.sysusers $(DESTDIR)/usr/lib/sysusers.d/gpuctl.conf
+	if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then systemd-sysusers /usr/lib/sysusers.d/gpuctl.conf; fi
 	sed -i 's|/usr/local/bin/gpuctl|$(PREFIX)/bin/gpuctl|' $(DESTDIR)/etc/systemd/system/gpuctl-serve.service $(DESTDIR)/etc/systemd/system/gpuctl-idle@.service
 
 clean:

@@ -118,6 +118,9 @@ type Host struct {
 
 	// index is the host's position among the [[host]] tables.
 	index int
+	// wolPasswordEnv is set when WOLPassword came from the environment
+	// (WOLPasswordEnv), not from the file.
+	wolPasswordEnv bool
 }
 
 // CheckNames are the readiness checks a host may select with `checks`, in

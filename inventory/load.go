@@ -67,7 +67,7 @@ func Load(file string, env Env) (*Inventory, error) {
 	}
 	if st, err := os.Stat(file); err == nil && st.Mode().Perm()&0o077 != 0 {
 		for _, h := range inv.Hosts {
-			if len(h.WOLPassword) > 0 {
+			if len(h.WOLPassword) > 0 && !h.wolPasswordEnv {
 				return nil, &ConfigError{File: file, Key: "host.wol_password",
 					Msg: fmt.Sprintf("host %q: wol_password is a secret, but the file is readable by other users (mode %04o); run: chmod 600 %s",
 						h.Name, st.Mode().Perm(), file)}
@@ -101,6 +101,7 @@ func Parse(name string, data []byte, env Env) (*Inventory, error) {
 	for i := range inv.Hosts {
 		inv.Hosts[i].index = i
 	}
+	errs = append(errs, secretsFromEnv(name, ps, inv, env)...)
 	if len(errs) > 0 {
 		return nil, errs
 	}

@@ -116,7 +116,9 @@ func runShutdown(ctx context.Context, env *Env, o shutdownOptions) error {
 			return fmt.Errorf("write shutdown report: %w", jerr)
 		}
 	}
-	report := !o.json && (o.opts.DryRun || out.Action == idle.ActPoweredOff || out.Action == idle.ActFailed)
+	// A run that failed before looking at the host (the lock, the state
+	// directory) has no report to show.
+	report := !o.json && out.Report.Host != "" && (o.opts.DryRun || out.Action == idle.ActPoweredOff || out.Action == idle.ActFailed)
 	if report {
 		writeIdleReport(env.Stdout, out.Report, o.opts.IfIdle)
 	}
