@@ -57,6 +57,9 @@ type SSH struct {
 	IdentityFiles  []string `toml:"identity_files"`
 	KnownHosts     []string `toml:"known_hosts"`
 	ConnectTimeout Duration `toml:"connect_timeout"`
+	// CommandTimeout bounds one round of readiness checks and each idle
+	// shutdown probe once SSH answers.
+	CommandTimeout Duration `toml:"command_timeout"`
 	// Config is an ssh_config(5) file to read HostName, Port, User,
 	// IdentityFile and ProxyJump from; "" means ~/.ssh/config when it exists,
 	// "none" turns it off.

@@ -404,6 +404,14 @@ func (v *validator) check(env Env) {
 		}
 		inv.SSH.ConnectTimeout = DefaultConnTimeout
 	}
+	if inv.SSH.CommandTimeout == 0 {
+		if v.md.IsDefined("ssh", "command_timeout") {
+			v.fail("ssh.command_timeout", "must be positive")
+		}
+		inv.SSH.CommandTimeout = DefaultCommandTimeout
+	} else if inv.SSH.CommandTimeout < 0 {
+		v.fail("ssh.command_timeout", "must be positive")
+	}
 	if inv.SSH.Config != "" && inv.SSH.Config != "none" {
 		inv.SSH.Config = v.expandPath(inv.SSH.Config, home)
 	}

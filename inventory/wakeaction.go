@@ -11,6 +11,10 @@ import (
 // WakeWOL is the wake action that sends Wake-on-LAN magic packets.
 const WakeWOL = "wol"
 
+// DefaultCommandTimeout bounds one round of checks over SSH ([ssh]
+// command_timeout).
+const DefaultCommandTimeout = Duration(10e9)
+
 // DefaultWakeTimeout bounds one wake command.
 const DefaultWakeTimeout = Duration(30e9)
 

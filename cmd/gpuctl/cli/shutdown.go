@@ -80,11 +80,12 @@ type shutdownOptions struct {
 func shutdownDeps(env *Env, inv *loadedInventory, h *inventory.Host) *idle.Deps {
 	ctl := newController(env, inv)
 	d := &idle.Deps{
-		StateDir: inv.StateDir,
-		Now:      env.Now,
-		Logger:   env.Logger,
-		Connect:  ctl.SSH,
-		HTTP:     ctl.HTTP,
+		StateDir:     inv.StateDir,
+		CheckTimeout: inv.SSH.CommandTimeout.D(),
+		Now:          env.Now,
+		Logger:       env.Logger,
+		Connect:      ctl.SSH,
+		HTTP:         ctl.HTTP,
 		Unload: func(ctx context.Context, h *inventory.Host, names []string) error {
 			m := &models.Manager{Client: api.NewClient(h.OllamaURL.URL, ctl.HTTP), Host: h, Logger: env.Logger, Now: env.Now}
 			ns := make([]inventory.ModelName, 0, len(names))
