@@ -290,7 +290,7 @@ func unknownKey(name string, ps *positions, k toml.Key, inv *Inventory) []*Confi
 func closest(s string, candidates []string) string {
 	best, bestD, ties := "", 3, 0
 	for _, c := range candidates {
-		d := levenshtein(s, c)
+		d := EditDistance(s, c)
 		switch {
 		case d < bestD:
 			best, bestD, ties = c, d, 0
@@ -304,7 +304,9 @@ func closest(s string, candidates []string) string {
 	return best
 }
 
-func levenshtein(a, b string) int {
+// EditDistance is the Levenshtein distance between a and b, for the
+// "did you mean" of config errors.
+func EditDistance(a, b string) int {
 	prev := make([]int, len(b)+1)
 	cur := make([]int, len(b)+1)
 	for j := range prev {

@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+
+	"github.com/ollamalive/gpuctl/inventory"
 )
 
 // The option table: what NixOS declares in the namespaces the appliance
@@ -566,7 +568,7 @@ func suggest(name string, n *optNode) string {
 		if strings.EqualFold(k, name) {
 			return k
 		}
-		if d := editDistance(strings.ToLower(name), strings.ToLower(k)); d < bestD {
+		if d := inventory.EditDistance(strings.ToLower(name), strings.ToLower(k)); d < bestD {
 			best, bestD = k, d
 		}
 	}
@@ -574,26 +576,6 @@ func suggest(name string, n *optNode) string {
 		return ""
 	}
 	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // knownPackages parses packages.txt: exact names and "name.*" prefixes.
@@ -635,7 +617,7 @@ func (c *checker) checkPackages() {
 				msg := fmt.Sprintf("pkgs.%s is not a package gpuctl knows", name)
 				best, bestD := "", 3
 				for _, k := range all {
-					if d := editDistance(strings.ToLower(name), strings.ToLower(k)); d < bestD {
+					if d := inventory.EditDistance(strings.ToLower(name), strings.ToLower(k)); d < bestD {
 						best, bestD = k, d
 					}
 				}

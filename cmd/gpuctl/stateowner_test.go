@@ -9,8 +9,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -30,23 +28,7 @@ import (
 // NixOS module's and contrib's `gpuctl` user) and removes it afterwards.
 func serviceUser(t *testing.T) *user.User {
 	t.Helper()
-	waketest.Require(t, "useradd", "userdel")
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	name := "gpuctlt" + hex.EncodeToString(b)
-	if out, err := exec.Command("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
-		t.Fatalf("useradd %s: %v\n%s", name, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("userdel", name).CombinedOutput(); err != nil {
-			t.Errorf("userdel %s: %v\n%s", name, err, out)
-		}
-	})
-	u, err := user.Lookup(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
+	return waketest.NewAccount(t, "gpuctlt")
 }
 
 func TestRootCLIDoesNotLockServicesOut(t *testing.T) {

@@ -6,8 +6,6 @@ package nix_test
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -27,23 +25,8 @@ import (
 // user) and removes it when the test ends.
 func testAccount(t *testing.T) *user.User {
 	t.Helper()
-	waketest.Require(t, "useradd", "userdel", "setpriv")
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	name := "gpuctlw" + hex.EncodeToString(b)
-	if out, err := exec.Command("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name).CombinedOutput(); err != nil {
-		t.Fatalf("useradd %s: %v\n%s", name, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("userdel", name).CombinedOutput(); err != nil {
-			t.Errorf("userdel %s: %v\n%s", name, err, out)
-		}
-	})
-	u, err := user.Lookup(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
+	waketest.Require(t, "setpriv")
+	return waketest.NewAccount(t, "gpuctlw")
 }
 
 func TestModuleWrapperRunsAsServiceUser(t *testing.T) {
