@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -57,7 +58,7 @@ func newFakePC(t *testing.T) *fakePC {
 	pc.replies = map[string]func(int) sshexec.Result{
 		CheckGPU: func(int) sshexec.Result { return sshexec.Result{Stdout: []byte(gpuLine)} },
 		CheckContainer: func(int) sshexec.Result {
-			return sshexec.Result{Stdout: fx(t, "docker_inspect_running_nginx_20.10.5.json")}
+			return sshexec.Result{Stdout: ollamaInspect(t, "/mnt/models/ollama")}
 		},
 		CheckContainerGPU: func(int) sshexec.Result { return sshexec.Result{Stdout: fx(t, "nvidia-smi_L_rtx4080super.txt")} },
 		CheckMount: func(int) sshexec.Result {
@@ -67,6 +68,29 @@ func newFakePC(t *testing.T) *fakePC {
 		CheckWriteProbe: func(int) sshexec.Result { return sshexec.Result{} },
 	}
 	return pc
+}
+
+// ollamaInspect is the real `docker inspect` capture (an nginx container)
+// given the Ollama container's layout as the stick runs it: the image's
+// environment and models_dir bind-mounted at /root/.ollama.
+func ollamaInspect(t testing.TB, modelsDir string) []byte {
+	t.Helper()
+	var arr []map[string]any
+	if err := json.Unmarshal(fx(t, "docker_inspect_running_nginx_20.10.5.json"), &arr); err != nil {
+		t.Fatal(err)
+	}
+	arr[0]["Config"].(map[string]any)["Env"] = []string{
+		"PATH=/usr/local/nvidia/bin:/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64",
+		"NVIDIA_DRIVER_CAPABILITIES=compute,utility", "NVIDIA_VISIBLE_DEVICES=all", "OLLAMA_HOST=0.0.0.0:11434",
+	}
+	arr[0]["Mounts"] = []map[string]any{{"Type": "bind", "Source": modelsDir, "Destination": "/root/.ollama",
+		"Mode": "", "RW": true, "Propagation": "rprivate"}}
+	b, err := json.MarshalIndent(arr, "", "    ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func (pc *fakePC) host() *inventory.Host {

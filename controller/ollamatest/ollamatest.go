@@ -1,5 +1,13 @@
 // Package ollamatest is an in-process fake of the Ollama HTTP API (v0.17.4)
-// for tests: pulls that stream progress exactly as the real server does and
+// for what the real server cannot be made to do on demand: a pull that
+// stalls or whose connection drops after N bytes, a server that dies
+// mid-stream, odd status codes (a 500 before streaming), slow generation on
+// an injected clock, and request counting. Everything else is tested against
+// the real Ollama server (package realollama beside this one: the real
+// binary, a runnable random-weight model and a test registry); the fake's
+// answers follow captures of that server (testdata/).
+//
+// It serves pulls that stream progress exactly as the real server does and
 // write blobs and manifests into a real directory, the model list, loaded
 // models, unloading, a tiny generation stream for /api/generate, /api/chat
 // and the OpenAI-compatible /v1/chat/completions, and a registry handler for
@@ -13,8 +21,8 @@
 //	})
 //	client := srv.Client() // *api.Client
 //
-// What it reproduces, from the captures in ../shared/fixtures (SOURCES.md §2,
-// §7) and ollama/ollama's server/routes.go:
+// What it reproduces, from the captures in testdata/ and ollama/ollama's
+// server/routes.go:
 //
 //   - POST /api/pull answers application/x-ndjson lines: "pulling manifest",
 //     one or more "pulling <digest[7:19]>" lines per layer (digest, total,

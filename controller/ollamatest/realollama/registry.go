@@ -1,0 +1,319 @@
+package realollama
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Media types of an Ollama model manifest, as registry.ollama.ai serves them.
+const (
+	MediaTypeManifest = "application/vnd.docker.distribution.manifest.v2+json"
+	MediaTypeConfig   = "application/vnd.docker.container.image.v1+json"
+	MediaTypeModel    = "application/vnd.ollama.image.model"
+	MediaTypeTemplate = "application/vnd.ollama.image.template"
+	MediaTypeParams   = "application/vnd.ollama.image.params"
+)
+
+// Layer is one blob of a manifest.
+type Layer struct {
+	MediaType string `json:"mediaType"`
+	Digest    string `json:"digest"`
+	Size      int64  `json:"size"`
+}
+
+// Manifest is the OCI-style manifest Ollama pulls and writes under
+// manifests/<registry>/<namespace>/<model>/<tag>.
+type Manifest struct {
+	SchemaVersion int     `json:"schemaVersion"`
+	MediaType     string  `json:"mediaType"`
+	Config        Layer   `json:"config"`
+	Layers        []Layer `json:"layers"`
+}
+
+// Registry is a test OCI registry over TLS on 127.0.0.1, speaking the part
+// of the Docker registry v2 protocol Ollama's pull uses:
+//
+//	GET/HEAD /v2/<namespace>/<model>/manifests/<tag>  the manifest, or 404 MANIFEST_UNKNOWN
+//	GET      /v2/<namespace>/<model>/blobs/<digest>   307 to https://localhost:<port>/direct/<digest>
+//	GET/HEAD /direct/<digest>                         the bytes, with Range (Ollama downloads in parts)
+//
+// The redirect goes to another host name, as registry.ollama.ai's does to
+// its CDN, so Ollama's blob download takes the same path as in the field.
+// Its certificate (for 127.0.0.1, ::1 and localhost) is self-signed; a
+// client trusts it through CAFile (SSL_CERT_FILE for the Ollama server) or
+// Client.
+type Registry struct {
+	// Host is "127.0.0.1:<port>": the registry part of the names it serves.
+	Host string
+	// CAFile is the PEM of the registry's certificate.
+	CAFile string
+	// URL is "https://127.0.0.1:<port>".
+	URL string
+
+	srv   *httptest.Server
+	pool  *x509.CertPool
+	dir   string
+	mu    sync.Mutex
+	man   map[string][]byte // "<namespace>/<model>:<tag>" → manifest bytes
+	blobs map[string]string // digest → file
+	reqs  []string
+}
+
+// StartRegistry starts a registry closed at the end of the test.
+func StartRegistry(tb testing.TB) *Registry {
+	tb.Helper()
+	r, err := NewRegistry(tb.TempDir())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(r.Close)
+	return r
+}
+
+// NewRegistry starts a registry keeping its small blobs and certificate in
+// dir (which must exist); Close stops it.
+func NewRegistry(dir string) (*Registry, error) {
+	cert, pemBytes, err := selfSigned()
+	if err != nil {
+		return nil, fmt.Errorf("registry certificate: %w", err)
+	}
+	r := &Registry{dir: dir, man: map[string][]byte{}, blobs: map[string]string{}, pool: x509.NewCertPool()}
+	r.pool.AppendCertsFromPEM(pemBytes)
+	r.CAFile = filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(r.CAFile, pemBytes, 0o644); err != nil {
+		return nil, err
+	}
+	r.srv = httptest.NewUnstartedServer(http.HandlerFunc(r.serve))
+	r.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	r.srv.StartTLS()
+	r.URL = r.srv.URL
+	r.Host = strings.TrimPrefix(r.srv.URL, "https://")
+	return r, nil
+}
+
+// Close stops the registry.
+func (r *Registry) Close() { r.srv.Close() }
+
+func selfSigned() (tls.Certificate, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "gpuctl test registry"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+}
+
+// Client is an HTTP client that trusts the registry.
+func (r *Registry) Client() *http.Client {
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: r.pool}}}
+}
+
+// Name is the full name under which the registry serves short
+// ("tiny" → "127.0.0.1:<port>/library/tiny:latest").
+func (r *Registry) Name(short string) string {
+	ns, m := "library", short
+	if i := strings.LastIndex(short, "/"); i >= 0 {
+		ns, m = short[:i], short[i+1:]
+	}
+	if !strings.Contains(m, ":") {
+		m += ":latest"
+	}
+	return r.Host + "/" + ns + "/" + m
+}
+
+// Requests returns "METHOD path" of every request served so far.
+func (r *Registry) Requests() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.reqs...)
+}
+
+// AddModel serves spec under <namespace>/<model>:<tag> (short as in Name;
+// "tiny" means library/tiny:latest): the GGUF (written once per process by
+// GGUF), the template and a params layer, and a config. It returns the
+// manifest, whose bytes are exactly what Ollama writes to disk.
+func (r *Registry) AddModel(short string, spec ModelSpec) (Manifest, error) {
+	gguf, err := GGUF(spec)
+	if err != nil {
+		return Manifest{}, fmt.Errorf("model %s: %w", spec.Name, err)
+	}
+	model, err := r.addFile(gguf, MediaTypeModel)
+	if err != nil {
+		return Manifest{}, err
+	}
+	params, _ := json.Marshal(map[string]any{"num_predict": spec.NumPredict, "stop": []string{"</s>"}})
+	tmpl, err := r.addBytes([]byte(Template), MediaTypeTemplate)
+	if err != nil {
+		return Manifest{}, err
+	}
+	par, err := r.addBytes(params, MediaTypeParams)
+	if err != nil {
+		return Manifest{}, err
+	}
+	layers := []Layer{model, tmpl, par}
+	diffIDs := make([]string, len(layers))
+	for i, l := range layers {
+		diffIDs[i] = l.Digest
+	}
+	cfg, _ := json.Marshal(map[string]any{
+		"model_format": "gguf", "model_family": "llama", "model_families": []string{"llama"},
+		"model_type": spec.ParameterSize(), "file_type": "F32",
+		"architecture": "amd64", "os": "linux",
+		"rootfs": map[string]any{"type": "layers", "diff_ids": diffIDs},
+	})
+	config, err := r.addBytes(cfg, MediaTypeConfig)
+	if err != nil {
+		return Manifest{}, err
+	}
+	m := Manifest{SchemaVersion: 2, MediaType: MediaTypeManifest, Config: config, Layers: layers}
+	b, _ := json.Marshal(m)
+	ns, rest, _ := strings.Cut(strings.TrimPrefix(r.Name(short), r.Host+"/"), "/")
+	r.mu.Lock()
+	r.man[ns+"/"+rest] = b
+	r.mu.Unlock()
+	return m, nil
+}
+
+// ManifestBytes returns the manifest served for short, as Ollama will
+// write it to disk.
+func (r *Registry) ManifestBytes(short string) ([]byte, bool) {
+	ns, rest, _ := strings.Cut(strings.TrimPrefix(r.Name(short), r.Host+"/"), "/")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b, ok := r.man[ns+"/"+rest]
+	return b, ok
+}
+
+func (r *Registry) addBytes(b []byte, mediaType string) (Layer, error) {
+	sum := sha256.Sum256(b)
+	d := "sha256:" + hex.EncodeToString(sum[:])
+	p := filepath.Join(r.dir, "sha256-"+hex.EncodeToString(sum[:]))
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		return Layer{}, err
+	}
+	r.mu.Lock()
+	r.blobs[d] = p
+	r.mu.Unlock()
+	return Layer{MediaType: mediaType, Digest: d, Size: int64(len(b))}, nil
+}
+
+func (r *Registry) addFile(p, mediaType string) (Layer, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return Layer{}, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return Layer{}, err
+	}
+	d := "sha256:" + hex.EncodeToString(h.Sum(nil))
+	r.mu.Lock()
+	r.blobs[d] = p
+	r.mu.Unlock()
+	return Layer{MediaType: mediaType, Digest: d, Size: n}, nil
+}
+
+func (r *Registry) serve(w http.ResponseWriter, req *http.Request) {
+	r.mu.Lock()
+	r.reqs = append(r.reqs, req.Method+" "+req.URL.Path)
+	r.mu.Unlock()
+	if req.Method != http.MethodGet && req.Method != http.MethodHead {
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	if d, ok := strings.CutPrefix(req.URL.Path, "/direct/"); ok {
+		r.mu.Lock()
+		p, ok := r.blobs[d]
+		r.mu.Unlock()
+		if !ok {
+			http.NotFound(w, req)
+			return
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		defer f.Close()
+		w.Header().Set("Content-Type", "application/octet-stream")
+		http.ServeContent(w, req, "", time.Time{}, f)
+		return
+	}
+	rest, ok := strings.CutPrefix(req.URL.Path, "/v2/")
+	parts := strings.Split(rest, "/")
+	if !ok || len(parts) != 4 {
+		http.NotFound(w, req)
+		return
+	}
+	switch parts[2] {
+	case "manifests":
+		r.mu.Lock()
+		b, ok := r.man[parts[0]+"/"+parts[1]+":"+parts[3]]
+		r.mu.Unlock()
+		if !ok {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			io.WriteString(w, `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}`+"\n")
+			return
+		}
+		sum := sha256.Sum256(b)
+		w.Header().Set("Content-Type", MediaTypeManifest)
+		w.Header().Set("Docker-Content-Digest", "sha256:"+hex.EncodeToString(sum[:]))
+		w.Header().Set("Content-Length", fmt.Sprint(len(b)))
+		if req.Method == http.MethodGet {
+			w.Write(b)
+		}
+	case "blobs":
+		r.mu.Lock()
+		_, ok := r.blobs[parts[3]]
+		r.mu.Unlock()
+		if !ok {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			io.WriteString(w, `{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}`+"\n")
+			return
+		}
+		_, port, _ := net.SplitHostPort(r.Host)
+		http.Redirect(w, req, "https://localhost:"+port+"/direct/"+parts[3], http.StatusTemporaryRedirect)
+	default:
+		http.NotFound(w, req)
+	}
+}
