@@ -2,6 +2,9 @@ package realollama
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -104,6 +107,20 @@ func TestPullAndChat(t *testing.T) {
 	if err != nil || len(ps.Models) != 1 || ps.Models[0].Name != name {
 		t.Fatalf("ps after chat: %+v, %v", ps, err)
 	}
+	// The plain name pulls from the same registry through the proxy, as
+	// from registry.ollama.ai, and lands where a user's pull would.
+	if err := srv.Pull(ctx, "tiny"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(srv.ModelsDir, "manifests", DefaultRegistry, "library", "tiny", "latest")); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(reg.Requests(), "PROXY CONNECT "+BlobHost+":443") {
+		t.Fatalf("the plain-name pull did not fetch its blobs through the redirect host: %q", reg.Requests())
+	}
+	if reply, _, err := srv.Chat(ctx, "tiny", "Hi"); err != nil || reply == "" {
+		t.Fatalf("chat with tiny: %q, %v", reply, err)
+	}
 	// A model the registry lacks: Ollama's own error.
 	err = srv.Client.Pull(ctx, &api.PullRequest{Model: reg.Name("absent")}, func(api.ProgressResponse) error { return nil })
 	if err == nil || !strings.Contains(err.Error(), "file does not exist") {
@@ -130,5 +147,65 @@ func TestCreateHeavy(t *testing.T) {
 	reply, chunks, err := srv.Chat(ctx, "heavy", "Hi")
 	if err != nil || chunks < 2 {
 		t.Fatalf("chat with heavy: %q in %d chunks, %v", reply, chunks, err)
+	}
+}
+
+// The registry alone, with Go's client in Ollama's place: manifests, the
+// redirect to another host, ranged blob reads, through the proxy as
+// registry.ollama.ai, and nothing else through the proxy.
+func TestRegistryProtocol(t *testing.T) {
+	t.Setenv("GPUCTL_OLLAMA_CACHE", t.TempDir())
+	reg := StartRegistry(t)
+	man, err := reg.AddModel("tiny", Tiny)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pu, _ := url.Parse(reg.ProxyURL)
+	tr := reg.Client().Transport.(*http.Transport)
+	tr.Proxy = func(req *http.Request) (*url.URL, error) {
+		if req.URL.Hostname() == "127.0.0.1" || req.URL.Hostname() == "localhost" {
+			return nil, nil
+		}
+		return pu, nil
+	}
+	c := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	defer tr.CloseIdleConnections()
+	get := func(u string, hdr ...string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, u, nil)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s: %v", u, err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp
+	}
+	for _, base := range []string{"https://" + DefaultRegistry, reg.URL} {
+		resp := get(base + "/v2/library/tiny/manifests/latest")
+		body, _ := io.ReadAll(resp.Body)
+		want, _ := reg.ManifestBytes("tiny")
+		if resp.StatusCode != 200 || string(body) != string(want) {
+			t.Fatalf("%s manifest: %d %s", base, resp.StatusCode, body)
+		}
+		if resp := get(base + "/v2/library/absent/manifests/latest"); resp.StatusCode != 404 {
+			t.Fatalf("missing manifest: %d", resp.StatusCode)
+		}
+		resp = get(base + "/v2/library/tiny/blobs/" + man.Layers[0].Digest)
+		loc := resp.Header.Get("Location")
+		lu, _ := url.Parse(loc)
+		if resp.StatusCode != http.StatusTemporaryRedirect || lu == nil || lu.Hostname() == strings.Split(strings.TrimPrefix(base, "https://"), ":")[0] {
+			t.Fatalf("%s blob: %d to %q, want a 307 to another host", base, resp.StatusCode, loc)
+		}
+		resp = get(loc, "Range", "bytes=0-3")
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusPartialContent || string(b) != "GGUF" {
+			t.Fatalf("ranged blob read from %s: %d %q", loc, resp.StatusCode, b)
+		}
+	}
+	if _, err := c.Get("https://example.com/"); err == nil {
+		t.Fatal("the proxy tunnelled to example.com")
 	}
 }

@@ -1,6 +1,7 @@
 package realollama
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -59,9 +60,15 @@ type Manifest struct {
 //
 // The redirect goes to another host name, as registry.ollama.ai's does to
 // its CDN, so Ollama's blob download takes the same path as in the field.
-// Its certificate (for 127.0.0.1, ::1 and localhost) is self-signed; a
-// client trusts it through CAFile (SSL_CERT_FILE for the Ollama server) or
-// Client.
+// Its certificate (for 127.0.0.1, ::1, localhost, registry.ollama.ai and
+// BlobHost) is self-signed; a client trusts it through CAFile
+// (SSL_CERT_FILE for the Ollama server) or Client.
+//
+// ProxyURL is an HTTP CONNECT proxy that tunnels registry.ollama.ai:443 and
+// BlobHost:443 to this registry and refuses every other destination: an
+// Ollama server started with HTTPS_PROXY set to it (Options.Registry does
+// that) pulls plain names ("tiny") from this registry, exactly as a user's
+// Ollama pulls from registry.ollama.ai, and never reaches the internet.
 type Registry struct {
 	// Host is "127.0.0.1:<port>": the registry part of the names it serves.
 	Host string
@@ -69,14 +76,18 @@ type Registry struct {
 	CAFile string
 	// URL is "https://127.0.0.1:<port>".
 	URL string
+	// ProxyURL is "http://127.0.0.1:<port>" of the CONNECT proxy.
+	ProxyURL string
 
-	srv   *httptest.Server
-	pool  *x509.CertPool
-	dir   string
-	mu    sync.Mutex
-	man   map[string][]byte // "<namespace>/<model>:<tag>" → manifest bytes
-	blobs map[string]string // digest → file
-	reqs  []string
+	srv     *httptest.Server
+	proxy   *httptest.Server
+	tunnels *tunnelListener
+	pool    *x509.CertPool
+	dir     string
+	mu      sync.Mutex
+	man     map[string][]byte // "<namespace>/<model>:<tag>" → manifest bytes
+	blobs   map[string]string // digest → file
+	reqs    []string
 }
 
 // StartRegistry starts a registry closed at the end of the test.
@@ -90,9 +101,17 @@ func StartRegistry(tb testing.TB) *Registry {
 	return r
 }
 
-// NewRegistry starts a registry keeping its small blobs and certificate in
-// dir (which must exist); Close stops it.
+// NewRegistry starts a registry on 127.0.0.1, keeping its small blobs and
+// certificate in dir (which must exist); Close stops it.
 func NewRegistry(dir string) (*Registry, error) {
+	return NewRegistryOn(dir, func() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") })
+}
+
+// NewRegistryOn is NewRegistry with the registry's and the proxy's
+// listeners made by listen (for example inside a network namespace, where
+// the Ollama server that pulls from it runs). The proxy hands its tunnels
+// to the registry in-process: it dials nothing.
+func NewRegistryOn(dir string, listen func() (net.Listener, error)) (*Registry, error) {
 	cert, pemBytes, err := selfSigned()
 	if err != nil {
 		return nil, fmt.Errorf("registry certificate: %w", err)
@@ -103,16 +122,120 @@ func NewRegistry(dir string) (*Registry, error) {
 	if err := os.WriteFile(r.CAFile, pemBytes, 0o644); err != nil {
 		return nil, err
 	}
-	r.srv = httptest.NewUnstartedServer(http.HandlerFunc(r.serve))
+	rl, err := listen()
+	if err != nil {
+		return nil, err
+	}
+	pl, err := listen()
+	if err != nil {
+		rl.Close()
+		return nil, err
+	}
+	r.tunnels = &tunnelListener{Listener: rl, conns: make(chan net.Conn), done: make(chan struct{})}
+	go r.tunnels.run()
+	r.srv = &httptest.Server{Listener: r.tunnels, Config: &http.Server{Handler: http.HandlerFunc(r.serve), ReadHeaderTimeout: 10 * time.Second}}
 	r.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	r.srv.StartTLS()
 	r.URL = r.srv.URL
 	r.Host = strings.TrimPrefix(r.srv.URL, "https://")
+	r.proxy = &httptest.Server{Listener: pl, Config: &http.Server{Handler: http.HandlerFunc(r.connect), ReadHeaderTimeout: 10 * time.Second}}
+	r.proxy.Start()
+	r.ProxyURL = r.proxy.URL
 	return r, nil
 }
 
-// Close stops the registry.
-func (r *Registry) Close() { r.srv.Close() }
+// Close stops the registry and its proxy.
+func (r *Registry) Close() {
+	r.proxy.CloseClientConnections()
+	r.proxy.Close()
+	r.tunnels.stop()
+	r.srv.CloseClientConnections()
+	r.srv.Close()
+}
+
+// tunnelListener accepts the registry's own connections and the proxy's
+// tunnels.
+type tunnelListener struct {
+	net.Listener
+	conns    chan net.Conn
+	done     chan struct{}
+	stopOnce sync.Once
+}
+
+// run moves the real listener's connections onto l.conns until it closes.
+func (l *tunnelListener) run() {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			l.stop()
+			return
+		}
+		select {
+		case l.conns <- c:
+		case <-l.done:
+			c.Close()
+			return
+		}
+	}
+}
+
+func (l *tunnelListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *tunnelListener) stop() { l.stopOnce.Do(func() { close(l.done) }) }
+
+func (l *tunnelListener) Close() error {
+	l.stop()
+	return l.Listener.Close()
+}
+
+// DefaultRegistry is the registry a plain name pulls from; BlobHost is the
+// host name its blob redirects point at (through the proxy).
+const (
+	DefaultRegistry = "registry.ollama.ai"
+	BlobHost        = "blobs.registry.test"
+)
+
+// connect tunnels CONNECT registry.ollama.ai:443 and BlobHost:443 to the
+// registry.
+func (r *Registry) connect(w http.ResponseWriter, req *http.Request) {
+	r.mu.Lock()
+	r.reqs = append(r.reqs, "PROXY "+req.Method+" "+req.Host)
+	r.mu.Unlock()
+	if req.Method != http.MethodConnect || (req.Host != DefaultRegistry+":443" && req.Host != BlobHost+":443") {
+		http.Error(w, "the test registry's proxy tunnels only to "+DefaultRegistry+" and "+BlobHost, http.StatusForbidden)
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		http.Error(w, "no hijacking", http.StatusInternalServerError)
+		return
+	}
+	conn, rw, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	if _, err := rw.WriteString("HTTP/1.1 200 Connection established\r\n\r\n"); err != nil || rw.Flush() != nil {
+		conn.Close()
+		return
+	}
+	c := net.Conn(conn)
+	if n := rw.Reader.Buffered(); n > 0 {
+		b, _ := rw.Reader.Peek(n)
+		c = &prefixConn{Conn: conn, r: io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn)}
+	}
+	select {
+	case r.tunnels.conns <- c:
+	case <-r.tunnels.done:
+		conn.Close()
+	}
+}
 
 func selfSigned() (tls.Certificate, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -128,7 +251,7 @@ func selfSigned() (tls.Certificate, []byte, error) {
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		DNSNames:              []string{"localhost"},
+		DNSNames:              []string{"localhost", DefaultRegistry, BlobHost},
 		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
@@ -139,13 +262,21 @@ func selfSigned() (tls.Certificate, []byte, error) {
 		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
 }
 
+type prefixConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
 // Client is an HTTP client that trusts the registry.
 func (r *Registry) Client() *http.Client {
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: r.pool}}}
 }
 
-// Name is the full name under which the registry serves short
-// ("tiny" → "127.0.0.1:<port>/library/tiny:latest").
+// Name is the full name under which the registry serves short on its own
+// address ("tiny" → "127.0.0.1:<port>/library/tiny:latest"). Through
+// ProxyURL the plain name ("tiny") pulls the same model.
 func (r *Registry) Name(short string) string {
 	ns, m := "library", short
 	if i := strings.LastIndex(short, "/"); i >= 0 {
@@ -311,8 +442,12 @@ func (r *Registry) serve(w http.ResponseWriter, req *http.Request) {
 			io.WriteString(w, `{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}`+"\n")
 			return
 		}
-		_, port, _ := net.SplitHostPort(r.Host)
-		http.Redirect(w, req, "https://localhost:"+port+"/direct/"+parts[3], http.StatusTemporaryRedirect)
+		target := "https://" + BlobHost + "/direct/" + parts[3]
+		if req.Host == r.Host {
+			_, port, _ := net.SplitHostPort(r.Host)
+			target = "https://localhost:" + port + "/direct/" + parts[3]
+		}
+		http.Redirect(w, req, target, http.StatusTemporaryRedirect)
 	default:
 		http.NotFound(w, req)
 	}

@@ -35,7 +35,8 @@ type Options struct {
 	// Listen is OLLAMA_HOST; default "127.0.0.1:0" (a free port, read
 	// back from the server's log).
 	Listen string
-	// Registry, when set, is trusted by the server (SSL_CERT_FILE).
+	// Registry, when set, is trusted by the server (SSL_CERT_FILE) and is
+	// its registry.ollama.ai (HTTPS_PROXY=Registry.ProxyURL).
 	Registry *Registry
 	// Env is added to the server's environment (OLLAMA_* knobs).
 	Env []string
@@ -135,7 +136,7 @@ func StartServer(ctx context.Context, opts Options) (*Server, error) {
 		"OLLAMA_MAX_LOADED_MODELS=2",
 	}
 	if opts.Registry != nil {
-		env = append(env, "SSL_CERT_FILE="+opts.Registry.CAFile)
+		env = append(env, "SSL_CERT_FILE="+opts.Registry.CAFile, "HTTPS_PROXY="+opts.Registry.ProxyURL, "NO_PROXY=")
 	}
 	cmd.Env = append(env, opts.Env...)
 	cmd.Dir = opts.Home
