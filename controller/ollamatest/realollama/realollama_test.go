@@ -107,19 +107,25 @@ func TestPullAndChat(t *testing.T) {
 	if err != nil || len(ps.Models) != 1 || ps.Models[0].Name != name {
 		t.Fatalf("ps after chat: %+v, %v", ps, err)
 	}
-	// The plain name pulls from the same registry through the proxy, as
-	// from registry.ollama.ai, and lands where a user's pull would.
-	if err := srv.Pull(ctx, "tiny"); err != nil {
+	// A plain name pulls from the same registry through the proxy, as from
+	// registry.ollama.ai (blobs from the redirect's other host), and lands
+	// where a user's pull would.
+	other := Tiny
+	other.Name, other.Seed = "other", 3
+	if _, err := reg.AddModel("other", other); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(srv.ModelsDir, "manifests", DefaultRegistry, "library", "tiny", "latest")); err != nil {
+	if err := srv.Pull(ctx, "other"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(srv.ModelsDir, "manifests", DefaultRegistry, "library", "other", "latest")); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Contains(reg.Requests(), "PROXY CONNECT "+BlobHost+":443") {
 		t.Fatalf("the plain-name pull did not fetch its blobs through the redirect host: %q", reg.Requests())
 	}
-	if reply, _, err := srv.Chat(ctx, "tiny", "Hi"); err != nil || reply == "" {
-		t.Fatalf("chat with tiny: %q, %v", reply, err)
+	if reply, _, err := srv.Chat(ctx, "other", "Hi"); err != nil || reply == "" {
+		t.Fatalf("chat with other: %q, %v", reply, err)
 	}
 	// A model the registry lacks: Ollama's own error.
 	err = srv.Client.Pull(ctx, &api.PullRequest{Model: reg.Name("absent")}, func(api.ProgressResponse) error { return nil })

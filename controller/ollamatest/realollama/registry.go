@@ -452,3 +452,54 @@ func (r *Registry) serve(w http.ResponseWriter, req *http.Request) {
 		http.NotFound(w, req)
 	}
 }
+
+// Install writes short's manifest and blobs into an Ollama models
+// directory (OLLAMA_MODELS) exactly where a pull of the plain name from
+// registry.ollama.ai puts them: a model already on the drive, without a
+// server.
+func (r *Registry) Install(modelsDir, short string) error {
+	b, ok := r.ManifestBytes(short)
+	if !ok {
+		return fmt.Errorf("install %s: not in the test registry", short)
+	}
+	var m Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	for _, l := range append([]Layer{m.Config}, m.Layers...) {
+		r.mu.Lock()
+		src := r.blobs[l.Digest]
+		r.mu.Unlock()
+		dst := filepath.Join(modelsDir, "blobs", strings.Replace(l.Digest, ":", "-", 1))
+		if err := copyFile(src, dst); err != nil {
+			return fmt.Errorf("install %s: %w", short, err)
+		}
+	}
+	ns, rest, _ := strings.Cut(strings.TrimPrefix(r.Name(short), r.Host+"/"), "/")
+	model, tag, _ := strings.Cut(rest, ":")
+	mp := filepath.Join(modelsDir, "manifests", DefaultRegistry, ns, model, tag)
+	if err := os.MkdirAll(filepath.Dir(mp), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(mp, b, 0o644)
+}
+
+func copyFile(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
