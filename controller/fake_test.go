@@ -2,7 +2,6 @@ package controller
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ollamalive/gpuctl/controller/ollamatest"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -71,22 +71,10 @@ func newFakePC(t *testing.T) *fakePC {
 }
 
 // ollamaInspect is the real `docker inspect` capture (an nginx container)
-// given the Ollama container's layout as the stick runs it: the image's
-// environment and models_dir bind-mounted at /root/.ollama.
+// given the Ollama container's layout as the stick runs it.
 func ollamaInspect(t testing.TB, modelsDir string) []byte {
 	t.Helper()
-	var arr []map[string]any
-	if err := json.Unmarshal(fx(t, "docker_inspect_running_nginx_20.10.5.json"), &arr); err != nil {
-		t.Fatal(err)
-	}
-	arr[0]["Config"].(map[string]any)["Env"] = []string{
-		"PATH=/usr/local/nvidia/bin:/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64",
-		"NVIDIA_DRIVER_CAPABILITIES=compute,utility", "NVIDIA_VISIBLE_DEVICES=all", "OLLAMA_HOST=0.0.0.0:11434",
-	}
-	arr[0]["Mounts"] = []map[string]any{{"Type": "bind", "Source": modelsDir, "Destination": "/root/.ollama",
-		"Mode": "", "RW": true, "Propagation": "rprivate"}}
-	b, err := json.MarshalIndent(arr, "", "    ")
+	b, err := ollamatest.ContainerInspect(fx(t, "docker_inspect_running_nginx_20.10.5.json"), modelsDir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -76,7 +76,8 @@ import (
 // catalogue and a directory that New creates under os.TempDir.
 type Config struct {
 	// Dir is the models directory (OLLAMA_MODELS): blobs/ and manifests/
-	// live under it. Start defaults it to t.TempDir().
+	// live under it. Start defaults it to <t.TempDir()>/models (its parent
+	// plays models_dir, the container's /root/.ollama).
 	Dir string
 	// WriteDir, when set, is where pulls write and what /api/tags reads
 	// instead of Dir, as an Ollama container whose OLLAMA_MODELS is not the
@@ -198,7 +199,9 @@ func New(cfg Config) *Server {
 func Start(tb testing.TB, cfg Config) *Server {
 	tb.Helper()
 	if cfg.Dir == "" {
-		cfg.Dir = tb.TempDir()
+		// As the stick's container keeps them: models_dir is its
+		// /root/.ollama, the models are in models_dir/models.
+		cfg.Dir = filepath.Join(tb.TempDir(), "models")
 	}
 	s := New(cfg)
 	hs := httptest.NewServer(s)
