@@ -65,8 +65,9 @@ bench: build
 	$(GO) test -run '^$$' -bench 'P2|P3' -benchtime 1x ./cmd/gpuctl-sim/sim/
 	$(GO) test -run '^$$' -bench . ./sshexec/
 
-# The whole chain, end to end, on a built-in simulated gaming PC.
-demo:
+# The whole chain, end to end, on a built-in simulated gaming PC, whose
+# Ollama is the real server when it is built (else the in-process fake).
+demo: ollama
 	$(GO) run ./cmd/gpuctl-sim demo
 
 install: build
