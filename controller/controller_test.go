@@ -88,8 +88,8 @@ func TestStatusReady(t *testing.T) {
 		// The remote commands are exactly the fixed templates.
 		want := []string{
 			"nvidia-smi '--query-gpu=index,name,uuid,driver_version,memory.total,memory.used,utilization.gpu,temperature.gpu,pstate' '--format=csv,noheader,nounits'",
-			"docker inspect --type container ollama",
-			"docker exec ollama nvidia-smi -L",
+			"sudo -n /run/current-system/sw/bin/docker inspect --type container ollama",
+			"sudo -n /run/current-system/sw/bin/docker exec ollama nvidia-smi -L",
 			"findmnt --json --target /mnt/models/ollama",
 			"df -B1 '--output=source,fstype,size,used,avail,target' /mnt/models/ollama",
 			`sh -c 'f="$1/.gpuctl-probe.$$"; touch "$f" || exit 1; sync "$f"; s=$?; rm -f "$f" || s=1; exit $s' sh /mnt/models/ollama`,
@@ -172,15 +172,15 @@ func TestStatusDegraded(t *testing.T) {
 		failing string
 		detail  string
 	}{
-		{"driver-not-loaded", map[string]func(*testing.T) []byte{CheckGPU: func(t *testing.T) []byte { return fx(t, "nvidia-smi_error_driver-not-loaded.txt") }},
+		{"driver-not-loaded", map[string]func(*testing.T) []byte{CheckGPU: func(t *testing.T) []byte { return fx("nvidia-smi_error_driver-not-loaded.txt") }},
 			9, "gpu", "driver not loaded"},
 		{"read-only-drive", map[string]func(*testing.T) []byte{
-			CheckMount:      func(t *testing.T) []byte { return fx(t, "findmnt_json_ntfs-3g_readonly_LOCAL.json") },
-			CheckWriteProbe: func(t *testing.T) []byte { return fx(t, "touch_on_readonly_ntfs-3g_LOCAL.txt") },
+			CheckMount:      func(t *testing.T) []byte { return fx("findmnt_json_ntfs-3g_readonly_LOCAL.json") },
+			CheckWriteProbe: func(t *testing.T) []byte { return fx("touch_on_readonly_ntfs-3g_LOCAL.txt") },
 		}, 1, "mount,write_probe", "Fast Startup"},
 		{"docker-down", map[string]func(*testing.T) []byte{
-			CheckContainer:    func(t *testing.T) []byte { return fx(t, "docker_ps_daemon-down_26.1.4.txt") },
-			CheckContainerGPU: func(t *testing.T) []byte { return fx(t, "docker_ps_daemon-down_26.1.4.txt") },
+			CheckContainer:    func(t *testing.T) []byte { return fx("docker_ps_daemon-down_26.1.4.txt") },
+			CheckContainerGPU: func(t *testing.T) []byte { return fx("docker_ps_daemon-down_26.1.4.txt") },
 		}, 1, "container,container_gpu", "Docker daemon is not running"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -335,7 +335,7 @@ func TestWakePermanentFailureStopsAtOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		pc := newFakePC(t)
 		pc.replies[CheckGPU] = func(int) sshexec.Result {
-			return sshexec.Result{Stdout: fx(t, "nvidia-smi_error_driver-library-mismatch_exit18.txt"), ExitStatus: 18}
+			return sshexec.Result{Stdout: fx("nvidia-smi_error_driver-library-mismatch_exit18.txt"), ExitStatus: 18}
 		}
 		res, err := pc.controller(t.TempDir()).Wake(t.Context(), pc.host(), WakeOptions{})
 		if err != nil {
@@ -601,7 +601,7 @@ func TestModelsLocationFromInspect(t *testing.T) {
 			t.Fatalf("stick layout: %s %s, container %+v", st.State, st.Reason, st.Container)
 		}
 		pc.replies[CheckContainer] = func(int) sshexec.Result {
-			return sshexec.Result{Stdout: fx(t, "docker_inspect_running_nginx_20.10.5.json")} // no mounts
+			return sshexec.Result{Stdout: fx("docker_inspect_running_nginx_20.10.5.json")} // no mounts
 		}
 		st = c.Status(t.Context(), pc.host())
 		if st.State != StateDegraded || !strings.Contains(st.Reason, "keeps its models in /root/.ollama/models, which is on no mount") {

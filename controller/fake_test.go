@@ -60,11 +60,11 @@ func newFakePC(t *testing.T) *fakePC {
 		CheckContainer: func(int) sshexec.Result {
 			return sshexec.Result{Stdout: ollamaInspect(t, "/mnt/models/ollama")}
 		},
-		CheckContainerGPU: func(int) sshexec.Result { return sshexec.Result{Stdout: fx(t, "nvidia-smi_L_rtx4080super.txt")} },
+		CheckContainerGPU: func(int) sshexec.Result { return sshexec.Result{Stdout: fx("nvidia-smi_L_rtx4080super.txt")} },
 		CheckMount: func(int) sshexec.Result {
-			return sshexec.Result{Stdout: fx(t, "findmnt_json_ntfs-3g_fuseblk_LOCAL.json")}
+			return sshexec.Result{Stdout: fx("findmnt_json_ntfs-3g_fuseblk_LOCAL.json")}
 		},
-		CheckFreeSpace:  func(int) sshexec.Result { return sshexec.Result{Stdout: fx(t, "df_B1_output_ntfs-3g_LOCAL.txt")} },
+		CheckFreeSpace:  func(int) sshexec.Result { return sshexec.Result{Stdout: fx("df_B1_output_ntfs-3g_LOCAL.txt")} },
 		CheckWriteProbe: func(int) sshexec.Result { return sshexec.Result{} },
 	}
 	return pc
@@ -74,7 +74,7 @@ func newFakePC(t *testing.T) *fakePC {
 // given the Ollama container's layout as the stick runs it.
 func ollamaInspect(t testing.TB, modelsDir string) []byte {
 	t.Helper()
-	b, err := ollamatest.ContainerInspect(fx(t, "docker_inspect_running_nginx_20.10.5.json"), modelsDir)
+	b, err := ollamatest.ContainerInspect(fx("docker_inspect_running_nginx_20.10.5.json"), modelsDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +144,9 @@ func (pc *fakePC) Wake(ctx context.Context, h *inventory.Host) error {
 type fakeRunner struct{ pc *fakePC }
 
 func checkOf(args []string) string {
+	if a := SudoArgv(args); a != nil && a[0] == DockerCommand {
+		args = append([]string{"docker"}, a[1:]...)
+	}
 	switch {
 	case args[0] == "nvidia-smi":
 		return CheckGPU
@@ -200,7 +203,7 @@ func (pc *fakePC) ollama() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/version", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		w.Write(fx(pc.t, "ollama_api_version_docs-example.json"))
+		w.Write(fx("ollama_api_version_docs-example.json"))
 	})
 	mux.HandleFunc("/api/tags", func(w http.ResponseWriter, r *http.Request) {
 		pc.mu.Lock()

@@ -1,8 +1,6 @@
 package controller
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -11,17 +9,10 @@ import (
 
 // seed adds every fixture whose name has one of the prefixes.
 func seed(f *testing.F, prefixes ...string) {
-	d := fixtures.Dir()
-	if d == "" {
-		return
-	}
-	ents, _ := os.ReadDir(d)
-	for _, e := range ents {
+	for _, name := range fixtures.Names() {
 		for _, p := range prefixes {
-			if strings.HasPrefix(e.Name(), p) {
-				if b, err := os.ReadFile(filepath.Join(d, e.Name())); err == nil {
-					f.Add(b)
-				}
+			if strings.HasPrefix(name, p) {
+				f.Add(fixtures.Must(name))
 			}
 		}
 	}

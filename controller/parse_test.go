@@ -9,10 +9,8 @@ import (
 	"github.com/ollamalive/gpuctl/controller/fixtures"
 )
 
-func fx(t testing.TB, name string) []byte {
-	t.Helper()
-	return fixtures.Read(t, name)
-}
+// fx returns a fixture; safe in SSH and HTTP handler goroutines.
+func fx(name string) []byte { return fixtures.Must(name) }
 
 func i64(p *int64) int64 {
 	if p == nil {
@@ -60,7 +58,7 @@ func TestGPUQueryFixtures(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.file, func(t *testing.T) {
-			gpus, err := ParseGPUs(fx(t, tc.file), tc.fields)
+			gpus, err := ParseGPUs(fx(tc.file), tc.fields)
 			if err != nil {
 				t.Fatalf("ParseGPUs: %v", err)
 			}
@@ -128,7 +126,7 @@ func TestNvidiaSMIFixtureClassification(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.file, func(t *testing.T) {
-			data := fx(t, tc.file)
+			data := fx(tc.file)
 			// Errors go to stdout or stderr depending on the version; try both.
 			for _, where := range []string{"stdout", "stderr"} {
 				var so, se []byte
@@ -156,7 +154,7 @@ func TestNvidiaSMIFixtureClassification(t *testing.T) {
 }
 
 func TestComputeAppsFixtureByHeader(t *testing.T) {
-	rows, err := ParseQueryCSV(fx(t, "nvidia-smi_query-compute-apps_csv_rtx4080super_load.csv"), nil)
+	rows, err := ParseQueryCSV(fx("nvidia-smi_query-compute-apps_csv_rtx4080super_load.csv"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +167,7 @@ func TestComputeAppsFixtureByHeader(t *testing.T) {
 }
 
 func TestNvidiaSMIListFixture(t *testing.T) {
-	gpus, err := ParseNvidiaSMIList(fx(t, "nvidia-smi_L_rtx4080super.txt"))
+	gpus, err := ParseNvidiaSMIList(fx("nvidia-smi_L_rtx4080super.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,11 +179,11 @@ func TestNvidiaSMIListFixture(t *testing.T) {
 		t.Fatalf("MIG listing: %+v, %v", gpus, err)
 	}
 	for _, f := range []string{"nvidia-smi_error_driver-not-loaded.txt", "nvidia-smi_table_rtx4080super_idle_595.71.05.txt"} {
-		if _, err := ParseNvidiaSMIList(fx(t, f)); err == nil {
+		if _, err := ParseNvidiaSMIList(fx(f)); err == nil {
 			t.Errorf("%s parsed as a GPU list", f)
 		}
 	}
-	msg, transient := ContainerGPUProblem("ollama", nil, fx(t, "nvidia-smi_error_driver-not-loaded.txt"), 9)
+	msg, transient := ContainerGPUProblem("ollama", nil, fx("nvidia-smi_error_driver-not-loaded.txt"), 9)
 	if !strings.Contains(msg, "driver") || transient {
 		t.Errorf("driver not loaded in container: %q transient=%v", msg, transient)
 	}
@@ -212,7 +210,7 @@ func TestCompareVersions(t *testing.T) {
 }
 
 func TestDockerFixtures(t *testing.T) {
-	c, err := ParseDockerInspect(fx(t, "docker_inspect_running_nginx_20.10.5.json"))
+	c, err := ParseDockerInspect(fx("docker_inspect_running_nginx_20.10.5.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +222,7 @@ func TestDockerFixtures(t *testing.T) {
 		t.Errorf("running container has a problem: %s", msg)
 	}
 
-	st, err := ParseContainerState(fx(t, "docker_inspect_State_running-healthy_postgres.json"))
+	st, err := ParseContainerState(fx("docker_inspect_State_running-healthy_postgres.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,14 +230,14 @@ func TestDockerFixtures(t *testing.T) {
 	if !pc.Running || pc.Health != "healthy" || pc.StartedAt.Year() != 2018 {
 		t.Fatalf("postgres state: %+v", pc)
 	}
-	hl, err := ParseHealth(fx(t, "docker_inspect_format-json-State.Health_healthy_19.03.5.json"))
+	hl, err := ParseHealth(fx("docker_inspect_format-json-State.Health_healthy_19.03.5.json"))
 	if err != nil || hl.Status != "healthy" || len(hl.Log) != 1 {
 		t.Fatalf("health: %+v, %v", hl, err)
 	}
 
 	for _, f := range []string{"docker_ps_daemon-down_26.1.4.txt", "docker_info_daemon-down_26.1.4.txt"} {
 		for _, asStdout := range []bool{false, true} {
-			so, se := []byte(nil), fx(t, f)
+			so, se := []byte(nil), fx(f)
 			if asStdout {
 				so, se = se, nil
 			}
@@ -250,7 +248,7 @@ func TestDockerFixtures(t *testing.T) {
 		}
 	}
 	// `docker ps --format json` is not `docker inspect`: rejected, not misread.
-	if _, err := ParseDockerInspect(fx(t, "docker_ps_format-json_docs-example.jsonl")); err == nil {
+	if _, err := ParseDockerInspect(fx("docker_ps_format-json_docs-example.jsonl")); err == nil {
 		t.Error("docker ps JSON lines parsed as docker inspect")
 	}
 	for _, text := range []string{"Error: No such object: ollama", "Error: No such container: ollama",
@@ -284,7 +282,7 @@ func TestContainerProblems(t *testing.T) {
 }
 
 func TestMountFixtures(t *testing.T) {
-	m, err := ParseFindmnt(fx(t, "findmnt_json_ntfs-3g_fuseblk_LOCAL.json"))
+	m, err := ParseFindmnt(fx("findmnt_json_ntfs-3g_fuseblk_LOCAL.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +292,7 @@ func TestMountFixtures(t *testing.T) {
 	if msg, _ := MountProblem(m); msg != "" {
 		t.Errorf("rw mount has a problem: %s", msg)
 	}
-	ro, err := ParseFindmnt(fx(t, "findmnt_json_ntfs-3g_readonly_LOCAL.json"))
+	ro, err := ParseFindmnt(fx("findmnt_json_ntfs-3g_readonly_LOCAL.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,11 +312,11 @@ func TestMountFixtures(t *testing.T) {
 	}
 
 	// The findmnt-style row fixture is findmnt's table output, not JSON.
-	if _, err := ParseFindmnt(fx(t, "findmnt-style_row_ntfs-3g_fuseblk_udisks.txt")); err == nil {
+	if _, err := ParseFindmnt(fx("findmnt-style_row_ntfs-3g_fuseblk_udisks.txt")); err == nil {
 		t.Error("table row parsed as findmnt --json")
 	}
 
-	df, err := ParseDF(fx(t, "df_B1_output_ntfs-3g_LOCAL.txt"))
+	df, err := ParseDF(fx("df_B1_output_ntfs-3g_LOCAL.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -340,11 +338,11 @@ func TestNTFSFixtures(t *testing.T) {
 		{"ntfs3_dmesg_volume-dirty_newer-format.txt", "chkdsk"},
 		{"ntfs3_mount_dirty_mount-error_kernel6.9.2.txt", "dmesg"},
 	} {
-		if got := NTFSHint(string(fx(t, tc.file))); !strings.Contains(got, tc.want) {
+		if got := NTFSHint(string(fx(tc.file))); !strings.Contains(got, tc.want) {
 			t.Errorf("%s: hint %q lacks %q", tc.file, got, tc.want)
 		}
 	}
-	msg := WriteProbeProblem("/mnt/models/ollama", nil, fx(t, "touch_on_readonly_ntfs-3g_LOCAL.txt"), 1)
+	msg := WriteProbeProblem("/mnt/models/ollama", nil, fx("touch_on_readonly_ntfs-3g_LOCAL.txt"), 1)
 	if !strings.Contains(msg, "read-only") || !strings.Contains(msg, "Fast Startup") || !strings.Contains(msg, "hibernation") {
 		t.Errorf("write probe on ro: %q", msg)
 	}

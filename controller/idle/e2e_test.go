@@ -19,6 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/fixtures"
 	"github.com/ollamalive/gpuctl/controller/ollamatest"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
@@ -27,7 +28,7 @@ import (
 
 // The real idle script, sent by the real SSH client to the in-process SSH
 // server, run by the local sh with stub who, nvidia-smi, ss, ip and ethtool
-// that print the captures in testdata (date, cat /proc/uptime, printenv,
+// that print the captures in controller/fixtures (date, cat /proc/uptime, printenv,
 // find, timeout and awk are the system's own).
 func TestScriptEndToEnd(t *testing.T) {
 	for _, tool := range []string{"sh", "find", "timeout", "awk", "date", "printenv"} {
@@ -38,9 +39,11 @@ func TestScriptEndToEnd(t *testing.T) {
 			t.Skipf("%s not found", tool)
 		}
 	}
-	td, err := filepath.Abs("testdata")
-	if err != nil {
-		t.Fatal(err)
+	td := t.TempDir() // the captures, as files for the stubs to cat
+	for _, name := range fixtures.Names() {
+		if err := os.WriteFile(filepath.Join(td, name), fixtures.Must(name), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	bin := t.TempDir()
 	models := filepath.Join(t.TempDir(), "ollama")

@@ -18,6 +18,7 @@ import (
 
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/fixtures"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
@@ -147,7 +148,7 @@ func TestBusySignals(t *testing.T) {
 		{"proxy-unreadable", SigProxy, func(e *env) { e.proxyErr.Store(true) }, "could not be read"},
 		{"model-past-expiry", SigOllama, func(e *env) {
 			e.deps.HTTP = &http.Client{Transport: handlerTransport{h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				b, _ := os.ReadFile("testdata/ollama_api_ps_docs-example.json")
+				b := fixtures.Must("ollama_api_ps_docs-example.json")
 				// expires_at is 2024-06-04T14:38:31-07:00; the box's clock
 				// says a minute later.
 				w.Header().Set("Date", "Tue, 04 Jun 2024 21:39:31 GMT")

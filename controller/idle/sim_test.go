@@ -22,6 +22,7 @@ import (
 	"github.com/ollama/ollama/api"
 
 	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/fixtures"
 	"github.com/ollamalive/gpuctl/controller/models"
 	"github.com/ollamalive/gpuctl/controller/ollamatest"
 	"github.com/ollamalive/gpuctl/inventory"
@@ -68,9 +69,9 @@ func newSimBox() *simBox {
 }
 
 var (
-	wolG   = string(must(os.ReadFile("testdata/ethtool_grep-Wake_magic_g.txt")))
-	wolD   = string(must(os.ReadFile("testdata/ethtool_grep-Wake_disabled_d.txt")))
-	gpuErr = string(must(os.ReadFile("testdata/nvidia-smi_error_driver-not-loaded.txt")))
+	wolG   = string(fixtures.Must("ethtool_grep-Wake_magic_g.txt"))
+	wolD   = string(fixtures.Must("ethtool_grep-Wake_disabled_d.txt"))
+	gpuErr = string(fixtures.Must("nvidia-smi_error_driver-not-loaded.txt"))
 )
 
 func must[T any](v T, err error) T {

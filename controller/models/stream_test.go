@@ -3,22 +3,18 @@ package models
 import (
 	"bytes"
 	"errors"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/ollama/ollama/api"
+
+	"github.com/ollamalive/gpuctl/controller/fixtures"
 )
 
 func readFixture(t testing.TB, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return fixtures.Read(t, name)
 }
 
 func TestDecodeStreamFixtures(t *testing.T) {

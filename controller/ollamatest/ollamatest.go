@@ -21,8 +21,8 @@
 //	})
 //	client := srv.Client() // *api.Client
 //
-// What it reproduces, from the captures in testdata/ and ollama/ollama's
-// server/routes.go:
+// What it reproduces, from the captures in controller/fixtures (testdata/SOURCES.md §2,
+// §7) and ollama/ollama's server/routes.go:
 //
 //   - POST /api/pull answers application/x-ndjson lines: "pulling manifest",
 //     one or more "pulling <digest[7:19]>" lines per layer (digest, total,

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ollama/ollama/api"
 
+	"github.com/ollamalive/gpuctl/controller/fixtures"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
 
@@ -41,11 +42,7 @@ func post(t *testing.T, s *Server, path, body string) (*http.Response, []byte) {
 
 func fixture(t *testing.T, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return fixtures.Read(t, name)
 }
 
 // splitStatus splits a capture "BODY\nHTTP NNN\n" into body and status line.

@@ -98,7 +98,9 @@ func TestOpenAINodeClient(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "node_modules", "openai")); err != nil {
 		// Install the pinned client from package-lock.json.
 		ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
-		out, err := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund").CombinedOutput()
+		cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund")
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
 		cancel()
 		if err != nil {
 			if os.Getenv("CI") == "true" {

@@ -2,7 +2,7 @@
 // sshd_config in t.TempDir(), listening on a free loopback port (or a given
 // address, e.g. inside a test's network namespace), logging at DEBUG2 to a
 // file that is printed when the test fails. It needs root and
-// /usr/sbin/sshd; see internal/waketest.Require.
+// /usr/sbin/sshd; see wake/waketest.Require.
 package sshdtest
 
 import (

@@ -2,7 +2,6 @@ package sim
 
 import (
 	"bytes"
-	"embed"
 	"encoding/csv"
 	"fmt"
 	"regexp"
@@ -11,16 +10,15 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ollamalive/gpuctl/controller/fixtures"
 )
 
-// The simulated box prints real captured outputs: the files under fixtures/
-// are byte-for-byte copies of ../shared/fixtures (see its SOURCES.md) and of
-// the LOCAL captures in controller/idle/testdata. Where a command's output
-// depends on the box (a mount point, a time, free space) the fixture is
-// adjusted in that one place and nowhere else; see each function.
-//
-//go:embed fixtures/*.csv fixtures/*.txt fixtures/*.json
-var fixtureFS embed.FS
+// The simulated box prints real captured outputs: the same files the parsers
+// are tested on, from controller/fixtures (provenance in its
+// testdata/SOURCES.md). Where a command's output depends on the box (a mount
+// point, a time, free space) the capture is adjusted in that one place and
+// nowhere else; see each function.
 
 // Fixture file names.
 const (
@@ -40,15 +38,9 @@ const (
 	fixtureMountFrom = "/tmp/ntfsmnt" // the mount point in the NTFS captures
 )
 
-// Fixture returns an embedded fixture file; it panics on an unknown name
-// (a programming error caught by the tests).
-func Fixture(name string) []byte {
-	b, err := fixtureFS.ReadFile("fixtures/" + name)
-	if err != nil {
-		panic("gpuctl-sim: no fixture " + name)
-	}
-	return b
-}
+// Fixture returns a captured output; it panics on an unknown name (a
+// programming error caught by the tests).
+func Fixture(name string) []byte { return fixtures.Must(name) }
 
 // gpuTable is the RTX 4080 SUPER all-fields capture: header names (units
 // stripped) and values as printed with units. There is no attributable RTX
