@@ -12,6 +12,7 @@ import (
 
 	"github.com/ollama/ollama/api"
 
+	"github.com/ollamalive/gpuctl/controller/models"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -256,12 +257,10 @@ func (k *checker) gpu(ctx context.Context) []Check {
 // is not in the docker group (that is root-equivalent): it runs exactly the
 // two docker command lines below through `sudo -n`, and the box's sudo
 // rules (nixconfig) allow precisely those argv, nothing else.
-const DockerCommand = "/run/current-system/sw/bin/docker"
+const DockerCommand = models.DockerCommand
 
 // InspectArgs is the argv of the container check.
-func InspectArgs(container string) []string {
-	return []string{"sudo", "-n", DockerCommand, "inspect", "--type", "container", container}
-}
+func InspectArgs(container string) []string { return models.InspectArgs(container) }
 
 // ContainerGPUArgs is the argv of the GPU-in-container check.
 func ContainerGPUArgs(container string) []string {
@@ -296,6 +295,12 @@ func (k *checker) container(ctx context.Context) []Check {
 	if ct.Name == "" {
 		ct.Name = k.h.Container
 	}
+	// Where the container keeps its models: the same reading (and the
+	// same verdict) as the verification after a pull (models.Manager).
+	store, serr := models.StoreFromInspect(res.Stdout, k.h.Container, k.h.ModelsDir)
+	if serr == nil {
+		ct.Models = &store
+	}
 	k.mu.Lock()
 	stored := ct
 	if k.rep.Container != nil {
@@ -306,7 +311,13 @@ func (k *checker) container(ctx context.Context) []Check {
 	if msg, transient := ContainerProblem(ct); msg != "" {
 		return k.timed(CheckContainer, start, Check{Detail: msg, Transient: transient})
 	}
+	if ct.Models != nil && ct.Models.Problem != "" {
+		return k.timed(CheckContainer, start, Check{Detail: ct.Models.Problem})
+	}
 	d := fmt.Sprintf("%s running since %s", ct.Name, ct.StartedAt.UTC().Format(time.RFC3339))
+	if ct.Models != nil {
+		d += ", models in " + ct.Models.Dir
+	}
 	if ct.Health != "" {
 		d += ", " + ct.Health
 	}

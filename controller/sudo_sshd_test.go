@@ -20,6 +20,7 @@ import (
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/fixtures"
 	"github.com/ollamalive/gpuctl/controller/idle"
+	"github.com/ollamalive/gpuctl/controller/ollamatest"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/nixconfig"
 	"github.com/ollamalive/gpuctl/sshexec"
@@ -123,7 +124,15 @@ func TestChecksAsUnprivilegedSudoUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range []string{"docker_inspect_running_nginx_20.10.5.json", "nvidia-smi_L_rtx4080super.txt"} {
-		if err := os.WriteFile(filepath.Join(fix, n), fixtures.Must(n), 0o644); err != nil {
+		b := fixtures.Must(n)
+		if strings.HasPrefix(n, "docker_inspect") {
+			// The container as the stick runs it: models_dir at /root/.ollama.
+			var err error
+			if b, err = ollamatest.ContainerInspect(b, models); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(fix, n), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

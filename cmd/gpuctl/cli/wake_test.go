@@ -23,6 +23,7 @@ import (
 
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/fixtures"
+	"github.com/ollamalive/gpuctl/controller/ollamatest"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
 	"github.com/ollamalive/gpuctl/wake"
@@ -204,7 +205,7 @@ func (pc *simPC) boot() {
 		}
 	}
 	srv.HandleMatch(tmpl(controller.InspectArgs("c")),
-		sshtest.Reply{Stdout: string(fixtures.Must("docker_inspect_running_nginx_20.10.5.json"))})
+		sshtest.Reply{Stdout: string(must(ollamatest.ContainerInspect(fixtures.Must("docker_inspect_running_nginx_20.10.5.json"), "/mnt/models/ollama")))})
 	srv.HandleMatch(tmpl(controller.ContainerGPUArgs("c")),
 		sshtest.Reply{Stdout: string(fixtures.Must("nvidia-smi_L_rtx4080super.txt"))})
 	srv.HandleArgv("findmnt", sshtest.Reply{Stdout: string(fixtures.Must("findmnt_json_ntfs-3g_fuseblk_LOCAL.json"))})
