@@ -256,6 +256,9 @@ func newE2EBox(t *testing.T, bins e2eBins, o e2eOptions) *e2eBox {
 user = %q
 identity_files = [%q]
 config = "none"
+# The box's tools are stand-in programs; under a loaded CI machine a round
+# of checks can take longer than the 10 s default.
+command_timeout = "45s"
 
 [serve]
 listen = "127.0.0.1:11435"
