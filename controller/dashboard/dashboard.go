@@ -96,7 +96,7 @@ type Dashboard struct {
 	mu         sync.Mutex
 	snap       *snapshot
 	refreshing chan struct{} // closed when the refresh in progress ends
-	wakes      map[string]*pageWake
+	wakes      map[string]*PageWake
 }
 
 // snapshot is one refresh of every host's status.
@@ -107,8 +107,8 @@ type snapshot struct {
 	psErr  map[string]string
 }
 
-// pageWake is a wake started from the page.
-type pageWake struct {
+// PageWake is a wake started from the page.
+type PageWake struct {
 	Started  time.Time  `json:"started"`
 	Finished *time.Time `json:"finished,omitempty"`
 	Error    string     `json:"error,omitempty"`
@@ -135,7 +135,7 @@ func New(o Options) (*Dashboard, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Dashboard{o: o, log: o.Logger, byName: map[string]*inventory.Host{}, wakes: map[string]*pageWake{},
+	d := &Dashboard{o: o, log: o.Logger, byName: map[string]*inventory.Host{}, wakes: map[string]*PageWake{},
 		actions: o.Wake != nil && o.Inventory.Serve.PageActions,
 		files:   http.StripPrefix(Prefix, http.FileServerFS(sub))}
 	for i := range o.Inventory.Hosts {
@@ -343,7 +343,7 @@ func (d *Dashboard) serveWake(w http.ResponseWriter, r *http.Request, host strin
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "gpuctl serve is shutting down"})
 		return
 	}
-	pw := &pageWake{Started: d.o.Now()}
+	pw := &PageWake{Started: d.o.Now()}
 	d.wakes[host] = pw
 	d.bg.Add(1)
 	d.mu.Unlock()

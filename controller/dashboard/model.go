@@ -45,7 +45,7 @@ type Host struct {
 	// IdleView is idle shutdown's saved view in detail (on-demand hosts).
 	IdleView *IdleView `json:"idle_view,omitempty"`
 	// PageWake is the last wake started from the page.
-	PageWake *pageWake `json:"page_wake,omitempty"`
+	PageWake *PageWake `json:"page_wake,omitempty"`
 	// InFlight is the proxy's requests in flight to the host.
 	InFlight int `json:"in_flight"`
 }
@@ -98,7 +98,7 @@ func (d *Dashboard) page(snap *snapshot) Page {
 		p.Proxy = &Proxy{Started: act.Started, Hosts: act.Hosts}
 	}
 	d.mu.Lock()
-	wakes := map[string]pageWake{}
+	wakes := map[string]PageWake{}
 	for k, v := range d.wakes {
 		wakes[k] = *v
 	}

@@ -55,7 +55,7 @@ function ago(t) {
 
 function clock(t) {
   const d = new Date(t), today = new Date(now());
-  const hm = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const hm = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
   if (d.toDateString() === today.toDateString()) return hm;
   return d.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + hm;
 }
@@ -143,9 +143,9 @@ function idleSection(h) {
   if (v.power_off_after && h.state !== "off") {
     const at = Date.parse(v.power_off_after);
     kv.append(el("dt", { text: "powers off" }),
-      el("dd", { text: at > now() ? `after ${clock(v.power_off_after)} (in ${dur(at - now())}), at the next check` : "at the next check (cron)" }));
+      el("dd", { text: at > now() ? `after ${clock(v.power_off_after)} (in ${dur(at - now())}), at the next shutdown check` : "at the next shutdown check, if still idle" }));
   }
-  kv.append(el("dt", { text: "rules" }), el("dd", { text: `idle for ${dur(v.idle_after_s * 1000)}, up for ${dur(v.min_uptime_s * 1000)}` }));
+  kv.append(el("dt", { text: "rules" }), el("dd", { text: `off once idle for over ${dur(v.idle_after_s * 1000)}, never within ${dur(v.min_uptime_s * 1000)} of boot` }));
   if (h.idle && h.idle.last_check) kv.append(el("dt", { text: "checked" }), el("dd", { text: ago(h.idle.last_check) }));
   if (h.idle && h.idle.last_error) kv.append(el("dt", { text: "last error" }), el("dd", { class: "note bad", text: h.idle.last_error }));
   s.append(kv);
@@ -157,7 +157,7 @@ function idleSection(h) {
     })));
   }
   if (h.idle && h.idle.busy_reasons && h.idle.busy_reasons.length) {
-    s.append(el("ul", { class: "rows" }, h.idle.busy_reasons.map(r =>
+    s.append(el("ul", { class: "rows two" }, h.idle.busy_reasons.map(r =>
       el("li", { class: "wait" }, el("span", { class: "mark", text: "•" }), el("span", { class: "detail", text: r })))));
   }
   return s;
