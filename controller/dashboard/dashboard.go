@@ -162,8 +162,10 @@ func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	path := r.URL.Path
 	switch {
 	case path == strings.TrimSuffix(Prefix, "/"):
-		// Relative, so that a path prefix in front of gpuctl survives.
-		http.Redirect(w, r, "gpuctl/", http.StatusMovedPermanently)
+		// Relative, so that a path prefix in front of gpuctl survives
+		// (http.Redirect would make it absolute).
+		w.Header().Set("Location", "gpuctl/")
+		w.WriteHeader(http.StatusMovedPermanently)
 	case path == Prefix+"api/status":
 		if !allow(w, r, http.MethodGet, http.MethodHead) {
 			return
