@@ -48,6 +48,9 @@ const (
 	DefaultWakes = 5
 	// psTimeout bounds one /api/ps call.
 	psTimeout = 3 * time.Second
+	// maxStale: a snapshot older than this many refresh intervals is
+	// refreshed before it is shown.
+	maxStale = 3
 	// statusTimeout bounds one refresh of every host's status.
 	statusTimeout = 20 * time.Second
 )
@@ -219,16 +222,22 @@ func (d *Dashboard) serveStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 // current returns the latest snapshot and starts a refresh when it is
-// older than RefreshInterval; before the first snapshot it waits for it.
+// older than RefreshInterval. A snapshot older than maxStale intervals
+// (nobody looked for a while) is not shown: like the first one, the
+// refresh is waited for.
 func (d *Dashboard) current(ctx context.Context) (*snapshot, error) {
 	d.mu.Lock()
 	snap := d.snap
-	if snap == nil || d.o.Now().Sub(snap.at) >= d.o.RefreshInterval {
+	age := time.Duration(0)
+	if snap != nil {
+		age = d.o.Now().Sub(snap.at)
+	}
+	if snap == nil || age >= d.o.RefreshInterval {
 		d.refreshLocked()
 	}
 	done := d.refreshing
 	d.mu.Unlock()
-	if snap != nil {
+	if snap != nil && age < maxStale*d.o.RefreshInterval {
 		return snap, nil
 	}
 	select {
@@ -336,8 +345,9 @@ func (d *Dashboard) serveWake(w http.ResponseWriter, r *http.Request, host strin
 	}
 	d.mu.Lock()
 	if pw := d.wakes[host]; pw != nil && pw.Finished == nil {
+		cp := *pw
 		d.mu.Unlock()
-		writeJSON(w, http.StatusAccepted, map[string]any{"host": host, "wake": pw, "coalesced": true})
+		writeJSON(w, http.StatusAccepted, map[string]any{"host": host, "wake": cp, "coalesced": true})
 		return
 	}
 	if d.baseCtx.Err() != nil {
@@ -347,6 +357,7 @@ func (d *Dashboard) serveWake(w http.ResponseWriter, r *http.Request, host strin
 	}
 	pw := &PageWake{Started: d.o.Now()}
 	d.wakes[host] = pw
+	answer := *pw
 	d.bg.Add(1)
 	d.mu.Unlock()
 	d.log.Info("wake requested from the status page", "host", host, "remote", r.RemoteAddr)
@@ -371,7 +382,7 @@ func (d *Dashboard) serveWake(w http.ResponseWriter, r *http.Request, host strin
 		d.refreshLocked()
 		d.mu.Unlock()
 	}()
-	writeJSON(w, http.StatusAccepted, map[string]any{"host": host, "wake": pw, "coalesced": false})
+	writeJSON(w, http.StatusAccepted, map[string]any{"host": host, "wake": answer, "coalesced": false})
 }
 
 // sameOrigin accepts only requests a browser marks as coming from the same

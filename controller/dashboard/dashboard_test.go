@@ -209,14 +209,23 @@ func TestRefreshOnlyWhenWatchedAndStale(t *testing.T) {
 		if n := w.statuses.Load(); n != 1 {
 			t.Fatalf("status ran %d times while nobody looked", n)
 		}
+		// Long unwatched: the old snapshot is not shown, the fresh one is
+		// waited for.
 		w.set(controller.StateBooting)
-		p, _ := status(t, w.d) // stale: answered at once, refreshed behind
-		if p.Hosts[1].State != controller.StateOff {
-			t.Errorf("stale answer %s, want the last snapshot's off", p.Hosts[1].State)
+		p, _ := status(t, w.d)
+		if n := w.statuses.Load(); n != 2 || p.Hosts[1].State != controller.StateBooting {
+			t.Errorf("after an hour unwatched: %d status runs, state %s, want a fresh booting", n, p.Hosts[1].State)
+		}
+		// Slightly stale: answered at once, refreshed behind.
+		time.Sleep(DefaultRefreshInterval + time.Second)
+		w.set(controller.StateReady)
+		p, _ = status(t, w.d)
+		if p.Hosts[1].State != controller.StateBooting {
+			t.Errorf("stale answer %s, want the last snapshot's booting", p.Hosts[1].State)
 		}
 		synctest.Wait()
 		p, _ = status(t, w.d)
-		if n := w.statuses.Load(); n != 2 || p.Hosts[1].State != controller.StateBooting {
+		if n := w.statuses.Load(); n != 3 || p.Hosts[1].State != controller.StateReady {
 			t.Errorf("after the refresh: %d status runs, state %s", n, p.Hosts[1].State)
 		}
 	})

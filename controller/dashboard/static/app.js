@@ -186,6 +186,7 @@ function wakesSection(h) {
         el("span", { text: clock(w.started) + (w.woke ? " · booted" : " · already up") }),
         el("span", { class: ok ? "res-ready" : "res-bad", text: ok ? (w.ready_after_ms ? "ready in " + dur(w.ready_after_ms) : "ready") : w.state })),
       bar,
+      el("div", { class: "detail", text: (w.phases || []).map(p => `${p.name} ${dur(p.duration_ms)}`).join(" · ") }),
       !ok && w.reason ? el("div", { class: "detail", text: w.reason }) : null);
   }));
   const legend = el("div", { class: "legend" }, ["lock", "probe", "boot", "checks", "pull"].filter(n => seen.has(n)).map(n =>
