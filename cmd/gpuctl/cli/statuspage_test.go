@@ -35,6 +35,9 @@ var updateScreenshot = flag.Bool("update-screenshot", false, "write the ready-st
 // says ready with every check. A screenshot of each state (light and dark)
 // goes to the test's output ($GPUCTL_TEST_OUT, else a temporary directory).
 func TestStatusPageInChromium(t *testing.T) {
+	if testing.Short() && !waketest.InCI() {
+		t.Skip("the browser tier is skipped with -short")
+	}
 	waketest.RequireProgram(t, "chromium")
 	out := os.Getenv("GPUCTL_TEST_OUT")
 	if out == "" {
