@@ -31,8 +31,9 @@ var updateScreenshot = flag.Bool("update-screenshot", false, "write the ready-st
 // against a simulated gaming PC, and the page is loaded through a proxy that
 // serves it under a path prefix and strips that prefix. With the PC off the
 // card says off, and nothing reaches the PC (no magic packet, no boot, in
-// the simulator's log); after a wake from the page's own endpoint the card
-// says ready with every check. A screenshot of each state (light and dark)
+// the simulator's log); after a wake the card
+// says ready with every check; the wake is the page's own button, clicked
+// in the browser (Chrome DevTools protocol over a pipe). A screenshot of each state (light and dark)
 // goes to the test's output ($GPUCTL_TEST_OUT, else a temporary directory).
 func TestStatusPageInChromium(t *testing.T) {
 	if testing.Short() && !waketest.InCI() {
@@ -128,15 +129,20 @@ func TestStatusPageInChromium(t *testing.T) {
 	if packets, _, _ := pc.Counts(); packets != 0 {
 		t.Fatalf("a cross-origin POST sent %d magic packets", packets)
 	}
-	// The page's own wake (same origin) wakes the PC.
-	if code := postWake(t, client, front.URL+prefix+"/gpuctl/api/wake/gaming-pc", front.URL); code != http.StatusAccepted {
-		t.Fatalf("same-origin wake: HTTP %d, want 202", code)
-	}
-	wctx, wcancel := context.WithTimeout(t.Context(), 60*time.Second)
+	// The page's own button (a same-origin POST from the browser, through
+	// the prefix) wakes the PC, and the card follows it to ready.
+	wctx, wcancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer wcancel()
+	br := startBrowser(t)
+	br.open(wctx, pageURL)
+	br.waitFor(wctx, "the wake button", `!!document.querySelector('[data-wake="gaming-pc"]')`)
+	if _, err := br.eval(wctx, `document.querySelector('[data-wake="gaming-pc"]').click()`); err != nil {
+		t.Fatal(err)
+	}
 	if err := pc.WaitState(wctx, sim.Up); err != nil {
 		t.Fatal(err)
 	}
+	br.waitFor(wctx, "the card to say ready", `!!document.querySelector('[data-host="gaming-pc"][data-state="ready"] [data-check="gpu"]')`)
 	statusURL := front.URL + prefix + "/gpuctl/api/status"
 	waitPage(t, wctx, client, statusURL, func(p dashboard.Page) bool {
 		h := pageHost(p, "gaming-pc")
