@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -19,7 +20,10 @@ import (
 	"time"
 
 	"github.com/ollamalive/gpuctl/cmd/gpuctl-sim/sim"
+	"github.com/ollamalive/gpuctl/controller"
+	"github.com/ollamalive/gpuctl/controller/activity"
 	"github.com/ollamalive/gpuctl/controller/dashboard"
+	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/wake/waketest"
 )
@@ -264,5 +268,119 @@ func screenshots(t *testing.T, u, dir, name string) {
 		if _, err := os.Stat(png); err != nil {
 			t.Fatalf("chromium wrote no screenshot: %v", err)
 		}
+	}
+}
+
+// TestStatusPageEveryState renders a card for every state and every
+// optional part (checks failing and transient, busy and unreadable idle
+// signals, a failed /api/ps, a wake in progress and a failed one, partial
+// GPU offload) in headless Chromium: one script error would leave the page
+// empty.
+func TestStatusPageEveryState(t *testing.T) {
+	if testing.Short() && !waketest.InCI() {
+		t.Skip("the browser tier is skipped with -short")
+	}
+	waketest.RequireProgram(t, "chromium")
+	stateDir := t.TempDir()
+	now := time.Now()
+	var hosts []inventory.Host
+	states := []controller.State{controller.StateReady, controller.StateDegraded, controller.StateBooting,
+		controller.StateOff, controller.StateOtherOS, controller.StateUnknown}
+	for _, s := range states {
+		u, _ := inventory.ParseURL("http://127.0.0.1:1")
+		hosts = append(hosts, inventory.Host{Name: "pc-" + string(s), OnDemand: true, OllamaURL: u,
+			IdleAfter: inventory.Duration(30 * time.Minute), MinUptime: inventory.Duration(10 * time.Minute)})
+	}
+	since := now.Add(-3 * time.Minute)
+	for _, st := range []idle.State{
+		{Host: "pc-ready", IdleSince: &since, LastCheck: now, Phase: idle.PhaseReady, Since: map[string]time.Time{idle.SigProxy: since}},
+		{Host: "pc-degraded", LastCheck: now, Phase: idle.PhaseReady, BusyReasons: []string{"proxy: 1 request(s) in flight", "gpu: 87% busy"},
+			Failed: []string{idle.SigLogins}, LastError: "wake-on-lan is not armed"},
+		{Host: "pc-off", Phase: idle.PhaseOff, LastPoweroff: &since, LastCheck: since},
+	} {
+		if err := idle.SaveState(stateDir, st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(idle.StatePath(stateDir, "pc-unknown"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mib := func(v int64) *int64 { return &v }
+	inv := &inventory.Inventory{Serve: inventory.Serve{PageActions: true}, Hosts: hosts}
+	release := make(chan struct{})
+	d, err := dashboard.New(dashboard.Options{Inventory: inv, StateDir: stateDir, Tracker: activity.NewTracker(nil),
+		Status: func(ctx context.Context, hs []*inventory.Host) []controller.HostStatus {
+			var out []controller.HostStatus
+			for i, h := range hs {
+				st := controller.HostStatus{Name: h.Name, State: states[i], Reason: "because " + string(states[i]),
+					Since: now.Add(-time.Duration(i) * time.Hour), Checks: []controller.Check{}, GPU: []controller.GPU{}}
+				if i < 2 {
+					st.Checks = []controller.Check{{Name: "gpu", OK: true, Detail: "RTX 3090"},
+						{Name: "container", OK: i == 0, Transient: true, Detail: "starting"},
+						{Name: "mount", OK: i == 0, Detail: "read-only <b>NTFS</b>"}}
+					st.GPU = []controller.GPU{{Name: "NVIDIA GeForce RTX 3090", MemoryTotalMiB: mib(24576), MemoryUsedMiB: mib(20000),
+						UtilizationPct: mib(42)}}
+				}
+				out = append(out, st)
+			}
+			return out
+		},
+		History: func(host string) ([]controller.WakeRecord, error) {
+			return []controller.WakeRecord{ // oldest first
+				{Host: host, Started: now.Add(-2 * time.Hour), State: controller.StateOff, Woke: true, Reason: "never answered",
+					Phases: []controller.PhaseTiming{{Name: "lock", DurationMS: 100}, {Name: "boot", StartMS: 100, DurationMS: 180000}}},
+				{Host: host, Started: now.Add(-time.Hour), State: controller.StateReady, Woke: true, ReadyAfterMS: 90000,
+					Phases: []controller.PhaseTiming{{Name: "probe", DurationMS: 500}, {Name: "boot", StartMS: 500, DurationMS: 70000},
+						{Name: "checks", StartMS: 70500, DurationMS: 19500}, {Name: "pull", StartMS: 90000, DurationMS: 30000}}},
+			}, nil
+		},
+		Wake: func(ctx context.Context, host string) error {
+			if host == "pc-off" {
+				return errors.New("no magic packet answered")
+			}
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	defer close(release)
+	srv := httptest.NewServer(d)
+	defer srv.Close()
+	for _, h := range []string{"pc-off", "pc-unknown"} {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/gpuctl/api/wake/"+h, nil)
+		req.Header.Set("Origin", srv.URL)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+	}
+	dom := chromium(t, srv.URL+"/gpuctl/", "--dump-dom")
+	for _, s := range states {
+		if !strings.Contains(dom, `data-host="pc-`+string(s)+`" data-state="`+string(s)+`"`) {
+			t.Errorf("no card for state %s", s)
+		}
+	}
+	if strings.Contains(dom, "<b>NTFS</b>") || !strings.Contains(dom, "read-only &lt;b&gt;NTFS&lt;/b&gt;") {
+		t.Error("text from a host was not escaped")
+	}
+	for _, want := range []string{"Waking…", "Last wake failed: no magic packet answered", "gpu: 87% busy", "logins: unreadable",
+		"powered off by gpuctl", "idle state unreadable", "ready in 1 min 30 s", "Booting for"} {
+		if !strings.Contains(dom, want) {
+			t.Errorf("the page does not show %q", want)
+		}
+	}
+	if out := os.Getenv("GPUCTL_TEST_OUT"); out != "" {
+		dir := filepath.Join(out, "status-page")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		screenshots(t, srv.URL+"/gpuctl/", dir, "every-state")
 	}
 }

@@ -149,7 +149,10 @@ function idleSection(h) {
   if (h.idle && h.idle.last_check) kv.append(el("dt", { text: "checked" }), el("dd", { text: ago(h.idle.last_check) }));
   if (h.idle && h.idle.last_error) kv.append(el("dt", { text: "last error" }), el("dd", { class: "note bad", text: h.idle.last_error }));
   s.append(kv);
-  if (v.signals.length) {
+  // A box that is off (or in its other OS) has no live signals: the
+  // last check's clocks would only mislead.
+  const down = h.state === "off" || h.state === "in-use-other-os" || (h.idle && h.idle.phase === "off");
+  if (v.signals.length && !down) {
     s.append(el("div", { class: "chips" }, v.signals.map(sig => {
       const cls = sig.failed ? "failed" : (sig.idle_since ? "idle" : "busy");
       const what = sig.failed ? "unreadable" : (sig.idle_since ? "idle " + dur(now() - Date.parse(sig.idle_since)) : "busy");
