@@ -34,11 +34,12 @@ var updateScreenshot = flag.Bool("update-screenshot", false, "write the ready-st
 // a user behind Open WebUI's usual reverse proxy sees it: gpuctl serve runs
 // against a simulated gaming PC, and the page is loaded through a proxy that
 // serves it under a path prefix and strips that prefix. With the PC off the
-// card says off, and nothing reaches the PC (no magic packet, no boot, in
-// the simulator's log); after a wake the card
-// says ready with every check; the wake is the page's own button, clicked
-// in the browser (Chrome DevTools protocol over a pipe). A screenshot of each state (light and dark)
-// goes to the test's output ($GPUCTL_TEST_OUT, else a temporary directory).
+// card says off, and nothing reached the PC (no magic packet, no boot, in the
+// simulator's counters and log); a cross-origin POST is refused; the page's
+// own wake button, clicked in the browser (DevTools protocol over a pipe),
+// wakes the PC and the card follows it to ready with every check. Screenshots
+// of each state (desktop light and dark, phone) go to the test's output
+// ($GPUCTL_TEST_OUT/status-page, else a temporary directory).
 func TestStatusPageInChromium(t *testing.T) {
 	if testing.Short() && !waketest.InCI() {
 		t.Skip("the browser tier is skipped with -short")
@@ -245,7 +246,7 @@ func chromium(t *testing.T, u string, extra ...string) string {
 	defer cancel()
 	args := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--user-data-dir=" + t.TempDir(), "--hide-scrollbars", "--virtual-time-budget=4000"}
+		"--disable-dev-shm-usage", "--user-data-dir=" + t.TempDir(), "--hide-scrollbars", "--virtual-time-budget=4000"}
 	cmd := exec.CommandContext(ctx, "chromium", append(append(args, extra...), u)...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
