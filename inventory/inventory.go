@@ -74,6 +74,8 @@ type Serve struct {
 	MaxBody ByteSize `toml:"max_body"`
 	// MaxInFlight caps concurrent proxied requests; past it clients get 429.
 	MaxInFlight int `toml:"max_in_flight"`
+	// PageActions offers a "wake" button on the status page (/gpuctl/).
+	PageActions bool `toml:"page_actions"`
 }
 
 // Host is one machine with an Ollama server: the always-on box or an

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -62,6 +63,7 @@ address = "192.0.2.10"
 		"idle_after":      {pc.IdleAfter.String(), "30m0s"},
 		"listen":          {inv.Serve.Listen.String(), "127.0.0.1:11435"},
 		"default_host":    {inv.Serve.DefaultHost, "server"},
+		"page_actions":    {strconv.FormatBool(inv.Serve.PageActions), "false"},
 		"known_hosts":     {inv.SSH.KnownHosts[0], "/home/u/.ssh/known_hosts"},
 		"connect_timeout": {inv.SSH.ConnectTimeout.String(), "5s"},
 	}

@@ -94,6 +94,9 @@ const (
 // signalOrder is the order reports list signals in.
 var signalOrder = []string{SigProxy, SigOllama, SigPulls, SigLogins, SigGPU, SigClients, SigUptime}
 
+// SignalNames lists every idle signal, in the order reports list them.
+func SignalNames() []string { return slices.Clone(signalOrder) }
+
 // Defaults.
 const (
 	// ExpiryGrace is how long past its expires_at a loaded model may still

@@ -114,6 +114,9 @@ type Options struct {
 	// marker (STATE_DIR/draining/HOST) looks whether it is gone.
 	DrainPoll time.Duration
 	Now       func() time.Time
+	// Page, when set, serves the status page: every path under /gpuctl/
+	// but activity.Path, and /gpuctl itself.
+	Page http.Handler
 }
 
 // Proxy is the routing proxy. Its ServeHTTP serves everything `gpuctl
@@ -389,6 +392,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.metrics.ServeHTTP(w, r)
 	case path == activity.Path:
 		p.tracker.ServeHTTP(w, r)
+	case p.o.Page != nil && (path == "/gpuctl" || hasPrefix(path, "/gpuctl/")):
+		p.o.Page.ServeHTTP(w, r)
 	case path == "/" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("Ollama is running"))

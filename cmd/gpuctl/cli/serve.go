@@ -12,6 +12,7 @@ import (
 
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/dashboard"
 	"github.com/ollamalive/gpuctl/controller/proxy"
 	"github.com/ollamalive/gpuctl/inventory"
 )
@@ -25,7 +26,8 @@ func serveCommand(env *Env) *cli.Command {
 			"model: the first matching [[route]], else to an on-demand host when the model is too big for the\n" +
 			"default host's vram, else to the default host. A request for a sleeping host wakes it and is held\n" +
 			"until the host is ready (or its boot_timeout passes: then the route's fallback, or 503). Model\n" +
-			"lists never wake anything. Also serves /metrics, /healthz and " + activity.Path + ".\n" +
+			"lists never wake anything. Also serves /metrics, /healthz, " + activity.Path + " and a status page at\n" +
+			dashboard.Prefix + " (read-only unless [serve] page_actions = true, which adds a wake button).\n" +
 			"Runs until SIGINT or SIGTERM, then lets open streams finish for up to --drain.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Usage: "listen on `ADDR` (host:port; default: [serve] listen, else " + inventory.DefaultListen + ")"},
@@ -70,13 +72,22 @@ func runServe(ctx context.Context, env *Env, o serveOptions) error {
 	if backends == nil {
 		backends = newControllerBackends(env, o.inv)
 	}
-	p, err := proxy.New(proxy.Options{
+	tracker := activity.NewTracker(env.Now)
+	var p *proxy.Proxy
+	page, err := newStatusPage(env, o.inv, tracker, func(ctx context.Context, host string) error { return p.Wake(ctx, host) })
+	if err != nil {
+		return err
+	}
+	defer page.Close()
+	p, err = proxy.New(proxy.Options{
 		Inventory:    o.inv.Inventory,
 		Backends:     backends,
+		Tracker:      tracker,
 		Logger:       env.Logger.With("component", "serve"),
 		StateDir:     o.inv.StateDir,
 		DrainTimeout: o.drain,
 		Now:          env.Now,
+		Page:         page,
 	})
 	if err != nil {
 		return withCode(ExitUsage, err)
@@ -86,7 +97,8 @@ func runServe(ctx context.Context, env *Env, o serveOptions) error {
 	if err != nil {
 		return exitf(ExitFailure, "listen on %s: %w (is another gpuctl serve running? change [serve] listen in %s or pass --listen)", o.listen, err, o.inv.Path)
 	}
-	fmt.Fprintf(env.Stderr, "gpuctl serve: listening on http://%s (default host %s)\n", ln.Addr(), o.inv.Serve.DefaultHost)
+	fmt.Fprintf(env.Stderr, "gpuctl serve: listening on http://%s (default host %s); status page at http://%s%s\n",
+		ln.Addr(), o.inv.Serve.DefaultHost, ln.Addr(), dashboard.Prefix)
 	if o.ready != nil {
 		o.ready(ln.Addr().String())
 	}
@@ -157,4 +169,21 @@ func (b *controllerBackends) Wake(ctx context.Context, host string) error {
 		reason = "no reason given"
 	}
 	return errors.New(string(res.Status.State) + ": " + reason)
+}
+
+// newStatusPage builds the status page (/gpuctl/) over the controller's
+// status, which never wakes a host; wake is the proxy's shared wake.
+func newStatusPage(env *Env, inv *loadedInventory, tracker *activity.Tracker, wake func(ctx context.Context, host string) error) (*dashboard.Dashboard, error) {
+	ctl := newController(env, inv)
+	return dashboard.New(dashboard.Options{
+		Inventory: inv.Inventory,
+		Status:    ctl.StatusAll,
+		History:   ctl.WakeHistory,
+		Tracker:   tracker,
+		HTTP:      &http.Client{Transport: proxy.NewTransport(nil, 5*time.Second)},
+		StateDir:  inv.StateDir,
+		Wake:      wake,
+		Logger:    env.Logger.With("component", "page"),
+		Now:       env.Now,
+	})
 }
