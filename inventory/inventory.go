@@ -272,17 +272,34 @@ func (h *Host) SSHAddr() string {
 }
 
 // MatchRoute returns the first route whose patterns match the model, or nil.
-// Patterns are path.Match globs ("llama3.3:*", "*:70b"); a pattern without a
-// tag also matches the model's ":latest" form.
+// Patterns are path.Match globs ("llama3.3:*", "*:70b") compared as Ollama
+// compares names: case-insensitively, against the name as given and its
+// normal form (ModelName.Normalize), so "Heavy", "library/heavy" and
+// "registry.ollama.ai/library/heavy:latest" all match the pattern "heavy".
+// A pattern without a tag also matches the model's ":latest" form.
 func (inv *Inventory) MatchRoute(model string) *Route {
-	norm := string(ModelName(model).Normalize())
+	norm := NormalModel(model)
+	cands := []string{strings.ToLower(strings.TrimSpace(model)), norm}
 	for i := range inv.Routes {
 		for _, p := range inv.Routes[i].Models {
-			if ok, _ := path.Match(p, model); ok {
-				return &inv.Routes[i]
+			p = strings.ToLower(p)
+			pats := []string{p}
+			if !strings.ContainsAny(p, "*?[\\") {
+				// A plain name: compare normal forms.
+				if NormalModel(p) == norm {
+					return &inv.Routes[i]
+				}
+				continue
 			}
-			if ok, _ := path.Match(p, norm); ok {
-				return &inv.Routes[i]
+			if last := p[strings.LastIndex(p, "/")+1:]; !strings.Contains(last, ":") {
+				pats = append(pats, p+":latest")
+			}
+			for _, pat := range pats {
+				for _, c := range cands {
+					if ok, _ := path.Match(pat, c); ok {
+						return &inv.Routes[i]
+					}
+				}
 			}
 		}
 	}

@@ -72,7 +72,7 @@ func (p *Proxy) modelLabel(model string) string {
 	}
 	for i := range p.inv.Hosts {
 		for _, m := range p.inv.Hosts[i].Models {
-			if m.Normalize() == modelName(model) {
+			if string(m.Normalize()) == normalize(model) {
 				return normalize(model)
 			}
 		}
