@@ -18,6 +18,7 @@ import (
 // Defaults applied to keys left out of the inventory.
 const (
 	DefaultListen       = "127.0.0.1:11435"
+	DefaultMaxBlob      = ByteSize(64 << 30)
 	DefaultContainer    = "ollama"
 	DefaultModelsDir    = "/mnt/models/ollama"
 	DefaultSSHPort      = 22
@@ -66,6 +67,14 @@ type Serve struct {
 	MaxBody ByteSize `toml:"max_body"`
 	// MaxInFlight caps concurrent proxied requests; past it clients get 429.
 	MaxInFlight int `toml:"max_in_flight"`
+	// AllowedOrigins are browser origins allowed besides Ollama's own
+	// defaults (OLLAMA_ORIGINS's syntax: "https://webui.example",
+	// "http://*.lan", "*" for any); others get 403.
+	AllowedOrigins []string `toml:"allowed_origins"`
+	// MaxBlob caps one model blob uploaded through serve (POST
+	// /api/blobs/<digest>, as `ollama create` does); free disk in the state
+	// directory bounds it too.
+	MaxBlob ByteSize `toml:"max_blob"`
 }
 
 // Host is one machine with an Ollama server: the always-on box or an

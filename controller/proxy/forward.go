@@ -201,6 +201,8 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	t := targetOf(pr.In.Context())
 	pr.SetURL(p.targetURL(t.host))
 	pr.SetXForwarded()
+	// The guard judged the origin; the host's Ollama must not again.
+	pr.Out.Header.Del("Origin")
 }
 
 // modifyResponse notes that the host answered and guards streams so a
@@ -292,11 +294,12 @@ func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, status int, msg str
 
 func writeError(w http.ResponseWriter, status int, msg string, extra map[string]string, openai ...bool) {
 	if len(openai) > 0 && openai[0] {
-		e := map[string]any{"message": msg, "type": errType(status)}
+		// Ollama's openai.ErrorResponse, with serve's additions.
+		e := map[string]any{"message": msg, "type": errType(status), "param": nil, "code": nil}
 		for k, v := range extra {
 			e[k] = v
 		}
-		writeJSON(w, status, map[string]any{"error": e})
+		writeEncoded(w, status, map[string]any{"error": e})
 		return
 	}
 	m := map[string]any{"error": msg}
@@ -306,16 +309,22 @@ func writeError(w http.ResponseWriter, status int, msg string, extra map[string]
 	writeJSON(w, status, m)
 }
 
+// errType is the OpenAI error type Ollama's openai.NewError gives status.
 func errType(status int) string {
-	switch {
-	case status == http.StatusTooManyRequests:
-		return "rate_limit_error"
-	case status < 500:
+	switch status {
+	case http.StatusBadRequest:
 		return "invalid_request_error"
+	case http.StatusNotFound:
+		return "not_found_error"
+	case http.StatusTooManyRequests:
+		// serve's own limit (Ollama has none): OpenAI's type for it.
+		return "rate_limit_error"
 	}
-	return "server_error"
+	return "api_error"
 }
 
+// writeJSON writes v as gin's c.JSON does (Ollama's /api answers):
+// "application/json; charset=utf-8", no trailing newline.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -323,6 +332,20 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 		status = http.StatusInternalServerError
 	}
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Content-Length", itoa(len(b)))
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
+
+// writeEncoded writes v as Ollama's OpenAI middleware does
+// (json.Encoder): "application/json", a trailing newline.
+func writeEncoded(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		b = []byte(`{"error":{"message":"gpuctl: encoding the answer failed","type":"api_error","param":null,"code":null}}`)
+		status = http.StatusInternalServerError
+	}
+	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", itoa(len(b)+1))
 	w.WriteHeader(status)
 	_, _ = w.Write(append(b, '\n'))

@@ -38,6 +38,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -135,6 +136,10 @@ type Proxy struct {
 	reg     *prometheus.Registry
 	metrics http.Handler
 	cat     *catalogue
+	origins *originPolicy
+	// listenAddr is the address Run serves on (the guard's "loopback
+	// listener"); nil until Run.
+	listenAddr atomic.Pointer[net.Addr]
 
 	baseCtx context.Context
 	cancel  context.CancelFunc
@@ -253,6 +258,7 @@ func New(o Options) (*Proxy, error) {
 	}
 	p.baseCtx, p.cancel = context.WithCancel(context.Background())
 	p.cat = newCatalogue(o.StateDir, o.Logger)
+	p.origins = newOriginPolicy(inv.Serve.AllowedOrigins)
 	for _, name := range p.order {
 		p.met.backendUp.WithLabelValues(name).Set(-1)
 	}
@@ -279,6 +285,8 @@ func (p *Proxy) Close() {
 // DrainTimeout, then cuts what is left.
 func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 	srv := p.Server()
+	addr := ln.Addr()
+	p.listenAddr.Store(&addr)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 
@@ -382,6 +390,9 @@ func (e *dialError) Unwrap() error { return e.err }
 
 // ServeHTTP dispatches one request.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if p.guard(w, r) {
+		return
+	}
 	switch path := r.URL.Path; {
 	case path == "/healthz":
 		p.healthz(w, r)
@@ -392,11 +403,21 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "/" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("Ollama is running"))
+	case path == "/":
+		// Ollama's router (gin, HandleMethodNotAllowed) answers so.
+		plainText(w, http.StatusMethodNotAllowed, "405 method not allowed")
 	case hasPrefix(path, "/api/") || hasPrefix(path, "/v1/"):
 		p.serveAPI(w, r)
 	default:
-		writeError(w, http.StatusNotFound, fmt.Sprintf("gpuctl serve has no %s; it answers /api/* (Ollama) and /v1/* (OpenAI)", path), nil)
+		plainText(w, http.StatusNotFound, "404 page not found")
 	}
+}
+
+// plainText answers as gin does for paths and methods it has no route for.
+func plainText(w http.ResponseWriter, status int, body string) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(body))
 }
 
 func hasPrefix(s, prefix string) bool { return len(s) >= len(prefix) && s[:len(prefix)] == prefix }
