@@ -447,3 +447,45 @@ func (p *Proxy) mergedPS(ctx context.Context) []json.RawMessage {
 	}
 	return out
 }
+
+// note adds name to host's list (a copy of from's record, renamed, when
+// from is listed; else a bare record) or removes it, for when the host's
+// own list cannot be re-read after a change made through serve.
+func (c *catalogue) note(host, name, from string, remove bool, at time.Time) {
+	want := normalize(name)
+	c.mu.Lock()
+	old := c.hosts[host]
+	var models []json.RawMessage
+	var src json.RawMessage
+	if old != nil {
+		for _, e := range old.entries {
+			if e.name != want {
+				models = append(models, e.raw)
+			}
+			if from != "" && e.name == normalize(from) {
+				src = e.raw
+			}
+		}
+	}
+	if !remove {
+		rec := map[string]any{}
+		if src != nil {
+			_ = json.Unmarshal(src, &rec)
+		}
+		rec["name"], rec["model"] = want, want
+		if _, ok := rec["size"]; !ok {
+			rec["size"] = 0
+		}
+		b, _ := json.Marshal(rec)
+		models = append(models, b)
+	}
+	fetched := at
+	if old != nil {
+		fetched = old.Fetched
+	}
+	c.hosts[host] = &hostCat{Fetched: fetched, Models: models, entries: parseEntries(models)}
+	c.mu.Unlock()
+	if c.path != "" {
+		c.save()
+	}
+}

@@ -21,6 +21,7 @@ import (
 type target struct {
 	host  string
 	model string
+	learn *learner // a model change the catalogue learns on success
 }
 
 type targetKey struct{}
@@ -56,6 +57,11 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	if p.serveListing(rw, r, info) {
 		return
 	}
+	if strings.HasPrefix(r.URL.Path, "/api/blobs/") {
+		// Uploads for `ollama create`: spooled, bounded by max_blob (blobs.go).
+		p.serveBlob(rw, r, info)
+		return
+	}
 	// Held requests (a wake) and streams may last far longer than the
 	// server's WriteTimeout: lift it for proxied requests.
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
@@ -74,7 +80,7 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	info.model = modelOf(r.URL.Path, body)
-	d := p.decide(info.model)
+	d := p.decideRequest(r.URL.Path, body, info.model)
 	info.note = d.reason
 
 	host := d.host
@@ -88,6 +94,9 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 			// end runs even when the stream is aborted (a panic with
 			// http.ErrAbortHandler from the ReverseProxy).
 			defer end()
+			if !p.handOff(rw, r, body, host) {
+				return
+			}
 			p.forward(rw, r, body, host, info.model)
 			return
 		}
@@ -187,7 +196,7 @@ func (p *Proxy) forward(w *respWriter, r *http.Request, body []byte, host, model
 	// Streams may run for as long as the model generates: lift the
 	// server's write deadline for this response.
 	_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Time{})
-	out := r.WithContext(context.WithValue(r.Context(), targetKey{}, &target{host: host, model: model}))
+	out := r.WithContext(context.WithValue(r.Context(), targetKey{}, &target{host: host, model: model, learn: p.learnerFor(r.URL.Path, body, host)}))
 	if body != nil {
 		out.Body = io.NopCloser(bytes.NewReader(body))
 		out.ContentLength = int64(len(body))
@@ -213,6 +222,9 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 		return nil
 	}
 	p.setState(t.host, true)
+	if t.learn != nil {
+		t.learn.watch(res)
+	}
 	if res.ContentLength >= 0 {
 		return nil
 	}

@@ -36,6 +36,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -137,6 +138,12 @@ type Proxy struct {
 	metrics http.Handler
 	cat     *catalogue
 	origins *originPolicy
+
+	blobOnce  sync.Once
+	blobPath  string // the spool of uploaded blobs (blobs.go)
+	blobErr   error
+	blobTemp  bool     // blobPath is a temporary directory: removed by Close
+	blobsUsed sync.Map // digest → spooled file handed to a host for a create
 	// listenAddr is the address Run serves on (the guard's "loopback
 	// listener"); nil until Run.
 	listenAddr atomic.Pointer[net.Addr]
@@ -274,6 +281,9 @@ func (p *Proxy) Tracker() *activity.Tracker { return p.tracker }
 func (p *Proxy) Close() {
 	p.cancel()
 	p.bg.Wait()
+	if p.blobTemp {
+		_ = os.RemoveAll(p.blobPath)
+	}
 	if t, ok := p.tr.(interface{ CloseIdleConnections() }); ok {
 		t.CloseIdleConnections()
 	}
