@@ -12,6 +12,7 @@ import (
 
 	"github.com/ollama/ollama/api"
 
+	"github.com/ollamalive/gpuctl/controller/models"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -281,6 +282,12 @@ func (k *checker) container(ctx context.Context) []Check {
 	if ct.Name == "" {
 		ct.Name = k.h.Container
 	}
+	// Where the container keeps its models: the same reading (and the
+	// same verdict) as the verification after a pull (models.Manager).
+	store, serr := models.StoreFromInspect(res.Stdout, k.h.Container, k.h.ModelsDir)
+	if serr == nil {
+		ct.Models = &store
+	}
 	k.mu.Lock()
 	stored := ct
 	if k.rep.Container != nil {
@@ -291,7 +298,13 @@ func (k *checker) container(ctx context.Context) []Check {
 	if msg, transient := ContainerProblem(ct); msg != "" {
 		return k.timed(CheckContainer, start, Check{Detail: msg, Transient: transient})
 	}
+	if ct.Models != nil && ct.Models.Problem != "" {
+		return k.timed(CheckContainer, start, Check{Detail: ct.Models.Problem})
+	}
 	d := fmt.Sprintf("%s running since %s", ct.Name, ct.StartedAt.UTC().Format(time.RFC3339))
+	if ct.Models != nil {
+		d += ", models in " + ct.Models.Dir
+	}
 	if ct.Health != "" {
 		d += ", " + ct.Health
 	}

@@ -316,7 +316,7 @@ func TestWakeRetriesTransientChecks(t *testing.T) {
 			if n < 4 {
 				return sshexec.Result{Stdout: restarting}
 			}
-			return sshexec.Result{Stdout: fx("docker_inspect_running_nginx_20.10.5.json")}
+			return sshexec.Result{Stdout: ollamaInspect(t, "/mnt/models/ollama")}
 		}
 		res, err := pc.controller(t.TempDir()).Wake(t.Context(), pc.host(), WakeOptions{})
 		if err != nil {
@@ -585,4 +585,31 @@ func TestHistoryBounded(t *testing.T) {
 	if err != nil || len(recs) != 3 || recs[0].ReadyAfterMS != 2 {
 		t.Fatalf("%+v %v", recs, err)
 	}
+}
+
+// Where the container keeps its models is read from docker inspect: the
+// stick's layout puts them in <models_dir>/models; a container whose models
+// are on no mount is degraded for status and wake alike, naming the fix.
+func TestModelsLocationFromInspect(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		pc := newFakePC(t)
+		pc.set(func(pc *fakePC) { pc.power, pc.sshUp = true, true })
+		c := pc.controller(t.TempDir())
+		st := c.Status(t.Context(), pc.host())
+		if st.State != StateReady || st.Container == nil || st.Container.Models == nil ||
+			st.Container.Models.Dir != "/mnt/models/ollama/models" || st.Container.Models.ContainerDir != "/root/.ollama/models" {
+			t.Fatalf("stick layout: %s %s, container %+v", st.State, st.Reason, st.Container)
+		}
+		pc.replies[CheckContainer] = func(int) sshexec.Result {
+			return sshexec.Result{Stdout: fx("docker_inspect_running_nginx_20.10.5.json")} // no mounts
+		}
+		st = c.Status(t.Context(), pc.host())
+		if st.State != StateDegraded || !strings.Contains(st.Reason, "keeps its models in /root/.ollama/models, which is on no mount") {
+			t.Fatalf("status, models on no mount: %s: %s", st.State, st.Reason)
+		}
+		res, err := c.Wake(t.Context(), pc.host(), WakeOptions{})
+		if err != nil || res.Status.State != StateDegraded || res.Status.Reason != st.Reason {
+			t.Fatalf("wake, models on no mount: %v %s: %s (status said %s)", err, res.Status.State, res.Status.Reason, st.Reason)
+		}
+	})
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/ollamalive/gpuctl/controller/models"
 )
 
 // Container is what the container check learned about the Ollama container.
@@ -22,6 +24,9 @@ type Container struct {
 	Health string `json:"health,omitempty"`
 	// GPUs are the devices `nvidia-smi -L` lists inside the container.
 	GPUs []ListedGPU `json:"gpus"`
+	// Models is where the container keeps its models (its OLLAMA_MODELS
+	// and the mount holding it), read from docker inspect.
+	Models *models.Store `json:"models,omitempty"`
 }
 
 // ContainerState is docker inspect's .State object.

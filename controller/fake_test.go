@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ollamalive/gpuctl/controller/ollamatest"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -57,7 +58,7 @@ func newFakePC(t *testing.T) *fakePC {
 	pc.replies = map[string]func(int) sshexec.Result{
 		CheckGPU: func(int) sshexec.Result { return sshexec.Result{Stdout: []byte(gpuLine)} },
 		CheckContainer: func(int) sshexec.Result {
-			return sshexec.Result{Stdout: fx("docker_inspect_running_nginx_20.10.5.json")}
+			return sshexec.Result{Stdout: ollamaInspect(t, "/mnt/models/ollama")}
 		},
 		CheckContainerGPU: func(int) sshexec.Result { return sshexec.Result{Stdout: fx("nvidia-smi_L_rtx4080super.txt")} },
 		CheckMount: func(int) sshexec.Result {
@@ -67,6 +68,17 @@ func newFakePC(t *testing.T) *fakePC {
 		CheckWriteProbe: func(int) sshexec.Result { return sshexec.Result{} },
 	}
 	return pc
+}
+
+// ollamaInspect is the real `docker inspect` capture (an nginx container)
+// given the Ollama container's layout as the stick runs it.
+func ollamaInspect(t testing.TB, modelsDir string) []byte {
+	t.Helper()
+	b, err := ollamatest.ContainerInspect(fx("docker_inspect_running_nginx_20.10.5.json"), modelsDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func (pc *fakePC) host() *inventory.Host {

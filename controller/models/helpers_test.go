@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -25,12 +26,18 @@ type env struct {
 	rec   *recorder
 }
 
-// newEnv starts a fake Ollama writing to a temp dir that a fake SSH runner
-// serves as the host's models_dir.
+// newEnv starts a fake Ollama writing to <tmp>/models, a fake SSH runner
+// serving <tmp> as the host's models_dir: the container's /root/.ollama,
+// with Ollama's models in its models/ (the documented layout, which the
+// Manager falls back to: the fake drive has no docker to inspect).
 func newEnv(t *testing.T, cfg ollamatest.Config, declared ...string) *env {
 	t.Helper()
+	root := t.TempDir()
+	if cfg.Dir == "" {
+		cfg.Dir = filepath.Join(root, "models")
+	}
 	srv := ollamatest.Start(t, cfg)
-	drive := &ollamatest.DriveRunner{Remote: remoteDir, Local: srv.Dir(), Avail: 1 << 40}
+	drive := &ollamatest.DriveRunner{Remote: remoteDir, Local: filepath.Dir(srv.Dir()), Avail: 1 << 40}
 	h := &inventory.Host{Name: "gpu1", ModelsDir: remoteDir}
 	h.OllamaURL, _ = inventory.ParseURL(srv.URL)
 	for _, d := range declared {

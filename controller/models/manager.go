@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ollama/ollama/api"
@@ -43,6 +44,27 @@ type Manager struct {
 	StallTimeout time.Duration
 	// Now is the clock for events; default time.Now.
 	Now func() time.Time
+	// Store, when set, is where the host's Ollama keeps its models. Unset,
+	// the Manager asks the container once (docker inspect over Runner) and
+	// falls back to DefaultStore, models_dir mounted at /root/.ollama.
+	Store *Store
+
+	storeMu sync.Mutex
+}
+
+// store returns where the host's Ollama keeps its models, reading it from
+// the container the first time.
+func (m *Manager) store(ctx context.Context) Store {
+	m.storeMu.Lock()
+	defer m.storeMu.Unlock()
+	if m.Store == nil {
+		s, err := ReadStore(ctx, m.Runner, m.Host.Container, m.Host.ModelsDir)
+		if err != nil {
+			m.log().Debug("where the container keeps its models is unknown; using the default", "err", err, "dir", s.Dir)
+		}
+		m.Store = &s
+	}
+	return *m.Store
 }
 
 func (m *Manager) log() *slog.Logger {
@@ -308,7 +330,7 @@ type VerifyError struct {
 }
 
 func (e *VerifyError) Error() string {
-	return fmt.Sprintf("%s on %s is not on the models drive at %s: %s; Ollama wrote it somewhere else: check that the container's OLLAMA_MODELS is the bind mount of models_dir, then pull again",
+	return fmt.Sprintf("%s on %s is not on the models drive at %s: %s; Ollama wrote it somewhere else: check that the container's OLLAMA_MODELS is on the bind mount of models_dir, then pull again",
 		e.Model, e.Host, e.ModelsDir, strings.Join(e.Problems, "; "))
 }
 
@@ -332,9 +354,14 @@ func (m *Manager) Verify(ctx context.Context, name inventory.ModelName) (*Verifi
 	if m.Runner == nil {
 		return nil, fmt.Errorf("verifying %s on %s: no SSH runner to check the drive", r.Short(), m.Host.Name)
 	}
-	dir := m.Host.ModelsDir
+	st := m.store(ctx)
+	dir := st.Dir
+	verr := &VerifyError{Host: m.Host.Name, Model: r.Short(), ModelsDir: m.Host.ModelsDir}
+	if st.Problem != "" {
+		verr.Problems = append(verr.Problems, st.Problem)
+		return nil, verr
+	}
 	mp := r.ManifestPath(dir)
-	verr := &VerifyError{Host: m.Host.Name, Model: r.Short(), ModelsDir: dir}
 	cmd := CatCmd(mp)
 	res, err := m.Runner.Run(ctx, cmd)
 	if err != nil {

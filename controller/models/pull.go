@@ -181,6 +181,7 @@ func (m *Manager) plan(ctx context.Context, refs []Ref, sink ProgressSink) ([]er
 // need is the bytes of man's blobs that are neither complete on the drive
 // nor already counted for an earlier model of this run.
 func (m *Manager) need(ctx context.Context, man *Manifest, counted map[string]bool) (int64, error) {
+	dir := m.store(ctx).Dir
 	var paths []string
 	var blobs []Blob
 	for _, b := range man.Blobs() {
@@ -188,10 +189,17 @@ func (m *Manager) need(ctx context.Context, man *Manifest, counted map[string]bo
 			continue
 		}
 		blobs = append(blobs, b)
-		paths = append(paths, BlobPath(m.Host.ModelsDir, b.Digest))
+		paths = append(paths, BlobPath(dir, b.Digest))
 	}
 	if len(paths) == 0 {
 		return 0, nil
+	}
+	if dir == "" { // the models are on no mount: nothing is on the drive
+		var need int64
+		for _, b := range blobs {
+			need += b.Size
+		}
+		return need, nil
 	}
 	res, err := m.Runner.Run(ctx, StatCmd(paths...))
 	if err != nil {

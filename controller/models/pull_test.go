@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -86,7 +87,7 @@ func TestPullSuccessWithProgress(t *testing.T) {
 		t.Errorf("still missing %v", missing)
 	}
 	v, err := e.mgr.Verify(ctx, "tiny")
-	if err != nil || v.Size != man.TotalSize() || len(v.Blobs) != 3 || v.ManifestPath != remoteDir+"/manifests/registry.ollama.ai/library/tiny/latest" {
+	if err != nil || v.Size != man.TotalSize() || len(v.Blobs) != 3 || v.ManifestPath != remoteDir+"/models/manifests/registry.ollama.ai/library/tiny/latest" {
 		t.Errorf("verify %+v %v", v, err)
 	}
 	// The drive checks used the fixed templates, paths as argv.
@@ -295,7 +296,7 @@ func TestVerifyCatchesModelLandedElsewhere(t *testing.T) {
 	e := newEnv(t, ollamatest.Config{WriteDir: t.TempDir(), Catalogue: []ollamatest.Model{{Name: "tiny"}}})
 	err := e.mgr.Pull(context.Background(), names("tiny"), e.rec)
 	var ve *VerifyError
-	if !errors.As(err, &ve) || !strings.Contains(err.Error(), "no manifest "+remoteDir+"/manifests/registry.ollama.ai/library/tiny/latest") ||
+	if !errors.As(err, &ve) || !strings.Contains(err.Error(), "no manifest "+remoteDir+"/models/manifests/registry.ollama.ai/library/tiny/latest") ||
 		!strings.Contains(err.Error(), "OLLAMA_MODELS") {
 		t.Fatalf("err %v", err)
 	}
@@ -318,7 +319,7 @@ func TestVerifyCatchesBadBlobsAndStaleManifest(t *testing.T) {
 	_, err := e.mgr.Verify(ctx, "tiny")
 	var ve *VerifyError
 	if !errors.As(err, &ve) || len(ve.Problems) != 2 || !strings.Contains(ve.Problems[0], "is 10 bytes, want 65536") ||
-		!strings.HasPrefix(ve.Problems[1], "missing blob "+remoteDir+"/blobs/sha256-") {
+		!strings.HasPrefix(ve.Problems[1], "missing blob "+remoteDir+"/models/blobs/sha256-") {
 		t.Fatalf("err %v", err)
 	}
 	// A stale manifest on the drive (Ollama serves another one).
@@ -362,7 +363,8 @@ func (t inproc) RoundTrip(r *http.Request) (*http.Response, error) {
 func TestPullConcurrencyLimit(t *testing.T) {
 	for _, conc := range []int{0, 1, 2, 3} {
 		synctest.Test(t, func(t *testing.T) {
-			srv := ollamatest.New(ollamatest.Config{Dir: t.TempDir(),
+			root := t.TempDir()
+			srv := ollamatest.New(ollamatest.Config{Dir: filepath.Join(root, "models"),
 				Catalogue: []ollamatest.Model{{Name: "a"}, {Name: "b"}, {Name: "c"}, {Name: "d"}}})
 			var mu sync.Mutex
 			arrived := 0
@@ -378,7 +380,7 @@ func TestPullConcurrencyLimit(t *testing.T) {
 			}}})
 			h := &inventory.Host{Name: "gpu1", ModelsDir: remoteDir}
 			m := &Manager{Client: client, Host: h, Concurrency: conc,
-				Runner: &ollamatest.DriveRunner{Remote: remoteDir, Local: srv.Dir(), Avail: 1 << 40}}
+				Runner: &ollamatest.DriveRunner{Remote: remoteDir, Local: root, Avail: 1 << 40}}
 			done := make(chan error, 1)
 			go func() { done <- m.Pull(context.Background(), names("a", "b", "c", "d"), nil) }()
 			synctest.Wait()

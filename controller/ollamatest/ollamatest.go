@@ -1,5 +1,13 @@
 // Package ollamatest is an in-process fake of the Ollama HTTP API (v0.17.4)
-// for tests: pulls that stream progress exactly as the real server does and
+// for what the real server cannot be made to do on demand: a pull that
+// stalls or whose connection drops after N bytes, a server that dies
+// mid-stream, odd status codes (a 500 before streaming), slow generation on
+// an injected clock, and request counting. Everything else is tested against
+// the real Ollama server (package realollama beside this one: the real
+// binary, a runnable random-weight model and a test registry); the fake's
+// answers follow captures of that server (testdata/).
+//
+// It serves pulls that stream progress exactly as the real server does and
 // write blobs and manifests into a real directory, the model list, loaded
 // models, unloading, a tiny generation stream for /api/generate, /api/chat
 // and the OpenAI-compatible /v1/chat/completions, and a registry handler for
@@ -68,7 +76,8 @@ import (
 // catalogue and a directory that New creates under os.TempDir.
 type Config struct {
 	// Dir is the models directory (OLLAMA_MODELS): blobs/ and manifests/
-	// live under it. Start defaults it to t.TempDir().
+	// live under it. Start defaults it to <t.TempDir()>/models (its parent
+	// plays models_dir, the container's /root/.ollama).
 	Dir string
 	// WriteDir, when set, is where pulls write and what /api/tags reads
 	// instead of Dir, as an Ollama container whose OLLAMA_MODELS is not the
@@ -190,7 +199,9 @@ func New(cfg Config) *Server {
 func Start(tb testing.TB, cfg Config) *Server {
 	tb.Helper()
 	if cfg.Dir == "" {
-		cfg.Dir = tb.TempDir()
+		// As the stick's container keeps them: models_dir is its
+		// /root/.ollama, the models are in models_dir/models.
+		cfg.Dir = filepath.Join(tb.TempDir(), "models")
 	}
 	s := New(cfg)
 	hs := httptest.NewServer(s)

@@ -256,7 +256,7 @@ func (b *Box) docker(args []string) Result {
 		if args[3] != cont {
 			return Result{Stdout: "[]\n", Stderr: "Error: No such container: " + args[3] + "\n", Exit: 1}
 		}
-		return okR(dockerInspect(cont, b.Booted))
+		return okR(dockerInspect(cont, b.ModelsDir, b.Booted))
 	case len(args) >= 3 && args[0] == "exec":
 		if args[1] != cont {
 			return fail(1, "Error response from daemon: No such container: %s\n", args[1])

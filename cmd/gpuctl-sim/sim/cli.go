@@ -87,6 +87,7 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.IdleAfter, "idle-after", 2*time.Second, "idle_after written to the inventory")
 	fs.DurationVar(&cfg.MinUptime, "min-uptime", 2*time.Second, "min_uptime written to the inventory")
 	quiet := fs.Bool("quiet", false, "do not log events")
+	ollama := fs.String("ollama", string(OllamaAuto), "the PCs' Ollama: `real` (the real server v0.17.4: make ollama, or GPUCTL_OLLAMA), fake (in-process), or auto (real when built)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -103,6 +104,15 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg.ModelSize = int64(sz)
+	bin, why, err := ResolveOllama(OllamaMode(*ollama))
+	if err != nil {
+		fmt.Fprintf(stderr, "gpuctl-sim: --ollama %s: %v\n", *ollama, err)
+		return 2
+	}
+	if why != "" {
+		fmt.Fprintf(stderr, "gpuctl-sim: the real Ollama server is not available (%s); the PCs run the in-process fake\n", why)
+	}
+	cfg.RealOllama = bin
 	cfg.Models = models
 	if cfg.Models == nil {
 		cfg.Models = []string{DefaultModel}

@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ollamalive/gpuctl/controller/ollamatest/realollama"
 )
 
 // DemoOptions tune the demo.
@@ -28,6 +30,9 @@ type DemoOptions struct {
 	Keep bool
 	// Out receives the demo's narration and the commands' output.
 	Out io.Writer
+	// Ollama chooses the PC's Ollama (default auto: the real server when
+	// its binary is there, else the fake, said so).
+	Ollama OllamaMode
 }
 
 func demoMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -36,6 +41,7 @@ func demoMain(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	var o DemoOptions
 	fs.StringVar(&o.Gpuctl, "gpuctl", "", "use this gpuctl binary instead of building ./cmd/gpuctl")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the working directory (inventory, state_dir, models) afterwards")
+	fs.StringVar((*string)(&o.Ollama), "ollama", string(OllamaAuto), "the PC's Ollama: `real` (the real server v0.17.4: make ollama, or GPUCTL_OLLAMA), fake (in-process), or auto (real when built)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -143,9 +149,17 @@ func Demo(ctx context.Context, o DemoOptions) (err error) {
 		d.out.printf("    built in %.1fs\n", time.Since(t).Seconds())
 	}
 
+	bin, why, err := ResolveOllama(o.Ollama)
+	if err != nil {
+		return fmt.Errorf("--ollama %s: %w", o.Ollama, err)
+	}
+	if why != "" {
+		d.out.printf("==> the real Ollama server is not available (%s);\n    the gaming PC runs the in-process fake Ollama instead (placeholder weights, canned replies)\n", why)
+	}
 	simLog := &prefixWriter{w: d.out, prefix: "    [simulated PC] "}
 	d.sim, err = Start(Config{
-		Dir: filepath.Join(dir, "sim"), Hosts: 1,
+		RealOllama: bin,
+		Dir:        filepath.Join(dir, "sim"), Hosts: 1,
 		BootDelay: 2 * time.Second, LinkDelay: time.Second, StopDelay: 500 * time.Millisecond,
 		Models: []string{DefaultModel}, ModelSize: 16 << 20, PullRate: 12 << 20,
 		Server: true, LightModels: []string{"llama3.2:3b"},
@@ -165,7 +179,12 @@ func Demo(ctx context.Context, o DemoOptions) (err error) {
 	d.out.printf("==> simulated gaming PC %q (MAC %s): off; SSH %s, Ollama %s, magic packets to %s\n",
 		pc.Name(), pc.MAC(), pc.SSHAddr(), pc.OllamaURL(), d.sim.WOLAddr())
 	d.out.printf("    its NVIDIA, Docker, findmnt and df outputs are real captures (an RTX 4080 SUPER: no RTX 3090 CSV capture exists);\n")
-	d.out.printf("    the model %s is %d MiB of placeholder bytes. Inventory: %s\n", DefaultModel, 16, d.inv)
+	if bin != "" {
+		d.out.printf("    its Ollama is the real server v%s (%s), pulling from a test registry that answers as registry.ollama.ai:\n", realollama.Version, bin)
+		d.out.printf("    %s there is a tiny llama with random weights: real pulls, real tokens (gibberish). Inventory: %s\n", DefaultModel, d.inv)
+	} else {
+		d.out.printf("    the model %s is %d MiB of placeholder bytes. Inventory: %s\n", DefaultModel, 16, d.inv)
+	}
 
 	// 1. status: off.
 	d.section("gpuctl status: the gaming PC is off")
@@ -185,7 +204,8 @@ func Demo(ctx context.Context, o DemoOptions) (err error) {
 	if pc.State() != Up {
 		return fmt.Errorf("gpuctl wake succeeded but the simulated PC is %s", pc.State())
 	}
-	if _, err := os.Stat(filepath.Join(pc.ModelsDir(), "manifests", "registry.ollama.ai", "library", "llama3.3", "70b-instruct-q3_K_M")); err != nil {
+	// Where the container keeps them: models_dir is its /root/.ollama.
+	if _, err := os.Stat(filepath.Join(pc.ModelsDir(), "models", "manifests", "registry.ollama.ai", "library", "llama3.3", "70b-instruct-q3_K_M")); err != nil {
 		return fmt.Errorf("wake did not pull %s onto the PC's drive: %w", DefaultModel, err)
 	}
 	d.out.printf("    (woken, checked and pulled in %.1fs)\n", time.Since(t).Seconds())
@@ -343,10 +363,7 @@ func (d *demo) serve(ctx context.Context) (stop func(), err error) {
 // chat sends one streamed /api/chat through the proxy and checks that the
 // gaming PC's Ollama answered it.
 func (d *demo) chat(ctx context.Context, pc *PC) error {
-	before := 0
-	if ol := pc.Ollama(); ol != nil {
-		before = ol.Requests("POST /api/chat")
-	}
+	before := pc.Requests("POST /api/chat")
 	url := "http://" + d.sim.ServeAddr() + "/api/chat"
 	body := `{"model":"` + DefaultModel + `","messages":[{"role":"user","content":"Say hello."}]}`
 	d.out.printf("$ curl -s %s -d '%s'\n", url, body)
@@ -388,13 +405,19 @@ func (d *demo) chat(ctx context.Context, pc *PC) error {
 		return fmt.Errorf("reading the chat stream: %w", err)
 	}
 	d.out.printf("    %d NDJSON lines; the reply: %q\n", lines, reply.String())
-	ol := pc.Ollama()
-	if ol == nil || ol.Requests("POST /api/chat") != before+1 {
+	if pc.Requests("POST /api/chat") != before+1 {
 		return errors.New("the chat was not answered by the gaming PC's Ollama")
+	}
+	if pc.RealOllama() && (lines < 3 || reply.Len() == 0) {
+		return fmt.Errorf("the real Ollama answered %d lines, %q: want generated tokens", lines, reply.String())
 	}
 	if s := d.sim.Server(); s != nil && s.Requests("POST /api/chat") != 0 {
 		return errors.New("the chat went to the server's Ollama, not the gaming PC")
 	}
-	d.out.printf("    (answered by the gaming PC's Ollama at %s)\n", pc.OllamaURL())
+	what := "the gaming PC's Ollama"
+	if pc.RealOllama() {
+		what = "the gaming PC's real Ollama server, tokens generated on CPU from random weights,"
+	}
+	d.out.printf("    (answered by %s at %s)\n", what, pc.OllamaURL())
 	return nil
 }

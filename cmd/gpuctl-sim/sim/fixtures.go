@@ -141,18 +141,33 @@ var (
 )
 
 // dockerInspect is the nginx capture (a full `docker container inspect`
-// array) with exactly two values adjusted: the container's Name (docker
-// inspect NAME reports that name) and State.StartedAt (when the box booted).
-func dockerInspect(container string, started time.Time) string {
+// array) with the values that make it the stick's Ollama container: the
+// container's Name (docker inspect NAME reports that name), State.StartedAt
+// (when the box booted), Config.Env (the ollama/ollama image's environment:
+// no OLLAMA_MODELS, so Ollama keeps its models in $HOME/.ollama/models) and
+// Mounts (models_dir bind-mounted at /root/.ollama, as the generated NixOS
+// configuration runs it).
+func dockerInspect(container, modelsDir string, started time.Time) string {
 	t := inspectTemplate()
 	var b strings.Builder
-	b.Grow(t.size + 8*len(container) + 64)
+	b.Grow(t.size + 8*len(container) + 512)
 	for _, p := range t.parts {
 		switch p.kind {
 		case partName:
 			b.WriteString(`        "Name": "/` + container + `"`)
 		case partStarted:
 			b.WriteString(`"StartedAt": "` + started.UTC().Format(time.RFC3339Nano) + `"`)
+		case partMounts:
+			b.WriteString(`"Mounts": [
+            {
+                "Type": "bind",
+                "Source": "` + jsonEscape(modelsDir) + `",
+                "Destination": "/root/.ollama",
+                "Mode": "",
+                "RW": true,
+                "Propagation": "rprivate"
+            }
+        ],`)
 		default:
 			b.WriteString(p.text)
 		}
@@ -160,11 +175,28 @@ func dockerInspect(container string, started time.Time) string {
 	return b.String()
 }
 
+// ollamaImageEnv is Config.Env of the ollama/ollama image.
+const ollamaImageEnv = `"Env": [
+                "PATH=/usr/local/nvidia/bin:/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64",
+                "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+                "NVIDIA_VISIBLE_DEVICES=all",
+                "OLLAMA_HOST=0.0.0.0:11434"
+            ],`
+
+var (
+	reEnv    = regexp.MustCompile(`"Env": \[[^\]]*\],`)
+	reMounts = regexp.MustCompile(`"Mounts": \[\],`)
+)
+
 // inspectTemplate cuts the capture once, at every container Name and at the
 // first StartedAt (the container's; later ones are health-check times).
 var inspectTemplate = sync.OnceValue(func() *template {
-	s := string(Fixture(fxDockerInspect))
+	s := reEnv.ReplaceAllLiteralString(string(Fixture(fxDockerInspect)), ollamaImageEnv)
 	var cuts []cut
+	for _, m := range reMounts.FindAllStringIndex(s, -1) {
+		cuts = append(cuts, cut{m[0], m[1], partMounts})
+	}
 	for _, m := range reName.FindAllStringIndex(s, -1) {
 		cuts = append(cuts, cut{m[0], m[1], partName})
 	}
@@ -188,6 +220,7 @@ const (
 	partText partKind = iota
 	partName
 	partStarted
+	partMounts
 )
 
 type part struct {

@@ -4,13 +4,26 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ollamalive/gpuctl/controller/models"
 )
 
 // dockerInspectRegexp is how dockerInspect adjusted the capture before it
 // was cut into a template: the reference the template must reproduce.
-func dockerInspectRegexp(container string, started time.Time) string {
+func dockerInspectRegexp(container, modelsDir string, started time.Time) string {
 	s := string(Fixture(fxDockerInspect))
+	s = reEnv.ReplaceAllLiteralString(s, ollamaImageEnv)
 	s = reName.ReplaceAllLiteralString(s, `        "Name": "/`+container+`"`)
+	s = reMounts.ReplaceAllLiteralString(s, `"Mounts": [
+            {
+                "Type": "bind",
+                "Source": "`+modelsDir+`",
+                "Destination": "/root/.ollama",
+                "Mode": "",
+                "RW": true,
+                "Propagation": "rprivate"
+            }
+        ],`)
 	done := false
 	return reStartedAt.ReplaceAllStringFunc(s, func(m string) string {
 		if done {
@@ -24,14 +37,19 @@ func dockerInspectRegexp(container string, started time.Time) string {
 func TestDockerInspectTemplate(t *testing.T) {
 	started := time.Date(2026, 3, 4, 5, 6, 7, 891011121, time.FixedZone("x", 3600))
 	for _, name := range []string{"ollama", "my-ollama_2", ""} {
-		got, want := dockerInspect(name, started), dockerInspectRegexp(name, started)
+		got, want := dockerInspect(name, "/mnt/models/ollama", started), dockerInspectRegexp(name, "/mnt/models/ollama", started)
 		if got != want {
 			t.Errorf("dockerInspect(%q) differs from the capture adjusted by regexp:\n%s", name, firstDiff(got, want))
 		}
 	}
-	if got := dockerInspect("ollama", started); !strings.Contains(got, `"StartedAt": "2026-03-04T04:06:07.891011121Z"`) ||
-		!strings.Contains(got, `"Name": "/ollama"`) {
+	got := dockerInspect("ollama", "/mnt/models/ollama", started)
+	if !strings.Contains(got, `"StartedAt": "2026-03-04T04:06:07.891011121Z"`) || !strings.Contains(got, `"Name": "/ollama"`) {
 		t.Errorf("dockerInspect lacks the adjusted values:\n%.600s", got)
+	}
+	// Read as gpuctl reads it: the models are in <models_dir>/models.
+	st, err := models.StoreFromInspect([]byte(got), "ollama", "/mnt/models/ollama")
+	if err != nil || st.Dir != "/mnt/models/ollama/models" || st.Problem != "" {
+		t.Errorf("where the simulated container keeps its models: %+v, %v", st, err)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ollamalive/gpuctl/controller/ollamatest"
+	"github.com/ollamalive/gpuctl/controller/ollamatest/realollama"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
 )
@@ -73,6 +74,11 @@ type PCConfig struct {
 	CommandDelay time.Duration
 	// Container is the Ollama container's name (default "ollama").
 	Container string
+	// Real, when set, makes the PC's Ollama the real server (started at
+	// each boot, stopped at poweroff) instead of the in-process fake; its
+	// Catalogue, PullRate and ChunkSize are then unused: the registry
+	// holds the models.
+	Real *RealOllama
 	// Logf, when set, receives one line per event (packets, boots,
 	// poweroffs).
 	Logf func(format string, args ...any)
@@ -97,6 +103,8 @@ type PC struct {
 	sshSrv   *sshtest.Server
 	httpSrv  *http.Server
 	ollama   *ollamatest.Server
+	real     *realollama.Server
+	reqs     map[string]int
 	conns    map[net.Conn]bool
 	timers   []*time.Timer
 	boots    int
@@ -117,7 +125,7 @@ func NewPC(cfg PCConfig) (*PC, error) {
 		cfg.LinkDelay = cfg.BootDelay / 2
 	}
 	p := &PC{cfg: cfg, modelsDir: filepath.Join(cfg.Dir, "models"), state: Off,
-		changed: make(chan struct{}), conns: map[net.Conn]bool{}}
+		changed: make(chan struct{}), conns: map[net.Conn]bool{}, reqs: map[string]int{}}
 	if err := os.MkdirAll(p.modelsDir, 0o755); err != nil {
 		return nil, fmt.Errorf("gpuctl-sim: %s: %w", cfg.Name, err)
 	}
@@ -131,9 +139,12 @@ func NewPC(cfg PCConfig) (*PC, error) {
 	}
 	p.sshPort, p.olPort = p.sshBH.port, p.olBH.port
 	if len(cfg.Installed) > 0 {
-		ol := p.newOllama()
+		install := func(m string) error { return p.newOllama().Install(m) }
+		if cfg.Real != nil {
+			install = func(m string) error { return cfg.Real.Registry.Install(p.ollamaModels(), m) }
+		}
 		for _, m := range cfg.Installed {
-			if err := ol.Install(m); err != nil {
+			if err := install(m); err != nil {
 				p.Close()
 				return nil, fmt.Errorf("gpuctl-sim: %s: installing %s: %w", cfg.Name, m, err)
 			}
@@ -161,8 +172,24 @@ func (p *PC) OllamaURL() string {
 	return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(p.olPort))
 }
 
-// ModelsDir is the PC's model directory (a real directory).
+// ModelsDir is the PC's model directory (a real directory): models_dir,
+// mounted in the Ollama container as /root/.ollama.
 func (p *PC) ModelsDir() string { return p.modelsDir }
+
+// ollamaModels is where the PC's Ollama keeps its models: the container's
+// $HOME/.ollama/models, i.e. <models_dir>/models.
+func (p *PC) ollamaModels() string { return filepath.Join(p.modelsDir, "models") }
+
+// Requests counts the requests its Ollama port answered, by "METHOD path",
+// real or fake Ollama alike.
+func (p *PC) Requests(key string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.reqs[key]
+}
+
+// RealOllama reports whether the PC's Ollama is the real server.
+func (p *PC) RealOllama() bool { return p.cfg.Real != nil }
 
 // HostKey is the host key the inventory pins.
 func (p *PC) HostKey() ssh.PublicKey { return p.cfg.HostKey.PublicKey() }
@@ -191,7 +218,8 @@ func (p *PC) Counts() (packets, boots, poweroffs int) {
 	return p.packets, p.boots, p.poweroff
 }
 
-// Ollama is the PC's Ollama while it is up (nil otherwise).
+// Ollama is the PC's fake Ollama while it is up (nil otherwise, and with
+// the real server).
 func (p *PC) Ollama() *ollamatest.Server {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -281,7 +309,7 @@ func (p *PC) PowerOn() error {
 }
 
 func (p *PC) newOllama() *ollamatest.Server {
-	return ollamatest.New(ollamatest.Config{Dir: p.modelsDir, Catalogue: p.cfg.Catalogue, BytesPerSecond: p.cfg.PullRate,
+	return ollamatest.New(ollamatest.Config{Dir: p.ollamaModels(), Catalogue: p.cfg.Catalogue, BytesPerSecond: p.cfg.PullRate,
 		ChunkSize: cmp.Or(p.cfg.ChunkSize, 256<<10)})
 }
 
@@ -337,8 +365,32 @@ func (p *PC) bringUp() {
 		p.reBlackHole()
 		return
 	}
-	ol := p.newOllama()
-	hs := &http.Server{Handler: ol, ReadHeaderTimeout: 10 * time.Second,
+	var ol *ollamatest.Server
+	var real *realollama.Server
+	var handler http.Handler
+	if p.cfg.Real != nil {
+		real, err = p.cfg.Real.start(p.cfg.Name, filepath.Join(p.cfg.Dir, "home"), p.ollamaModels())
+		if err != nil {
+			ln.Close()
+			srv.Close()
+			p.logf("cannot start Ollama: %v", err)
+			p.setState(Off)
+			p.reBlackHole()
+			return
+		}
+		handler = realProxy(real.URL)
+	} else {
+		ol = p.newOllama()
+		handler = ol
+	}
+	inner := handler
+	handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		p.reqs[r.Method+" "+r.URL.Path]++
+		p.mu.Unlock()
+		inner.ServeHTTP(w, r)
+	})
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second,
 		ConnState: func(c net.Conn, s http.ConnState) {
 			p.mu.Lock()
 			defer p.mu.Unlock()
@@ -354,7 +406,7 @@ func (p *PC) bringUp() {
 		defer p.wg.Done()
 		hs.Serve(ln)
 	}()
-	p.sshSrv, p.httpSrv, p.ollama = srv, hs, ol
+	p.sshSrv, p.httpSrv, p.ollama, p.real = srv, hs, ol, real
 	p.booted, p.upAt = now, time.Now()
 	p.boots++
 	p.setState(Up)
@@ -390,11 +442,11 @@ func (p *PC) goDown() {
 		p.mu.Unlock()
 		return
 	}
-	srv, hs := p.sshSrv, p.httpSrv
-	p.sshSrv, p.httpSrv, p.ollama = nil, nil, nil
+	srv, hs, real := p.sshSrv, p.httpSrv, p.real
+	p.sshSrv, p.httpSrv, p.ollama, p.real = nil, nil, nil, nil
 	p.setState(Stopping)
 	p.mu.Unlock()
-	stopServers(srv, hs)
+	stopServers(srv, hs, real)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -410,12 +462,15 @@ func (p *PC) goDown() {
 	})
 }
 
-func stopServers(srv *sshtest.Server, hs *http.Server) {
+func stopServers(srv *sshtest.Server, hs *http.Server, real *realollama.Server) {
 	if srv != nil {
 		srv.Close()
 	}
 	if hs != nil {
 		hs.Close()
+	}
+	if real != nil {
+		real.Stop()
 	}
 }
 
@@ -444,12 +499,12 @@ func (p *PC) Close() {
 	for _, t := range p.timers {
 		t.Stop()
 	}
-	srv, hs := p.sshSrv, p.httpSrv
-	p.sshSrv, p.httpSrv, p.ollama = nil, nil, nil
+	srv, hs, real := p.sshSrv, p.httpSrv, p.real
+	p.sshSrv, p.httpSrv, p.ollama, p.real = nil, nil, nil, nil
 	p.sshBH.Close()
 	p.olBH.Close()
 	p.mu.Unlock()
-	stopServers(srv, hs)
+	stopServers(srv, hs, real)
 	p.wg.Wait()
 }
 

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ollamalive/gpuctl/controller/ollamatest"
+	"github.com/ollamalive/gpuctl/controller/ollamatest/realollama"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
 	"github.com/ollamalive/gpuctl/wake"
@@ -62,6 +63,13 @@ type Config struct {
 	PullRate  int64
 	// Installed models are on every PC's drive from the start.
 	Installed []string
+	// RealOllama, when set, is the real Ollama server's binary: every PC
+	// runs it (models under <models_dir>/models, as the container keeps
+	// them), pulling from a test registry that answers as
+	// registry.ollama.ai with a runnable random-weight model under each
+	// name in Models and Installed (ModelSize and PullRate are then
+	// unused). Empty: the in-process fake (controller/ollamatest).
+	RealOllama string
 	// Server adds the always-on server's own Ollama (host "server"),
 	// holding LightModels, as the routing proxy's default host.
 	Server      bool
@@ -85,6 +93,7 @@ type Sim struct {
 	wolAddr   string
 	pcs       []*PC
 	server    *ollamatest.Server
+	registry  *realollama.Registry
 	serverURL string
 	serverHS  *http.Server
 	cancel    context.CancelFunc
@@ -126,6 +135,22 @@ func Start(cfg Config) (*Sim, error) {
 			Layers: []ollamatest.Layer{{Size: cfg.ModelSize}, {MediaType: ollamatest.MediaTypeTemplate, Size: 1 << 10}},
 			Reply:  []string{"Hello", " from", " the", " gaming", " PC", "!"}})
 	}
+	var real *RealOllama
+	if cfg.RealOllama != "" {
+		rdir := filepath.Join(cfg.Dir, "registry")
+		if err := os.MkdirAll(rdir, 0o755); err != nil {
+			return nil, err
+		}
+		if s.registry, err = realollama.NewRegistry(rdir); err != nil {
+			return nil, err
+		}
+		for _, m := range append(append([]string{}, cfg.Models...), cfg.Installed...) {
+			if _, err := s.registry.AddModel(m, realollama.Tiny); err != nil {
+				return nil, err
+			}
+		}
+		real = &RealOllama{Binary: cfg.RealOllama, Registry: s.registry}
+	}
 	for i := 0; i < cfg.Hosts; i++ {
 		name := "gaming-pc"
 		if i > 0 {
@@ -143,7 +168,7 @@ func Start(cfg Config) (*Sim, error) {
 		pc, err := NewPC(PCConfig{Name: name, MAC: mac, Dir: filepath.Join(cfg.Dir, name),
 			BootDelay: cfg.BootDelay, LinkDelay: cfg.LinkDelay, StopDelay: cfg.StopDelay, Faults: f,
 			HostKey: hk, ClientKey: s.client.PublicKey(), Catalogue: cat, PullRate: cfg.PullRate,
-			ChunkSize: int(max(256<<10, cfg.ModelSize/8)), Installed: cfg.Installed, CommandDelay: cfg.CommandDelay, Logf: cfg.Logf})
+			ChunkSize: int(max(256<<10, cfg.ModelSize/8)), Installed: cfg.Installed, CommandDelay: cfg.CommandDelay, Logf: cfg.Logf, Real: real})
 		if err != nil {
 			return nil, err
 		}
@@ -337,5 +362,12 @@ func (s *Sim) Close() {
 	if s.serverHS != nil {
 		s.serverHS.Close()
 	}
+	if s.registry != nil {
+		s.registry.Close()
+	}
 	s.wg.Wait()
 }
+
+// Registry is the test registry of the real Ollama servers (nil with the
+// fake).
+func (s *Sim) Registry() *realollama.Registry { return s.registry }

@@ -125,7 +125,7 @@ func TestWakePullMarkedForIdleShutdown(t *testing.T) {
 		}
 	}
 	srv := ollamatest.Start(t, cfg)
-	drive := &ollamatest.DriveRunner{Remote: "/mnt/models/ollama", Local: srv.Dir(), Avail: 1 << 40}
+	drive := &ollamatest.DriveRunner{Remote: "/mnt/models/ollama", Local: filepath.Dir(srv.Dir()), Avail: 1 << 40}
 	h = &inventory.Host{Name: "gpu1", Address: "127.0.0.1", SSHPort: 22, OnDemand: true,
 		OllamaURL: must(inventory.ParseURL(srv.URL)), ModelsDir: "/mnt/models/ollama"}
 	p := modelsPuller{stateDir: state, client: func(*inventory.Host) *api.Client { return srv.Client() }}

@@ -20,7 +20,7 @@ import (
 func fakeHost(t *testing.T, cfg ollamatest.Config, declared string) (cfgPath string, srv *ollamatest.Server, drive *ollamatest.DriveRunner) {
 	t.Helper()
 	srv = ollamatest.Start(t, cfg)
-	drive = &ollamatest.DriveRunner{Remote: "/mnt/models/ollama", Local: srv.Dir(), Avail: 1 << 40}
+	drive = &ollamatest.DriveRunner{Remote: "/mnt/models/ollama", Local: filepath.Dir(srv.Dir()), Avail: 1 << 40}
 	dir := t.TempDir()
 	cfgPath = filepath.Join(dir, "gpuctl.toml")
 	toml := `state_dir = "` + dir + `"

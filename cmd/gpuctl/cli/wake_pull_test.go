@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -17,7 +18,7 @@ import (
 // the verification and no line twice in a row.
 func TestWakePullProgressLines(t *testing.T) {
 	srv := ollamatest.Start(t, ollamatest.Config{Catalogue: []ollamatest.Model{{Name: "tiny"}}})
-	drive := &ollamatest.DriveRunner{Remote: "/mnt/models/ollama", Local: srv.Dir(), Avail: 1 << 40}
+	drive := &ollamatest.DriveRunner{Remote: "/mnt/models/ollama", Local: filepath.Dir(srv.Dir()), Avail: 1 << 40}
 	h := &inventory.Host{Name: "gpu1", Address: "127.0.0.1", SSHPort: 22, OnDemand: true,
 		OllamaURL: must(inventory.ParseURL(srv.URL)), ModelsDir: "/mnt/models/ollama"}
 	p := modelsPuller{stateDir: t.TempDir(), client: func(*inventory.Host) *api.Client { return srv.Client() }}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/fixtures"
+	"github.com/ollamalive/gpuctl/controller/ollamatest"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
 	"github.com/ollamalive/gpuctl/wake"
@@ -186,7 +187,7 @@ func (pc *simPC) boot() {
 	srv.HandleMatch(func(_ string, argv []string) bool {
 		return len(argv) > 1 && argv[0] == "docker" && argv[1] == "inspect"
 	},
-		sshtest.Reply{Stdout: string(fixtures.Read(t, "docker_inspect_running_nginx_20.10.5.json"))})
+		sshtest.Reply{Stdout: string(must(ollamatest.ContainerInspect(fixtures.Read(t, "docker_inspect_running_nginx_20.10.5.json"), "/mnt/models/ollama")))})
 	srv.HandleMatch(func(_ string, argv []string) bool { return len(argv) > 1 && argv[0] == "docker" && argv[1] == "exec" },
 		sshtest.Reply{Stdout: string(fixtures.Read(t, "nvidia-smi_L_rtx4080super.txt"))})
 	srv.HandleArgv("findmnt", sshtest.Reply{Stdout: string(fixtures.Read(t, "findmnt_json_ntfs-3g_fuseblk_LOCAL.json"))})
