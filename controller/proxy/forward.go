@@ -91,6 +91,10 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 		end := p.begin(host)
 		err := p.ready(r.Context(), host)
 		if err == nil {
+			// A declared model serve is pulling after a wake: held.
+			err = p.awaitPull(r.Context(), host, info.model, r.URL.Path)
+		}
+		if err == nil {
 			// end runs even when the stream is aborted (a panic with
 			// http.ErrAbortHandler from the ReverseProxy).
 			defer end()

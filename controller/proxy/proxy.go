@@ -155,6 +155,7 @@ type Proxy struct {
 	mu     sync.Mutex
 	states map[string]hostState
 	flight map[string]*upCall
+	pulls  map[string]*pullState // declared-model pulls after wakes (pulls.go)
 
 	// drainCheckHook, when set (tests), runs between counting a request
 	// and looking for the draining marker.
@@ -210,6 +211,7 @@ func New(o Options) (*Proxy, error) {
 		hosts:  map[string]*inventory.Host{},
 		states: map[string]hostState{},
 		flight: map[string]*upCall{},
+		pulls:  map[string]*pullState{},
 		reg:    o.Registry,
 	}
 	for i := range inv.Hosts {
