@@ -513,3 +513,112 @@ func sha256File(t *testing.T, path string) string {
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
+
+// TestCLIThroughServe runs the real ollama CLI with OLLAMA_HOST set to
+// serve: list, ps, show, run on both hosts (the on-demand one asleep), pull,
+// cp then run with no wait, rm, stop, and create of a GGUF over 64 MiB for
+// the sleeping on-demand host.
+func TestCLIThroughServe(t *testing.T) {
+	e := startDiffEnv(t)
+	serve := e.serve
+	direct := e.server.URL.String()
+	ok := func(base string, args ...string) string {
+		t.Helper()
+		out, err := cli(t, base, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	sortedLines := func(s string) string {
+		l := strings.Split(strings.TrimSpace(s), "\n")
+		slices.Sort(l)
+		return strings.Join(l, "\n")
+	}
+
+	if out := ok(serve, "run", "big", "hi"); strings.TrimSpace(out) == "" {
+		t.Errorf("ollama run big (the sleeping host) printed nothing")
+	}
+	if e.fb.wakes.Load() != 1 {
+		t.Errorf("wakes after run big: %d, want 1", e.fb.wakes.Load())
+	}
+	if out := ok(serve, "run", "tiny", "hi"); strings.TrimSpace(out) == "" {
+		t.Errorf("ollama run tiny printed nothing")
+	}
+	list := ok(serve, "list")
+	for _, m := range []string{"tiny:latest", "big:latest"} {
+		if !strings.Contains(list, m) {
+			t.Errorf("ollama list through serve lacks %s:\n%s", m, list)
+		}
+	}
+	if ps := ok(serve, "ps"); !strings.Contains(ps, "tiny:latest") || !strings.Contains(ps, "big:latest") {
+		t.Errorf("ollama ps through serve:\n%s", ps)
+	}
+	if d, v := ok(direct, "show", "tiny"), ok(serve, "show", "tiny"); sortedLines(d) != sortedLines(v) {
+		t.Errorf("ollama show tiny: directly\n%s\nthrough serve\n%s", d, v)
+	}
+	if d, v := ok(direct, "show", "--modelfile", "tiny"), ok(serve, "show", "--modelfile", "tiny"); sortedLines(d) != sortedLines(v) {
+		t.Errorf("ollama show --modelfile tiny: directly\n%s\nthrough serve\n%s", d, v)
+	}
+	ok(serve, "pull", "tiny")
+	if _, err := cli(t, serve, "pull", "no-such-model"); err == nil {
+		t.Errorf("ollama pull no-such-model through serve succeeded")
+	}
+
+	// cp then run at once: the copy lives on pc and is routed there.
+	ok(serve, "cp", "big", "bigcopy")
+	if out := ok(serve, "run", "bigcopy", "hi"); strings.TrimSpace(out) == "" {
+		t.Errorf("ollama run bigcopy printed nothing")
+	}
+	if a := send(t, e.pc.URL.String(), "POST", "/api/show", `{"model":"bigcopy"}`); a.status != 200 {
+		t.Errorf("bigcopy is not on pc: %d %s", a.status, a.body)
+	}
+	ok(serve, "rm", "bigcopy")
+	if a := send(t, e.pc.URL.String(), "POST", "/api/show", `{"model":"bigcopy"}`); a.status != 404 {
+		t.Errorf("bigcopy still on pc after rm: %d", a.status)
+	}
+	if strings.Contains(ok(serve, "list"), "bigcopy") {
+		t.Errorf("ollama list still shows bigcopy after rm")
+	}
+	ok(serve, "stop", "tiny")
+	if ps := ok(serve, "ps"); strings.Contains(ps, "tiny:latest") {
+		t.Errorf("tiny still loaded after ollama stop:\n%s", ps)
+	}
+
+	// create FROM a model on the default host.
+	dir := t.TempDir()
+	mf := filepath.Join(dir, "Modelfile")
+	os.WriteFile(mf, []byte("FROM tiny\nSYSTEM be brief\n"), 0o644)
+	ok(serve, "create", "tiny-brief", "-f", mf)
+	if a := send(t, direct, "POST", "/api/show", `{"model":"tiny-brief"}`); a.status != 200 {
+		t.Errorf("tiny-brief is not on server: %d %s", a.status, a.body)
+	}
+
+	// create FROM a model on the on-demand host goes where that model is.
+	os.WriteFile(mf, []byte("FROM big\nSYSTEM be brief\n"), 0o644)
+	ok(serve, "create", "brief", "-f", mf)
+	if a := send(t, e.pc.URL.String(), "POST", "/api/show", `{"model":"brief"}`); a.status != 200 {
+		t.Errorf("brief (FROM big) is not on pc: %d %s", a.status, a.body)
+	}
+	if out := ok(serve, "run", "brief", "hi"); strings.TrimSpace(out) == "" {
+		t.Errorf("ollama run brief printed nothing")
+	}
+
+	// create of a GGUF over 64 MiB for the on-demand host, asleep.
+	if fi, err := os.Stat(e.heavyGGUF); err != nil || fi.Size() <= 64<<20 {
+		t.Fatalf("the heavy GGUF must be over max_body (64 MiB): %v %v", fi, err)
+	}
+	e.fb.setUp("pc", false)
+	e.p.forgetUp(t.Context(), "pc", time.Now().Add(time.Hour))
+	os.WriteFile(mf, []byte("FROM "+e.heavyGGUF+"\nTEMPLATE \"\"\""+realollama.Template+"\"\"\"\n"), 0o644)
+	ok(serve, "create", "big:cli", "-f", mf)
+	if e.fb.wakes.Load() != 2 {
+		t.Errorf("wakes: %d, want 2 (run big, then the create)", e.fb.wakes.Load())
+	}
+	if a := send(t, e.pc.URL.String(), "POST", "/api/show", `{"model":"big:cli"}`); a.status != 200 {
+		t.Errorf("big:cli is not on pc: %d %s", a.status, a.body)
+	}
+	if !strings.Contains(ok(serve, "list"), "big:cli") {
+		t.Errorf("ollama list lacks the model just created")
+	}
+}
