@@ -530,8 +530,13 @@ func TestCLIThroughServe(t *testing.T) {
 		}
 		return out
 	}
+	// show's tables list parameters in map order, padded to the widest
+	// cell: compare the cells, line by line, in sorted order.
 	sortedLines := func(s string) string {
 		l := strings.Split(strings.TrimSpace(s), "\n")
+		for i := range l {
+			l[i] = strings.Join(strings.Fields(l[i]), " ")
+		}
 		slices.Sort(l)
 		return strings.Join(l, "\n")
 	}
