@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // guardSetup serves a proxy on loopback (so the DNS-rebinding guard is on)
@@ -126,5 +128,29 @@ func TestOwnAnswersAsOllama(t *testing.T) {
 	res, body = do(t, "GET", url+"/v1/models", "", "", "")
 	if res.Header.Get("Content-Type") != "application/json" || !strings.Contains(body, `"id":"tiny:latest","object":"model","created":1767323045,"owned_by":"library"`) {
 		t.Errorf("GET /v1/models: %q %s", res.Header.Get("Content-Type"), body)
+	}
+}
+
+// TestRetrieveSleepingModel: /v1/models/{id} for a model only a sleeping
+// host has is answered from the catalogue in Ollama's shape (the id as
+// asked) and wakes nothing; an unknown id is the default host's to answer.
+func TestRetrieveSleepingModel(t *testing.T) {
+	server := httptest.NewServer(&fakeOllama{name: "server", models: []string{"tiny:latest=1"}})
+	t.Cleanup(server.Close)
+	fb := newFakeBackends()
+	p := newProxy(t, Options{Inventory: testInventory(t, server.URL, "http://127.0.0.1:1"), Backends: fb})
+	p.cat.set("pc", []json.RawMessage{json.RawMessage(`{"name":"big:latest","model":"big:latest","size":5,"modified_at":"2026-01-02T03:04:05Z"}`)}, time.Now())
+	url := serveProxy(t, p).URL
+	res, body := do(t, "GET", url+"/v1/models/Big", "", "", "")
+	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "application/json" ||
+		body != `{"id":"Big","object":"model","created":1767323045,"owned_by":"library"}`+"\n" {
+		t.Errorf("GET /v1/models/Big: %d %q %q", res.StatusCode, res.Header.Get("Content-Type"), body)
+	}
+	if fb.wakes.Load() != 0 {
+		t.Errorf("a model lookup woke the host")
+	}
+	res, body = do(t, "GET", url+"/v1/models/nope", "", "", "")
+	if res.StatusCode != 200 || !strings.Contains(body, `"host":"server"`) {
+		t.Errorf("GET /v1/models/nope: %d %s; want the default host's own answer", res.StatusCode, body)
 	}
 }
