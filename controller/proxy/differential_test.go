@@ -627,3 +627,46 @@ func TestCLIThroughServe(t *testing.T) {
 		t.Errorf("ollama list lacks the model just created")
 	}
 }
+
+// TestOfficialNodeClients runs the calls of the official ollama and openai
+// npm packages (testdata/node/clients.mjs) directly against each real
+// Ollama and through serve, and compares what the clients returned.
+func TestOfficialNodeClients(t *testing.T) {
+	node, dir := nodeClients(t)
+	e := startDiffEnv(t)
+	run := func(base, model string) map[string]json.RawMessage {
+		t.Helper()
+		cmd := exec.CommandContext(t.Context(), node, "clients.mjs", base, model)
+		cmd.Dir = dir
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		b, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("node clients.mjs %s %s: %v\n%s", base, model, err, errb.String())
+		}
+		var out map[string]json.RawMessage
+		if err := json.Unmarshal(b, &out); err != nil {
+			t.Fatalf("node printed %q: %v", b, err)
+		}
+		return out
+	}
+	// big first: serve wakes the on-demand host for it.
+	for _, c := range []struct{ host, model string }{{"pc", "big"}, {"server", "tiny"}} {
+		via := run(e.serve, c.model)
+		d := run(e.direct(c.host), c.model)
+		if len(d) < 15 {
+			t.Fatalf("clients.mjs made %d calls", len(d))
+		}
+		for name, dv := range d {
+			if !bytes.Equal(dv, via[name]) {
+				t.Errorf("%s (%s on %s): directly\n%s\nthrough serve\n%s", name, c.model, c.host, dv, via[name])
+			}
+		}
+		if strings.Contains(string(d["ollama.chat"]), `"error"`) || !strings.Contains(string(d["ollama.chat"]), `"content"`) {
+			t.Errorf("ollama.chat %s did not answer: %s", c.model, d["ollama.chat"])
+		}
+	}
+	if e.fb.wakes.Load() != 1 {
+		t.Errorf("wakes: %d, want 1", e.fb.wakes.Load())
+	}
+}
