@@ -11,7 +11,7 @@ PKGS      := ./...
 FUZZTIME  ?= 60s
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build test test-short lint fuzz bench demo install clean ollama
+.PHONY: all build test test-short fresh lint fuzz bench demo install clean ollama
 
 all: build
 
@@ -39,6 +39,16 @@ test: ollama
 test-short:
 	$(GO) test -short -count=1 $(PKGS)
 
+# What a public clone gets: HEAD cloned into a temporary directory with no
+# ../shared beside it, then the in-process tier there. Catches tests that read
+# files outside the repository or left untracked.
+fresh:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	git clone -q --no-local . "$$tmp/gpuctl"; \
+	cd "$$tmp/gpuctl"; test ! -e ../shared; \
+	echo "== fresh clone of $$(git rev-parse --short HEAD) in $$tmp/gpuctl (no ../shared)"; \
+	$(MAKE) --no-print-directory test-short
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
@@ -65,8 +75,9 @@ bench: build
 	$(GO) test -run '^$$' -bench 'P2|P3' -benchtime 1x ./cmd/gpuctl-sim/sim/
 	$(GO) test -run '^$$' -bench . ./sshexec/
 
-# The whole chain, end to end, on a built-in simulated gaming PC.
-demo:
+# The whole chain, end to end, on a built-in simulated gaming PC, whose
+# Ollama is the real server when it is built (else the in-process fake).
+demo: ollama
 	$(GO) run ./cmd/gpuctl-sim demo
 
 install: build
@@ -75,6 +86,8 @@ install: build
 	install -D -m 0644 contrib/gpuctl-idle.service $(DESTDIR)/etc/systemd/system/gpuctl-idle@.service
 	install -D -m 0644 contrib/gpuctl-idle.timer $(DESTDIR)/etc/systemd/system/gpuctl-idle@.timer
 	install -D -m 0644 examples/gpuctl.toml $(DESTDIR)/etc/gpuctl/gpuctl.toml.example
+	install -D -m 0644 contrib/gpuctl.sysusers $(DESTDIR)/usr/lib/sysusers.d/gpuctl.conf
+	if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then systemd-sysusers /usr/lib/sysusers.d/gpuctl.conf; fi
 	sed -i 's|/usr/local/bin/gpuctl|$(PREFIX)/bin/gpuctl|' $(DESTDIR)/etc/systemd/system/gpuctl-serve.service $(DESTDIR)/etc/systemd/system/gpuctl-idle@.service
 
 clean:

@@ -1,10 +1,13 @@
 {
   description = "gpuctl: wake, check, feed and power off an on-demand GPU box for Ollama";
 
-  # nixos-26.05, not 25.11: go.mod asks for Go 1.26.8, newer than the last Go
-  # that 25.11 got before its end of life (June 2026). contrib/nix/package.nix stops
-  # with a clear message when the pinned nixpkgs' Go is older than go.mod's.
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+  # The newest stable channel (26.05 reaches its end of life on 2026-12-31).
+  # go.mod's `go` line is the oldest Go that builds gpuctl (1.26.0, which its
+  # dependencies need); contrib/nix/package.nix stops with a clear message
+  # when a nixpkgs that `follows` another channel has an older Go.
+  # flake.lock pins the revision; contrib/nix/nix_test.go checks that it
+  # locks this branch.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.11";
 
   outputs =
     { self, nixpkgs }:
@@ -16,11 +19,15 @@
       ];
       forAllSystems = f: lib.genAttrs systems (system: f system nixpkgs.legacyPackages.${system});
 
-      # Commit the flake was built from: "dev" outside git, "<rev>-dirty"
-      # for a tree with uncommitted changes.
-      version = self.shortRev or self.dirtyShortRev or "dev";
+      # nixpkgs' convention for a package without releases:
+      # 0-unstable-<date of the last commit>, which builtins.parseDrvName
+      # always reads as a version (a bare short revision like "abc1234"
+      # is not one). The revision goes into `gpuctl version` alongside.
+      date = self.lastModifiedDate or "19700101000000";
+      version = "0-unstable-${lib.substring 0 4 date}-${lib.substring 4 2 date}-${lib.substring 6 2 date}";
+      rev = self.shortRev or self.dirtyShortRev or null;
 
-      gpuctlFor = pkgs: pkgs.callPackage ./contrib/nix/package.nix { inherit version; };
+      gpuctlFor = pkgs: pkgs.callPackage ./contrib/nix/package.nix { inherit version rev; };
     in
     {
       packages = forAllSystems (

@@ -253,14 +253,27 @@ func (k *checker) gpu(ctx context.Context) []Check {
 	return k.timed(CheckGPU, start, Check{OK: true, Detail: strings.Join(parts, "; ")})
 }
 
+// DockerCommand is docker on the generated NixOS system. The gpuctl account
+// is not in the docker group (that is root-equivalent): it runs exactly the
+// two docker command lines below through `sudo -n`, and the box's sudo
+// rules (nixconfig) allow precisely those argv, nothing else.
+const DockerCommand = models.DockerCommand
+
 // InspectArgs is the argv of the container check.
-func InspectArgs(container string) []string {
-	return []string{"docker", "inspect", "--type", "container", container}
-}
+func InspectArgs(container string) []string { return models.InspectArgs(container) }
 
 // ContainerGPUArgs is the argv of the GPU-in-container check.
 func ContainerGPUArgs(container string) []string {
-	return []string{"docker", "exec", container, "nvidia-smi", "-L"}
+	return []string{"sudo", "-n", DockerCommand, "exec", container, "nvidia-smi", "-L"}
+}
+
+// SudoArgv strips the `sudo -n` of a template: the argv the box's sudo rule
+// must allow for it.
+func SudoArgv(args []string) []string {
+	if len(args) > 2 && args[0] == "sudo" && args[1] == "-n" {
+		return args[2:]
+	}
+	return nil
 }
 
 func (k *checker) container(ctx context.Context) []Check {

@@ -88,8 +88,8 @@ func TestStatusReady(t *testing.T) {
 		// The remote commands are exactly the fixed templates.
 		want := []string{
 			"nvidia-smi '--query-gpu=index,name,uuid,driver_version,memory.total,memory.used,utilization.gpu,temperature.gpu,pstate' '--format=csv,noheader,nounits'",
-			"docker inspect --type container ollama",
-			"docker exec ollama nvidia-smi -L",
+			"sudo -n /run/current-system/sw/bin/docker inspect --type container ollama",
+			"sudo -n /run/current-system/sw/bin/docker exec ollama nvidia-smi -L",
 			"findmnt --json --target /mnt/models/ollama",
 			"df -B1 '--output=source,fstype,size,used,avail,target' /mnt/models/ollama",
 			`sh -c 'f="$1/.gpuctl-probe.$$"; touch "$f" || exit 1; sync "$f"; s=$?; rm -f "$f" || s=1; exit $s' sh /mnt/models/ollama`,

@@ -127,9 +127,13 @@ func ClassifyDockerError(container string, stdout, stderr []byte, exit int) *Doc
 	case strings.Contains(all, "Cannot connect to the Docker daemon"):
 		return &DockerProblem{Kind: "daemon-down", Transient: true,
 			Msg: "Docker daemon is not running (" + firstMatch(all, "Cannot connect to the Docker daemon") + "); check `systemctl status docker` on the host"}
+	case strings.Contains(all, "a password is required") || strings.Contains(all, "is not allowed to execute") || strings.Contains(all, "not in the sudoers file"):
+		return &DockerProblem{Kind: "permission",
+			Msg: fmt.Sprintf("gpuctl's SSH user may not run docker through sudo (%s): the box's sudo rules must allow exactly `%s` and `%s` without a password; regenerate its NixOS config with `gpuctl nixos generate`",
+				firstMatch(all, "sudo"), strings.Join(SudoArgv(InspectArgs(container)), " "), strings.Join(SudoArgv(ContainerGPUArgs(container)), " "))}
 	case strings.Contains(all, "permission denied while trying to connect to the Docker daemon"):
 		return &DockerProblem{Kind: "permission",
-			Msg: "gpuctl's SSH user may not use Docker (permission denied on the socket); add it to the docker group"}
+			Msg: "docker ran without root and was refused the socket: run it through the box's sudo rules (`sudo -n " + DockerCommand + " ...`), not the docker group"}
 	case strings.Contains(all, "No such object") || strings.Contains(all, "No such container"):
 		return &DockerProblem{Kind: "no-container", Transient: true,
 			Msg: fmt.Sprintf("container %q does not exist on the host; create it (or set container in the inventory)", container)}

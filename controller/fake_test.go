@@ -144,6 +144,9 @@ func (pc *fakePC) Wake(ctx context.Context, h *inventory.Host) error {
 type fakeRunner struct{ pc *fakePC }
 
 func checkOf(args []string) string {
+	if a := SudoArgv(args); a != nil && a[0] == DockerCommand {
+		args = append([]string{"docker"}, a[1:]...)
+	}
 	switch {
 	case args[0] == "nvidia-smi":
 		return CheckGPU

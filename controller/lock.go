@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ollamalive/gpuctl/controller/statefile"
 )
 
 // LockMode says what LockHost does when another process holds the lock.
@@ -50,6 +52,9 @@ func LockHost(ctx context.Context, stateDir, host string, mode LockMode) (*Lock,
 		return nil, fmt.Errorf("lock host %q: no state_dir configured", host)
 	}
 	p := LockPath(stateDir, host)
+	if err := statefile.CheckOwner(filepath.Dir(p)); err != nil {
+		return nil, fmt.Errorf("lock host %q: %w", host, err)
+	}
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return nil, fmt.Errorf("lock host %q: create %s: %w (check state_dir's permissions)", host, filepath.Dir(p), err)
 	}
@@ -115,6 +120,9 @@ func markerPath(stateDir, host string) string {
 
 func holdMarker(stateDir, host string) (*Lock, error) {
 	p := markerPath(stateDir, host)
+	if err := statefile.CheckOwner(filepath.Dir(p)); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return nil, err
 	}

@@ -337,7 +337,7 @@ func (c *Controller) wake(ctx context.Context, h *inventory.Host, opts WakeOptio
 		// Boot it.
 		var wolErr chan error
 		stopWOL := func() {}
-		if c.Waker != nil && !h.MAC.IsZero() {
+		if c.Waker != nil && Wakeable(h) {
 			w.rec.Woke = true
 			wctx, wcancel := context.WithCancel(bctx)
 			wolErr = make(chan error, 1)
@@ -348,9 +348,9 @@ func (c *Controller) wake(ctx context.Context, h *inventory.Host, opts WakeOptio
 					<-wolErr
 				}
 			}
-			w.enter(PhaseBoot, "magic packets sent to "+h.MAC.String()+"; waiting for SSH at "+h.SSHAddr())
+			w.enter(PhaseBoot, WakeDescription(h)+"; waiting for SSH at "+h.SSHAddr())
 		} else {
-			w.enter(PhaseBoot, "waiting for SSH at "+h.SSHAddr()+" (no MAC to wake it by)")
+			w.enter(PhaseBoot, "waiting for SSH at "+h.SSHAddr()+" (no wake action: no mac and no wake command)")
 		}
 		var err error
 		runner, closer, err = c.waitSSH(bctx, w, sshP, wolErr, func() { wolErr = nil })
@@ -642,7 +642,7 @@ func (c *Controller) waitSSH(ctx context.Context, w *wakeRun, first Probe, wolEr
 			wolDone()
 			wolErr = nil
 			if err != nil && ctx.Err() == nil {
-				return nil, nil, fmt.Errorf("host %q: sending magic packets: %w", h.Name, err)
+				return nil, nil, fmt.Errorf("host %q: waking it failed: %w", h.Name, err)
 			}
 		case <-ctx.Done():
 			if ctx.Err() == context.DeadlineExceeded {

@@ -45,6 +45,11 @@ type Inventory struct {
 	Serve    Serve   `toml:"serve"`
 	Hosts    []Host  `toml:"host"`
 	Routes   []Route `toml:"route"`
+
+	// Notes are what loading changed or wants known without failing (a
+	// normalized value), located like errors; `gpuctl config check` and
+	// `gpuctl nixos generate` print them.
+	Notes []*ConfigError `toml:"-"`
 }
 
 // SSH holds defaults for every host's SSH connection.
@@ -53,6 +58,9 @@ type SSH struct {
 	IdentityFiles  []string `toml:"identity_files"`
 	KnownHosts     []string `toml:"known_hosts"`
 	ConnectTimeout Duration `toml:"connect_timeout"`
+	// CommandTimeout bounds one round of readiness checks and each idle
+	// shutdown probe once SSH answers.
+	CommandTimeout Duration `toml:"command_timeout"`
 	// Config is an ssh_config(5) file to read HostName, Port, User,
 	// IdentityFile and ProxyJump from; "" means ~/.ssh/config when it exists,
 	// "none" turns it off.
@@ -80,10 +88,14 @@ type Serve struct {
 // Host is one machine with an Ollama server: the always-on box or an
 // on-demand gaming PC that gpuctl wakes and powers off.
 type Host struct {
-	Name         string     `toml:"name"`
-	OnDemand     bool       `toml:"on_demand"`
-	MAC          MAC        `toml:"mac"`
-	Address      string     `toml:"address"`
+	Name     string `toml:"name"`
+	OnDemand bool   `toml:"on_demand"`
+	MAC      MAC    `toml:"mac"`
+	Address  string `toml:"address"`
+	// Wake is how gpuctl wakes the host, tried in order (default ["wol"]).
+	Wake WakeActions `toml:"wake"`
+	// WakeTimeout bounds each wake command (default 30 s).
+	WakeTimeout  Duration   `toml:"wake_timeout"`
 	WOLTo        []HostPort `toml:"wol_to"`
 	WOLInterface string     `toml:"wol_interface"`
 	// WOLPassword is an optional SecureOn password (4 or 6 bytes).
@@ -118,6 +130,9 @@ type Host struct {
 
 	// index is the host's position among the [[host]] tables.
 	index int
+	// wolPasswordEnv is set when WOLPassword came from the environment
+	// (WOLPasswordEnv), not from the file.
+	wolPasswordEnv bool
 }
 
 // CheckNames are the readiness checks a host may select with `checks`, in

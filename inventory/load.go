@@ -67,7 +67,7 @@ func Load(file string, env Env) (*Inventory, error) {
 	}
 	if st, err := os.Stat(file); err == nil && st.Mode().Perm()&0o077 != 0 {
 		for _, h := range inv.Hosts {
-			if len(h.WOLPassword) > 0 {
+			if len(h.WOLPassword) > 0 && !h.wolPasswordEnv {
 				return nil, &ConfigError{File: file, Key: "host.wol_password",
 					Msg: fmt.Sprintf("host %q: wol_password is a secret, but the file is readable by other users (mode %04o); run: chmod 600 %s",
 						h.Name, st.Mode().Perm(), file)}
@@ -101,6 +101,7 @@ func Parse(name string, data []byte, env Env) (*Inventory, error) {
 	for i := range inv.Hosts {
 		inv.Hosts[i].index = i
 	}
+	errs = append(errs, secretsFromEnv(name, ps, inv, env)...)
 	if len(errs) > 0 {
 		return nil, errs
 	}
@@ -109,6 +110,7 @@ func Parse(name string, data []byte, env Env) (*Inventory, error) {
 	if len(v.errs) > 0 {
 		return nil, v.errs
 	}
+	inv.Notes = v.notes
 	return inv, nil
 }
 
@@ -323,12 +325,25 @@ func levenshtein(a, b string) int {
 }
 
 type validator struct {
-	file string
-	src  string
-	ps   *positions
-	inv  *Inventory
-	md   toml.MetaData
-	errs Errors
+	file  string
+	src   string
+	ps    *positions
+	inv   *Inventory
+	md    toml.MetaData
+	errs  Errors
+	notes []*ConfigError
+}
+
+// note records something the loader changed or the user should know, at a
+// key path; it is not an error.
+func (v *validator) note(p, format string, args ...any) {
+	line, col := v.ps.at(p)
+	if _, exact := v.ps.pos[p]; exact && line > 0 {
+		if c := valueCol(v.src, line); c > 0 {
+			col = c
+		}
+	}
+	v.notes = append(v.notes, &ConfigError{File: v.file, Line: line, Col: col, Key: p, Msg: describe(p, v.inv) + fmt.Sprintf(format, args...)})
 }
 
 // fail records a problem at a key path such as "host[1].mac".
@@ -388,6 +403,14 @@ func (v *validator) check(env Env) {
 			v.fail("ssh.connect_timeout", "must be positive")
 		}
 		inv.SSH.ConnectTimeout = DefaultConnTimeout
+	}
+	if inv.SSH.CommandTimeout == 0 {
+		if v.md.IsDefined("ssh", "command_timeout") {
+			v.fail("ssh.command_timeout", "must be positive")
+		}
+		inv.SSH.CommandTimeout = DefaultCommandTimeout
+	} else if inv.SSH.CommandTimeout < 0 {
+		v.fail("ssh.command_timeout", "must be positive")
 	}
 	if inv.SSH.Config != "" && inv.SSH.Config != "none" {
 		inv.SSH.Config = v.expandPath(inv.SSH.Config, home)
@@ -519,10 +542,23 @@ func (v *validator) checkHost(i int, names map[string]int, macs map[MAC]int) {
 	} else if _, err := netip.ParseAddr(h.Address); err != nil && !addressRE.MatchString(h.Address) {
 		v.fail(p+".address", "%q is neither an IP address nor a host name", h.Address)
 	}
-	if h.OnDemand {
-		if h.MAC.IsZero() {
-			v.fail(p, "an on_demand host needs a mac to wake it by")
+	if h.Wake == nil {
+		h.Wake = WakeActions{{WOL: true}}
+	} else if len(h.Wake) == 0 {
+		v.fail(p+".wake", "an empty list leaves no way to wake the host: remove the key for the default [\"wol\"]")
+	}
+	for _, a := range h.Wake {
+		if err := a.check(); err != nil {
+			v.fail(p+".wake", "%v", err)
 		}
+	}
+	if h.WakeTimeout == 0 {
+		h.WakeTimeout = DefaultWakeTimeout
+	} else if h.WakeTimeout < 0 {
+		v.fail(p+".wake_timeout", "must be positive")
+	}
+	if h.OnDemand && h.Wake.HasWOL() && h.MAC.IsZero() {
+		v.fail(p, "an on_demand host woken by Wake-on-LAN needs a mac (or set wake to a command)")
 	}
 	if len(h.WOLPassword) > 0 && h.MAC.IsZero() {
 		v.fail(p+".wol_password", "a SecureOn password needs a mac")

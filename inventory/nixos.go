@@ -49,7 +49,20 @@ type NixOS struct {
 	OllamaImage string `toml:"ollama_image"`
 	// User is the account gpuctl logs in as (default: the host's ssh_user).
 	User string `toml:"user"`
+	// ImageSizeMiB is the raw-efi image's fixed size (default
+	// DefaultImageSizeMiB). The stick's PERSIST partition starts right after
+	// it, so it must not change between reflashes of one stick.
+	ImageSizeMiB int `toml:"image_size_mib"`
 }
+
+// DefaultImageSizeMiB is the system part of the stick: 12 GiB holds the
+// closure (about 4 GiB with the NVIDIA driver and Docker) with room for
+// later releases, and leaves 16 GiB for PERSIST on a 32 GB stick.
+const DefaultImageSizeMiB = 12288
+
+// MinImageSizeMiB is the smallest image size accepted: the ESP (256 MiB),
+// the closure and free space on root.
+const MinImageSizeMiB = 6144
 
 // DefaultOllamaImage is the image `gpuctl nixos generate` pins by default.
 const DefaultOllamaImage = "ollama/ollama:0.17.4"
@@ -93,6 +106,20 @@ func (v *validator) checkNixOS(p string, h *Host) {
 		v.fail(p+".models_device", "%q is not an ext4 filesystem UUID such as \"2f6c1a7e-0b7d-4c1e-9a55-3d1f0e6b8c21\" (see `blkid`)", n.ModelsDevice)
 	case strings.HasPrefix(n.ModelsFSType, "ntfs") && !ntfsUUIDRE.MatchString(n.ModelsDevice):
 		v.fail(p+".models_device", "%q is not an NTFS volume serial such as \"01D9A1B2C3D4E5F6\" (16 hex digits, see `blkid`)", n.ModelsDevice)
+	case n.ModelsFSType == "ext4" && n.ModelsDevice != strings.ToLower(n.ModelsDevice):
+		// udev's /dev/disk/by-uuid links: lowercase for ext4, uppercase
+		// for NTFS serials. Any other case names a link that never exists.
+		v.note(p+".models_device", "%q written as %q: udev names ext4 UUIDs in lowercase under /dev/disk/by-uuid", n.ModelsDevice, strings.ToLower(n.ModelsDevice))
+		n.ModelsDevice = strings.ToLower(n.ModelsDevice)
+	case strings.HasPrefix(n.ModelsFSType, "ntfs") && n.ModelsDevice != strings.ToUpper(n.ModelsDevice):
+		v.note(p+".models_device", "%q written as %q: udev names NTFS serials in uppercase under /dev/disk/by-uuid", n.ModelsDevice, strings.ToUpper(n.ModelsDevice))
+		n.ModelsDevice = strings.ToUpper(n.ModelsDevice)
+	}
+	switch {
+	case n.ImageSizeMiB == 0:
+		n.ImageSizeMiB = DefaultImageSizeMiB
+	case n.ImageSizeMiB < MinImageSizeMiB || n.ImageSizeMiB > 1<<20:
+		v.fail(p+".image_size_mib", "%d MiB is not a usable system image size (at least %d; default %d)", n.ImageSizeMiB, MinImageSizeMiB, DefaultImageSizeMiB)
 	}
 	if n.Hostname == "" {
 		n.Hostname = h.Name

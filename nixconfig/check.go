@@ -213,6 +213,10 @@ func Check(ctx context.Context, dir string, opt CheckOptions) (*Report, error) {
 	}
 	if r.Config != nil {
 		c.checkConfig(r.Config)
+		r.Ran = append(r.Ran, "options")
+		if err := c.optionsCheck(ctx, n); err != nil {
+			return nil, err
+		}
 	}
 	if r.Flake != nil {
 		c.checkFlake(r.Flake)
@@ -285,6 +289,8 @@ func (n *nixRunner) run(ctx context.Context, args ...string) (stdout, stderr str
 		"NIX_PATH=",
 	)
 	cmd.Dir = n.tmp
+	// Stdout is the result; stderr (warnings included) only ever explains a
+	// failure.
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err = cmd.Run()
@@ -326,6 +332,8 @@ type checker struct {
 	dir   string
 	srcs  map[string]string
 	files []string
+	// skipped are the files stub evaluation had to leave out.
+	skipped []string
 }
 
 func (c *checker) add(file string, line int, sev Severity, check, format string, args ...any) {
@@ -346,7 +354,7 @@ var nixPosRE = regexp.MustCompile(`(?:at |at: \(\d+:\d+\) from file: |, at )?(/[
 
 // nixError turns nix-instantiate's stderr into a finding at file:line.
 func (c *checker) nixError(check, file, stderr string, err error) {
-	msg := strings.TrimSpace(stderr)
+	msg, _ := splitNixStderr(stderr)
 	if msg == "" {
 		msg = err.Error()
 	}
@@ -376,6 +384,7 @@ func (c *checker) stubEval(ctx context.Context, n *nixRunner) error {
 	if err != nil && ctx.Err() != nil {
 		return ctx.Err()
 	}
+	stderr, _ = splitNixStderr(stderr)
 	if err != nil {
 		if _, ok := c.srcs[LocalName]; ok && !strings.Contains(stderr, "conflicting definitions for") {
 			// local.nix may use more of nixpkgs' lib than the stub has:
@@ -385,6 +394,7 @@ func (c *checker) stubEval(ctx context.Context, n *nixRunner) error {
 				c.add(LocalName, 0, SevWarning, "stub-eval", "not stub-evaluated (it needs more than the offline stubs provide: %s); only its text was checked",
 					firstLine(strings.ReplaceAll(strings.TrimPrefix(strings.TrimSpace(stderr), "error: "), c.dir+"/", "")))
 				cfg, err = cfg2, nil
+				c.skipped = []string{LocalName}
 			}
 		}
 	}
@@ -410,6 +420,47 @@ func (c *checker) stubEval(ctx context.Context, n *nixRunner) error {
 		c.r.Flake = fl
 	}
 	return nil
+}
+
+// optionsCheck walks every definition against the option table of the
+// flake's release, and the pkgs references against the package list.
+func (c *checker) optionsCheck(ctx context.Context, n *nixRunner) error {
+	c.checkPackages()
+	release := Releases[len(Releases)-1]
+	if m := channelRE.FindStringSubmatch(c.flakeURL()); m != nil {
+		release = m[1]
+	}
+	var defs []def
+	stderr, err := n.eval(ctx, c.dir, "defs", pkgNames(c.sources()), c.skipped, &defs)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		stderr, _ = splitNixStderr(stderr)
+		c.add("configuration.nix", 0, SevWarning, "options", "option paths not checked: %s", firstLine(strings.TrimPrefix(stderr, "error: ")))
+		return nil
+	}
+	c.checkOptions(release, defs)
+	return nil
+}
+
+// flakeURL is flake.nix's nixpkgs URL, read from its text.
+func (c *checker) flakeURL() string {
+	m := flakeURLRE.FindStringSubmatch(stripComments(c.srcs["flake.nix"]))
+	if m == nil {
+		return ""
+	}
+	return m[1]
+}
+
+var flakeURLRE = regexp.MustCompile(`nixpkgs\.url\s*=\s*"([^"]*)"`)
+
+func (c *checker) sources() []string {
+	var out []string
+	for _, f := range c.files {
+		out = append(out, c.srcs[f])
+	}
+	return out
 }
 
 func firstLine(s string) string {

@@ -54,7 +54,7 @@ func TestCheckGoldens(t *testing.T) {
 				}
 				t.Errorf("unexpected finding: %s", f)
 			}
-			if want := []string{"parse", "denylist", "stub-eval", "workflow"}; strings.Join(r.Ran, ",") != strings.Join(want, ",") {
+			if want := []string{"parse", "denylist", "stub-eval", "options", "workflow"}; strings.Join(r.Ran, ",") != strings.Join(want, ",") {
 				t.Errorf("ran %v, want %v", r.Ran, want)
 			}
 			if len(r.Skipped) != 1 || !strings.Contains(r.Skipped[0], "nix flake check (no network") {
@@ -130,7 +130,8 @@ func assertMustContain(t *testing.T, c *Config, cfg, fl map[string]any) {
 		{p("boot.kernelModules"), []string{"nvidia", "nvidia_uvm"}},
 		{p("hardware.nvidia-container-toolkit.enable"), true},
 		{p("virtualisation.docker.enable"), true},
-		{p("virtualisation.docker.daemon.settings.features.cdi"), true},
+		// Set once, by the toolkit module: not duplicated here.
+		{p("virtualisation.docker.daemon.settings.features.cdi"), nil},
 		{p("virtualisation.oci-containers.backend"), "docker"},
 		{p(ctr + ".image"), c.Image},
 		{p(ctr + ".extraOptions"), []string{"--device=nvidia.com/gpu=all"}},
@@ -153,9 +154,14 @@ func assertMustContain(t *testing.T, c *Config, cfg, fl map[string]any) {
 		{p("services.openssh.settings.KbdInteractiveAuthentication"), false},
 		{p("services.openssh.settings.PermitRootLogin"), "no"},
 		{p(user + ".openssh.authorizedKeys.keys"), c.UserKeys},
-		{p(user + ".extraGroups"), []string{"docker"}},
+		// No docker group (root-equivalent): exact sudo rules instead.
+		{p(user + ".extraGroups"), nil},
+		{p(user + ".group"), nil},
 		{p("security.sudo.extraRules"), []map[string]any{{"users": []string{c.User}, "commands": []map[string]any{
-			{"command": `/run/current-system/sw/bin/poweroff ""`, "options": []string{"NOPASSWD"}}}}}},
+			{"command": `/run/current-system/sw/bin/poweroff ""`, "options": []string{"NOPASSWD"}},
+			{"command": "/run/current-system/sw/bin/docker inspect --type container " + c.Container, "options": []string{"NOPASSWD"}},
+			{"command": "/run/current-system/sw/bin/docker exec " + c.Container + " nvidia-smi -L", "options": []string{"NOPASSWD"}},
+		}}}},
 		{p("security.sudo.execWheelOnly"), false},
 		{p("networking.firewall.enable"), true},
 		{p("networking.firewall.allowedTCPPorts"), ports},
@@ -163,6 +169,19 @@ func assertMustContain(t *testing.T, c *Config, cfg, fl map[string]any) {
 		{p("boot.initrd.availableKernelModules"), []string{"xhci_pci", "ehci_pci", "usb_storage", "uas", "sd_mod", "nvme", "ahci"}},
 		{p("services.getty.autologinUser"), c.Admin},
 		{p("image.modules.raw-efi.boot.growPartition"), false},
+		// A fixed image size: PERSIST starts at the same offset every release.
+		{p("image.modules.raw-efi.virtualisation.diskSize"), c.ImageSizeMiB},
+		{p("image.modules.iso.isoImage.makeEfiBootable"), true},
+		{p("image.modules.iso.isoImage.makeUsbBootable"), true},
+		// Host keys, their generation and Docker's state wait for PERSIST.
+		{p("systemd.services.sshd.after"), []string{"persist.mount"}},
+		{p("systemd.services.sshd.requires"), []string{"persist.mount"}},
+		{p("systemd.services.sshd-keygen.after"), []string{"persist.mount"}},
+		{p("systemd.services.sshd-keygen.requires"), []string{"persist.mount"}},
+		{p("systemd.services.sshd-keygen.preStart"), "install -d -m 0700 -o root -g root /persist/ssh"},
+		{p("systemd.services.docker.after"), []string{"persist.mount"}},
+		{p("systemd.services.docker.requires"), []string{"persist.mount"}},
+		{p("systemd.tmpfiles.rules"), []string{"d /persist/ssh 0700 root root -", "d /persist/docker 0710 root root -"}},
 		{p("system.stateVersion"), c.Channel},
 		{p("networking.hostName"), c.Hostname},
 	}
@@ -190,12 +209,18 @@ func assertMustContain(t *testing.T, c *Config, cfg, fl map[string]any) {
 			t.Errorf("environment.systemPackages lacks %s: %s", n, pk)
 		}
 	}
-	// The Wake-on-LAN oneshot arms every wired NIC at boot.
-	wol := getMap(cfg, "systemd", "services", "gpuctl-wake-on-lan")
-	script, _ := getStr(wol, "script")
-	if !strings.Contains(script, "/nix/store/00000000000000000000000000000000-ethtool/bin/ethtool -s \"$name\" wol g") ||
-		!strings.Contains(script, "for dev in /sys/class/net/*") || !jsonEq(get(wol, "wantedBy"), []string{"multi-user.target"}) {
-		t.Errorf("gpuctl-wake-on-lan oneshot is wrong: %v", wol)
+	// A udev rule arms Wake-on-LAN on every wired NIC as it appears.
+	rules, _ := getStr(cfg, "services", "udev", "extraRules")
+	if want := `ACTION=="add", SUBSYSTEM=="net", ATTR{type}=="1", ENV{DEVTYPE}!="wlan", TEST=="device", RUN+="/nix/store/00000000000000000000000000000000-ethtool/bin/ethtool -s %k wol g"` + "\n"; rules != want {
+		t.Errorf("services.udev.extraRules = %q, want %q", rules, want)
+	}
+	if get(cfg, "systemd", "services", "gpuctl-wake-on-lan") != nil {
+		t.Error("the old Wake-on-LAN oneshot is still there")
+	}
+	// The serial as udev names it: uppercase for NTFS, lowercase for ext4.
+	if dev := strings.TrimPrefix(c.ModelsDevice, "/dev/disk/by-uuid/"); c.ModelsFSType == "ext4" && dev != strings.ToLower(dev) ||
+		c.ModelsFSType != "ext4" && dev != strings.ToUpper(dev) {
+		t.Errorf("model drive device %q has the wrong case for %s", c.ModelsDevice, c.ModelsFSType)
 	}
 	if c.OllamaOnly {
 		ex, _ := getStr(cfg, "networking", "firewall", "extraCommands")
@@ -211,6 +236,8 @@ func assertMustContain(t *testing.T, c *Config, cfg, fl map[string]any) {
 		{p("packages.x86_64-linux"), map[string]string{"default": "RAW", "iso": "ISO", "raw": "RAW"}},
 		{p("checks.x86_64-linux.toplevel"), "TOP"},
 		{p("nixosConfigurations.appliance.system"), "x86_64-linux"},
+		// By host name, for `nixos-rebuild --flake .`.
+		{[]string{"nixosConfigurations", c.Hostname, "system"}, "x86_64-linux"},
 	}
 	for _, w := range fwants {
 		if got := get(fl, w.path...); !jsonEq(got, w.val) {
@@ -261,9 +288,11 @@ func nixEval(t *testing.T, expr string) string {
 	tmp := t.TempDir()
 	cmd := exec.Command("nix-instantiate", "--eval", "--strict", "--json", "--readonly-mode", "-E", expr)
 	cmd.Env = append(os.Environ(), "HOME="+tmp, "NIX_STATE_DIR="+tmp+"/state", "NIX_LOG_DIR="+tmp+"/log")
-	out, err := cmd.CombinedOutput()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("nix-instantiate -E %s: %v\n%s", expr, err, out)
+		t.Fatalf("nix-instantiate -E %s: %v\n%s", expr, err, stderr.String())
 	}
 	return string(out)
 }
@@ -369,7 +398,16 @@ func TestCheckFindsProblems(t *testing.T) {
 		{name: "password-auth", local: `services.openssh.settings.PasswordAuthentication = lib.mkForce true;`, want: "local.nix:3: error: services.openssh.settings.PasswordAuthentication must be false"},
 		{name: "root-login", local: `services.openssh.settings.PermitRootLogin = lib.mkForce "prohibit-password";`, want: "local.nix:3: error: services.openssh.settings.PermitRootLogin must be \"no\""},
 		{name: "wheel", local: `users.users.gpuctl.extraGroups = [ "wheel" ];`, want: "local.nix:3: error: user \"gpuctl\" (the gpuctl account) must not be in wheel"},
-		{name: "no-docker-group", local: `users.users.gpuctl.extraGroups = lib.mkForce [ ];`, want: "error: user \"gpuctl\" (the gpuctl account) must be in the docker group"},
+		{name: "docker-group", local: `users.users.gpuctl.extraGroups = [ "docker" ];`, want: "local.nix:3: error: user \"gpuctl\" (the gpuctl account) must not be in the docker group"},
+		{name: "sudo-extra", local: `security.sudo.extraRules = [ { users = [ "gpuctl" ]; commands = [ { command = "/run/current-system/sw/bin/docker ps"; options = [ "NOPASSWD" ]; } ]; } ];`, want: "local.nix:3: error: sudo rule for \"gpuctl\" allows \"/run/current-system/sw/bin/docker ps\""},
+		{name: "sudo-lacks-exec", file: "gpuctl.nix", from: `{ command = "/run/current-system/sw/bin/docker exec ollama nvidia-smi -L"; options = [ "NOPASSWD" ]; }`, to: ``, want: "error: the gpuctl account's sudo rule lacks \"/run/current-system/sw/bin/docker exec ollama nvidia-smi -L\""},
+		{name: "sshd-before-persist", file: "configuration.nix", from: "  systemd.services.sshd = {\n    after = [ \"persist.mount\" ];\n    requires = [ \"persist.mount\" ];\n  };\n", to: "", want: "error: systemd.services.sshd must be ordered after and require persist.mount"},
+		{name: "keygen-before-persist", local: `systemd.services.sshd-keygen.requires = lib.mkForce [ ];`, want: "error: systemd.services.sshd-keygen must be ordered after and require persist.mount"},
+		{name: "image-size-auto", file: "configuration.nix", from: `virtualisation.diskSize = 12288;`, to: `virtualisation.diskSize = "auto";`, want: "error: image.modules.raw-efi.virtualisation.diskSize must be a fixed size"},
+		{name: "image-size-changed", file: "configuration.nix", from: `virtualisation.diskSize = 12288;`, to: `virtualisation.diskSize = 16384;`, want: "configuration.nix:91: error: image.modules.raw-efi.virtualisation.diskSize is 16384 MiB but the sticks flashed from this directory have PERSIST at 12288 MiB"},
+		{name: "iso-bios-only", file: "configuration.nix", from: `isoImage.makeEfiBootable = true;`, to: ``, want: "error: image.modules.iso.isoImage.makeEfiBootable must be true"},
+		{name: "lowercase-serial", file: "gpuctl.nix", from: `"/dev/disk/by-uuid/01DA2B3C4D5E6F70"`, to: `"/dev/disk/by-uuid/01da2b3c4d5e6f70"`, want: "error: fileSystems.\"/mnt/models\": write the NTFS serial in uppercase (01DA2B3C4D5E6F70)"},
+		{name: "flake-no-hostname", file: "flake.nix", from: `nixosConfigurations.gaming-pc = appliance;`, to: ``, want: "error: nixosConfigurations.gaming-pc must exist"},
 		{name: "sudo-all", local: `security.sudo.extraRules = [ { users = [ "gpuctl" ]; commands = [ { command = "ALL"; options = [ "NOPASSWD" ]; } ]; } ];`, want: "local.nix:3: error: sudo rule for \"gpuctl\" allows \"ALL\""},
 		{name: "extra-port", local: `networking.firewall.allowedTCPPorts = [ 8080 ];`, want: "local.nix:3: error: networking.firewall.allowedTCPPorts opens 8080"},
 		{name: "udp", local: `networking.firewall.allowedUDPPorts = [ 53 ];`, want: "local.nix:3: error: networking.firewall.allowedUDPPorts is set"},
@@ -389,7 +427,7 @@ func TestCheckFindsProblems(t *testing.T) {
 		{name: "no-uvm", file: "configuration.nix", from: `"nvidia" "nvidia_uvm" ]`, to: `"nvidia" ]`, want: "configuration.nix:30: error: boot.kernelModules must load"},
 		{name: "no-usb", file: "configuration.nix", from: `"usb_storage" "uas" `, to: ``, want: "error: boot.initrd.availableKernelModules must contain"},
 		{name: "no-tmux", file: "configuration.nix", from: `pkgs.tmux `, to: ``, want: "error: environment.systemPackages must contain tmux"},
-		{name: "no-wol-oneshot", file: "configuration.nix", from: `wol g`, to: `wol d`, want: "error: a boot service (wantedBy multi-user.target) must arm Wake-on-LAN"},
+		{name: "no-wol-udev", file: "configuration.nix", from: `wol g`, to: `wol d`, want: "configuration.nix:137: error: a udev rule (services.udev.extraRules) must arm Wake-on-LAN"},
 		{name: "hostkeys", file: "configuration.nix", from: `"/persist/ssh/ssh_host_ed25519_key"`, to: `"/etc/ssh/ssh_host_ed25519_key"`, want: "error: SSH host key \"/etc/ssh/ssh_host_ed25519_key\" is not under /persist/ssh"},
 		{name: "persist-label", file: "configuration.nix", from: `by-label/PERSIST`, to: `by-label/persist`, want: "error: fileSystems.\"/persist\" must be the ext4 partition labelled exactly PERSIST"},
 		{name: "no-unfree", file: "configuration.nix", from: `allowUnfree = true`, to: `allowUnfree = false`, want: "configuration.nix:14: error: nixpkgs.config.allowUnfree must be true"},

@@ -18,6 +18,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/ollamalive/gpuctl/controller"
+	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -25,7 +27,7 @@ import (
 const (
 	CDIGenerator    = "nvidia-container-toolkit-cdi-generator.service"
 	CDIDevice       = "--device=nvidia.com/gpu=all"
-	PoweroffCommand = "/run/current-system/sw/bin/poweroff"
+	PoweroffCommand = idle.PoweroffCommand
 	// PoweroffSudoCommand is the sudoers command: the trailing "" forbids
 	// any argument.
 	PoweroffSudoCommand = PoweroffCommand + ` ""`
@@ -69,6 +71,24 @@ type Config struct {
 	Admin       string // == User when one account
 	AdminKeys   []string
 	AdminIsUser bool
+
+	// ImageSizeMiB is the raw-efi image's fixed size; PERSIST starts there.
+	ImageSizeMiB int
+	// SudoCommands are the gpuctl account's sudoers commands, in order:
+	// poweroff without arguments, then the controller's docker command
+	// lines for the container.
+	SudoCommands []string
+}
+
+// SudoCommands are the sudoers commands (full argv, as sudo matches them)
+// of what gpuctl runs with `sudo -n` on the box: poweroff with no argument
+// and the container checks' docker command lines.
+func SudoCommands(container string) []string {
+	return []string{
+		PoweroffSudoCommand,
+		strings.Join(controller.SudoArgv(controller.InspectArgs(container)), " "),
+		strings.Join(controller.SudoArgv(controller.ContainerGPUArgs(container)), " "),
+	}
 }
 
 // KeyError says no SSH key could be found for the gpuctl user.
@@ -121,7 +141,9 @@ func FromInventory(inv *inventory.Inventory, host string) (*Config, error) {
 		UserKeys:     n.SSHAuthorizedKeys,
 		Admin:        n.AdminUser,
 		AdminKeys:    n.AdminAuthorizedKeys,
+		ImageSizeMiB: n.ImageSizeMiB,
 	}
+	c.SudoCommands = SudoCommands(c.Container)
 	c.AdminIsUser = c.Admin == c.User
 	if !h.OllamaURL.IsZero() {
 		if p, err := strconv.Atoi(h.OllamaURL.Port()); err == nil && p > 0 {

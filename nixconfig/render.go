@@ -47,6 +47,10 @@ type data struct {
 	PoweroffSudo    string
 	PoweroffCommand string
 	ArtifactName    string
+	ESPStartMiB     int
+	ESPEndMiB       int
+	// PersistStartSector is PERSIST's first 512-byte sector.
+	PersistStartSector int64
 }
 
 func (c *Config) funcs() template.FuncMap {
@@ -93,14 +97,17 @@ func Render(c *Config) ([]File, error) {
 		return nil, fmt.Errorf("parse templates: %w", err)
 	}
 	d := data{
-		Config:          c,
-		ContainerPort:   ContainerPort,
-		ContainerDir:    ContainerOllamaDir,
-		CDIDevice:       CDIDevice,
-		CDIGenerator:    CDIGenerator,
-		PoweroffSudo:    PoweroffSudoCommand,
-		PoweroffCommand: PoweroffCommand,
-		ArtifactName:    "ollama-usb-" + c.Hostname,
+		Config:             c,
+		ContainerPort:      ContainerPort,
+		ContainerDir:       ContainerOllamaDir,
+		CDIDevice:          CDIDevice,
+		CDIGenerator:       CDIGenerator,
+		PoweroffSudo:       PoweroffSudoCommand,
+		PoweroffCommand:    PoweroffCommand,
+		ArtifactName:       "ollama-usb-" + c.Hostname,
+		ESPStartMiB:        ESPStartMiB,
+		ESPEndMiB:          ESPEndMiB,
+		PersistStartSector: LayoutFor(c).PersistStartSector(),
 	}
 	var out []File
 	for _, g := range generated {

@@ -113,6 +113,12 @@ var deniedPaths = map[string]string{
 	"services.ollama.acceleration":                     "removed from nixpkgs; the appliance runs Ollama in Docker",
 }
 
+var persistWhy = map[string]string{
+	"docker":      "Docker's state is bound from /persist/docker",
+	"sshd":        "the host keys live under /persist/ssh",
+	"sshd-keygen": "else a fresh host key is written under /persist/ssh on the stick's root and served",
+}
+
 // must records a must-contain violation, located by a regexp over the files.
 func (c *checker) must(ok bool, locRE, file, format string, args ...any) {
 	if ok {
@@ -188,8 +194,16 @@ func (c *checker) checkConfig(cfg map[string]any) {
 	// Docker.
 	b, ok = getBool(cfg, "virtualisation", "docker", "enable")
 	c.must(ok && b, `docker`, conf, "virtualisation.docker.enable must be true")
-	b, ok = getBool(cfg, "virtualisation", "docker", "daemon", "settings", "features", "cdi")
-	c.must(ok && b, `cdi`, conf, "virtualisation.docker.daemon.settings.features.cdi must be true")
+	if b, ok := getBool(cfg, "virtualisation", "docker", "daemon", "settings", "features", "cdi"); ok && !b {
+		c.cross(`cdi`, conf, "virtualisation.docker.daemon.settings.features.cdi is false: containers cannot get the GPU through CDI")
+	}
+	// PERSIST is nofail: nothing orders it before local-fs.target, so every
+	// unit that writes there must require it.
+	for _, u := range []string{"docker", "sshd", "sshd-keygen"} {
+		svc := getMap(cfg, "systemd", "services", u)
+		c.must(contains(getStrs(svc, "after"), "persist.mount") && contains(getStrs(svc, "requires"), "persist.mount"),
+			regexp.QuoteMeta("systemd.services."+u)+`\s*=`, conf, "systemd.services.%s must be ordered after and require persist.mount (PERSIST is nofail, so it may mount late or never; %s)", u, persistWhy[u])
+	}
 	be, _ := getStr(cfg, "virtualisation", "oci-containers", "backend")
 	c.must(be == "docker", `backend`, conf, `virtualisation.oci-containers.backend must be "docker"`)
 
@@ -260,6 +274,8 @@ func (c *checker) checkConfig(cfg map[string]any) {
 		case "ntfs3", "ntfs-3g", "ntfs":
 			if !ntfsSerialRE.MatchString(uuid) {
 				c.cross(`device`, gp, "fileSystems.%q: %q is not an NTFS volume serial (16 hex digits)", modelMount, uuid)
+			} else if uuid != strings.ToUpper(uuid) {
+				c.cross(`device`, gp, "fileSystems.%q: write the NTFS serial in uppercase (%s): udev's /dev/disk/by-uuid link is uppercase, so %q never appears", modelMount, strings.ToUpper(uuid), uuid)
 			}
 			if contains(opts, "force") {
 				f, l := c.locate(regexp.MustCompile(`"force"`), gp)
@@ -268,6 +284,8 @@ func (c *checker) checkConfig(cfg map[string]any) {
 		case "ext4":
 			if !ext4UUID.MatchString(uuid) {
 				c.cross(`device`, gp, "fileSystems.%q: %q is not an ext4 UUID (8-4-4-4-12 hex)", modelMount, uuid)
+			} else if uuid != strings.ToLower(uuid) {
+				c.cross(`device`, gp, "fileSystems.%q: write the ext4 UUID in lowercase (%s): udev's /dev/disk/by-uuid link is lowercase", modelMount, strings.ToLower(uuid))
 			}
 			for _, o := range opts {
 				if strings.HasPrefix(o, "uid=") || strings.HasPrefix(o, "gid=") || strings.HasPrefix(o, "umask=") || o == "windows_names" {
@@ -295,6 +313,15 @@ func (c *checker) checkConfig(cfg map[string]any) {
 		`/var/lib/docker`, conf, "Docker's state must live on PERSIST: bind /persist/docker to /var/lib/docker")
 	b, ok = getBool(cfg, "image", "modules", "raw-efi", "boot", "growPartition")
 	c.must(ok && !b, `growPartition|raw-efi`, conf, "image.modules.raw-efi.boot.growPartition must be lib.mkForce false, or the root partition grows over the space PERSIST needs")
+	size, sizeOK := get(cfg, "image", "modules", "raw-efi", "virtualisation", "diskSize").(float64)
+	c.must(sizeOK && size > 0, `diskSize|raw-efi`, conf, "image.modules.raw-efi.virtualisation.diskSize must be a fixed size in MiB (\"auto\" changes with every build and moves the end of the image into PERSIST)")
+	if sizeOK {
+		c.checkLayout(int(size))
+	}
+	for _, o := range []string{"makeEfiBootable", "makeUsbBootable"} {
+		b, ok = getBool(cfg, "image", "modules", "iso", "isoImage", o)
+		c.must(ok && b, `image\.modules\.iso|isoImage`, conf, "image.modules.iso.isoImage.%s must be true (the ISO must boot under UEFI and from USB)", o)
+	}
 
 	// SSH.
 	b, ok = getBool(cfg, "services", "openssh", "enable")
@@ -340,6 +367,11 @@ func (c *checker) checkConfig(cfg map[string]any) {
 		return g == "wheel" || contains(getStrs(users, u, "extraGroups"), "wheel")
 	}
 	poweroffUsers := 0
+	container := name
+	if container == "" {
+		container = "ollama"
+	}
+	wantCmds := SudoCommands(container)
 	for _, r := range getList(cfg, "security", "sudo", "extraRules") {
 		rusers := getStrs(r, "users")
 		cmds := getList(r, "commands")
@@ -356,32 +388,47 @@ func (c *checker) checkConfig(cfg map[string]any) {
 				c.cross(`poweroff`, gp, "sudo rule %q: write exactly %q (the trailing \"\" forbids arguments; a relative or other path does not match what gpuctl runs)", cmd, PoweroffSudoCommand)
 			}
 		}
-		if len(nopasswd) == 1 && nopasswd[0] == PoweroffSudoCommand && len(cmds) == 1 {
-			for _, u := range rusers {
-				poweroffUsers++
-				if _, ok := users[u]; !ok {
-					c.cross(`extraRules|users\s*=`, gp, "the sudo poweroff rule names user %q, who is not in users.users", u)
-					continue
-				}
-				if inWheel(u) {
-					c.cross(`wheel`, gp, "user %q (the gpuctl account) must not be in wheel: it may run poweroff and nothing else", u)
-				}
-				if !contains(getStrs(users, u, "extraGroups"), "docker") {
-					c.cross(`extraGroups`, gp, "user %q (the gpuctl account) must be in the docker group: its checks run docker inspect and docker exec", u)
-				}
-				if len(getStrs(users, u, "openssh", "authorizedKeys", "keys")) == 0 && len(getList(users, u, "openssh", "authorizedKeys", "keyFiles")) == 0 {
-					c.cross(`authorizedKeys`, gp, "user %q has no SSH authorized key: gpuctl cannot log in", u)
+		if !contains(nopasswd, PoweroffSudoCommand) {
+			if len(nopasswd) > 0 {
+				for _, u := range rusers {
+					if u != "root" && !inWheel(u) {
+						c.cross(`extraRules`, gp, "sudo rule for %q allows %q without a password: the gpuctl account may run only %s", u, strings.Join(nopasswd, ", "), strings.Join(wantCmds, ", "))
+					}
 				}
 			}
-		} else if len(nopasswd) > 0 {
-			for _, u := range rusers {
-				if u != "root" && !inWheel(u) {
-					c.cross(`extraRules`, gp, "sudo rule for %q allows %q without a password: the gpuctl account may run only %s", u, strings.Join(nopasswd, ", "), PoweroffSudoCommand)
-				}
+			continue
+		}
+		// The gpuctl account's rule: exactly gpuctl's commands.
+		for _, cmd := range nopasswd {
+			if !contains(wantCmds, cmd) {
+				f, l := c.locate(regexp.MustCompile(regexp.QuoteMeta(Str(cmd))+`|extraRules`), gp)
+				c.add(f, l, SevError, "cross", "sudo rule for %s allows %q: the gpuctl account may run exactly %s", strings.Join(rusers, ", "), cmd, strings.Join(wantCmds, ", "))
+			}
+		}
+		for _, w := range wantCmds[1:] {
+			if !contains(nopasswd, w) {
+				c.cross(`extraRules`, gp, "the gpuctl account's sudo rule lacks %q (NOPASSWD): its container checks run it with sudo -n", w)
+			}
+		}
+		for _, u := range rusers {
+			poweroffUsers++
+			if _, ok := users[u]; !ok {
+				c.cross(`extraRules|users\s*=`, gp, "the sudo poweroff rule names user %q, who is not in users.users", u)
+				continue
+			}
+			if inWheel(u) {
+				c.cross(`wheel`, gp, "user %q (the gpuctl account) must not be in wheel: it may run its sudo rules and nothing else", u)
+			}
+			g, _ := getStr(users, u, "group")
+			if contains(getStrs(users, u, "extraGroups"), "docker") || g == "docker" {
+				c.cross(`"docker"|extraGroups`, gp, "user %q (the gpuctl account) must not be in the docker group: docker access is root-equivalent; its sudo rules cover the docker commands it runs", u)
+			}
+			if len(getStrs(users, u, "openssh", "authorizedKeys", "keys")) == 0 && len(getList(users, u, "openssh", "authorizedKeys", "keyFiles")) == 0 {
+				c.cross(`authorizedKeys`, gp, "user %q has no SSH authorized key: gpuctl cannot log in", u)
 			}
 		}
 	}
-	c.must(poweroffUsers > 0, `extraRules|sudo`, gp, "security.sudo.extraRules must let the gpuctl user run exactly %q with NOPASSWD", PoweroffSudoCommand)
+	c.must(poweroffUsers > 0, `extraRules|sudo`, gp, "security.sudo.extraRules must let the gpuctl user run exactly %s with NOPASSWD", strings.Join(wantCmds, ", "))
 	if b, ok := getBool(cfg, "security", "sudo", "execWheelOnly"); ok && b {
 		c.cross(`execWheelOnly`, conf, "security.sudo.execWheelOnly = true stops the non-wheel gpuctl user from using its poweroff rule")
 	}
@@ -440,15 +487,14 @@ func (c *checker) checkConfig(cfg map[string]any) {
 		}
 	}
 	c.must(wol, `wakeOnLan|interfaces`, gp, `networking.interfaces.<if>.wakeOnLan must be enabled with policy [ "magic" ] on a wired NIC`)
-	oneshot := false
-	services := getMap(cfg, "systemd", "services")
-	for _, n := range sortedKeys(services) {
-		script, _ := getStr(services, n, "script")
-		if strings.Contains(script, "ethtool") && strings.Contains(script, "wol g") && contains(getStrs(services, n, "wantedBy"), "multi-user.target") {
-			oneshot = true
+	udevRule := false
+	rules, _ := getStr(cfg, "services", "udev", "extraRules")
+	for _, l := range strings.Split(rules, "\n") {
+		if strings.Contains(l, `ACTION=="add"`) && strings.Contains(l, `SUBSYSTEM=="net"`) && strings.Contains(l, "ethtool") && strings.Contains(l, "wol g") {
+			udevRule = true
 		}
 	}
-	c.must(oneshot, `wake-on-lan|ethtool`, conf, "a boot service (wantedBy multi-user.target) must arm Wake-on-LAN on every wired NIC with `ethtool -s IF wol g`")
+	c.must(udevRule, `udev|wol g`, conf, "a udev rule (services.udev.extraRules) must arm Wake-on-LAN on every wired NIC as it appears: ACTION==\"add\", SUBSYSTEM==\"net\", RUN+=\"ethtool -s %%k wol g\"")
 
 	// Boot from USB, tools, autologin, release.
 	im := getStrs(cfg, "boot", "initrd", "availableKernelModules")
@@ -485,6 +531,10 @@ func (c *checker) checkFlake(fl map[string]any) {
 	c.must(len(getMap(fl, "checks", "x86_64-linux")) > 0, `checks`, f, "checks.x86_64-linux must not be empty (nix flake check builds them)")
 	confs := getMap(fl, "nixosConfigurations")
 	c.must(len(confs) > 0, `nixosConfigurations`, f, "nixosConfigurations must expose the appliance")
+	if hn, _ := getStr(c.r.Config, "networking", "hostName"); hn != "" && len(confs) > 0 {
+		_, ok := confs[hn]
+		c.must(ok, `nixosConfigurations`, f, "nixosConfigurations.%s must exist: `nixos-rebuild --flake .` looks the configuration up by the host name %q", hn, hn)
+	}
 	for _, n := range sortedKeys(confs) {
 		hasPath := false
 		for _, mod := range getList(confs, n, "modules") {

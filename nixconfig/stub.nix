@@ -134,7 +134,36 @@ let
 
   stubModule = { boot.kernelPackages = lib.mkOptionDefault (pkgs.linuxPackages or (mkPkg [ "linuxPackages" ])); };
 
-  config = mergeDefs [ ] (load (root + "/configuration.nix") ++ [ stubModule ]);
+  modules = load (root + "/configuration.nix");
+  config = mergeDefs [ ] (modules ++ [ stubModule ]);
+
+  # what = "defs": every option path each module sets, where (file, line)
+  # and what kind of value, for the option-table check. mkIf, mkMerge and
+  # the priority wrappers are looked through; plain attribute sets in lists
+  # (list of submodules) are walked under the component "*".
+  kindOf = v:
+    if isAttrs v then (if v ? outPath then "package" else if v ? __functor then "lambda" else if v ? _type then "other" else "set")
+    else typeOf v;
+  posOf = n: set: fallback: let p = builtins.unsafeGetAttrPos n set; in if p == null then fallback else p;
+  leaf = path: pos: v: {
+    p = path;
+    f = if pos == null then null else pos.file;
+    l = if pos == null then 0 else pos.line;
+    k = kindOf v;
+  } // (if isList v then { e = map kindOf v; } else { })
+    // (if isString v && builtins.stringLength v < 200 then { s = v; } else { });
+  walkDefs = path: pos: v:
+    if isAttrs v && v ? _type then
+      (if v._type == "merge" then concatMap (walkDefs path pos) v.contents
+       else if v._type == "if" || v._type == "override" || v._type == "order" then walkDefs path pos v.content
+       else [ (leaf path pos v) ])
+    else if plain v then
+      (if attrNames v == [ ] then [ (leaf path pos v) ]
+       else concatMap (n: walkDefs (path ++ [ n ]) (posOf n v pos) v.${n}) (attrNames v))
+    else if isList v then
+      [ (leaf path pos v) ] ++ concatMap (x: if plain x then walkDefs (path ++ [ "*" ]) pos x else [ ]) v
+    else [ (leaf path pos v) ];
+  defs = concatMap (walkDefs [ ] null) modules;
 
   sanitize = v:
     if isFunction v then "<lambda>"
@@ -167,4 +196,4 @@ let
     }) (outputs.nixosConfigurations or { });
   };
 in
-if what == "flake" then flakeView else sanitize config
+if what == "flake" then flakeView else if what == "defs" then defs else sanitize config

@@ -1,8 +1,10 @@
 package nixconfig
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os/exec"
 	"strings"
@@ -200,9 +202,10 @@ func (c *checker) flakeCheck(ctx context.Context, opt CheckOptions, clean bool) 
 	ctx2, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx2, bin, "--extra-experimental-features", "nix-command flakes", "flake", "check", "--no-build", "path:"+c.dir)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		c.nixError("flake-check", "flake.nix", string(out), err)
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
+	if err := cmd.Run(); err != nil {
+		c.nixError("flake-check", "flake.nix", stderr.String(), err)
 	}
 }
 

@@ -30,6 +30,8 @@ type Manifest struct {
 type WriteOptions struct {
 	// Force overwrites files that were edited since the last generation.
 	Force bool
+	// NewLayout replaces a recorded stick layout with a different one.
+	NewLayout bool
 }
 
 // WriteResult says what Write did, paths relative to the directory.
@@ -38,6 +40,11 @@ type WriteResult struct {
 	Unchanged    []string
 	Overwritten  []string // hand-edited files replaced because of Force
 	LocalCreated bool
+	// Layout is the stick layout; LayoutCreated or LayoutReplaced say
+	// whether this run wrote it.
+	Layout         Layout
+	LayoutCreated  bool
+	LayoutReplaced bool
 }
 
 // EditedError is returned when generated files were edited by hand (or were
@@ -99,6 +106,18 @@ func Write(dir string, c *Config, files []File, opt WriteOptions) (*WriteResult,
 		return nil, err
 	}
 	res := &WriteResult{}
+	var layoutOld Layout
+	layoutFound := false
+	if c != nil {
+		res.Layout = LayoutFor(c)
+		layoutOld, layoutFound, err = ReadLayout(dir)
+		if err != nil {
+			return nil, err
+		}
+		if layoutFound && layoutOld != res.Layout && !opt.NewLayout {
+			return nil, &LayoutChangedError{Dir: dir, Recorded: layoutOld, Requested: res.Layout}
+		}
+	}
 	var edited []string
 	var diff strings.Builder
 	type job struct {
@@ -140,6 +159,12 @@ func Write(dir string, c *Config, files []File, opt WriteOptions) (*WriteResult,
 		} else {
 			res.Written = append(res.Written, j.f.Path)
 		}
+	}
+	if c != nil && (!layoutFound || layoutOld != res.Layout) {
+		if err := writeLayout(dir, res.Layout); err != nil {
+			return nil, err
+		}
+		res.LayoutCreated, res.LayoutReplaced = !layoutFound, layoutFound
 	}
 	local := filepath.Join(dir, LocalName)
 	if _, err := os.Lstat(local); errors.Is(err, fs.ErrNotExist) {

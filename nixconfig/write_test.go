@@ -54,7 +54,7 @@ func TestWriteRegenerateIdentical(t *testing.T) {
 		t.Fatalf("first write: %+v", res)
 	}
 	first := snapshot(t, dir)
-	want := []string{".github/workflows/build.yml", ManifestName, "FLASHING.md", "configuration.nix", "flake.nix", "gpuctl.nix", "local.nix"}
+	want := []string{".github/workflows/build.yml", ManifestName, "FLASHING.md", "configuration.nix", "flake.nix", "gpuctl.nix", "local.nix", LayoutName}
 	if got := keys(first); strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("files = %v, want %v", got, want)
 	}
@@ -216,5 +216,45 @@ func TestAttrPath(t *testing.T) {
 		if got := AttrPath(in); got != want {
 			t.Errorf("AttrPath(%q) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+// TestWriteStickLayout: the first generation records the stick layout; a
+// later one with another image size is refused (the new image would reach
+// into PERSIST) unless NewLayout is set.
+func TestWriteStickLayout(t *testing.T) {
+	c, files, err := goldenOutputs(t)["ntfs3"].generate(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	res, err := Write(dir, c, files, WriteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Layout{ImageSizeMiB: 12288, PersistStartMiB: 12288}
+	if l, ok, err := ReadLayout(dir); err != nil || !ok || l != want || !res.LayoutCreated || l.PersistStartSector() != 25165824 {
+		t.Fatalf("layout = %+v %v %v (created %v)", l, ok, err, res.LayoutCreated)
+	}
+	c2 := *c
+	c2.ImageSizeMiB = 16384
+	files2, err := Render(&c2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Write(dir, &c2, files2, WriteOptions{Force: true})
+	var le *LayoutChangedError
+	if !errors.As(err, &le) || !strings.Contains(err.Error(), "image_size_mib 16384 differs from the 12288 MiB recorded in stick-layout.json") {
+		t.Fatalf("err = %v, want a LayoutChangedError", err)
+	}
+	if data, _ := os.ReadFile(filepath.Join(dir, "configuration.nix")); !strings.Contains(string(data), "diskSize = 12288;") {
+		t.Error("a refused layout change still wrote configuration.nix")
+	}
+	res, err = Write(dir, &c2, files2, WriteOptions{NewLayout: true})
+	if err != nil || !res.LayoutReplaced {
+		t.Fatalf("NewLayout: %v %+v", err, res)
+	}
+	if l, _, _ := ReadLayout(dir); l.ImageSizeMiB != 16384 {
+		t.Errorf("layout after NewLayout = %+v", l)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -27,10 +28,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ollama/ollama/api"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ollamalive/gpuctl/cmd/gpuctl-sim/sim"
 	"github.com/ollamalive/gpuctl/controller/ollamatest"
+	"github.com/ollamalive/gpuctl/controller/ollamatest/realollama"
 	"github.com/ollamalive/gpuctl/sshexec/sshdtest"
 	"github.com/ollamalive/gpuctl/wake"
 	"github.com/ollamalive/gpuctl/wake/waketest"
@@ -75,9 +78,13 @@ func buildE2E(t *testing.T) e2eBins {
 // from srv0). After one arrives
 // and e2eBootDelay passes, it starts a real OpenSSH sshd on 10.77.0.20:22,
 // whose sessions find gpuctl-sim's stand-in nvidia-smi, docker, findmnt,
-// df, sudo, who and ethtool first on PATH (sshd_config SetEnv), and an
-// Ollama API (ollamatest, pulling into the real models directory) on
-// 10.77.0.20:11434. sudo -n …/poweroff takes it down again.
+// df, sudo, who and ethtool first on PATH (sshd_config SetEnv), and its
+// Ollama on 10.77.0.20:11434: the real Ollama server v0.17.4 (tier 4), run in
+// the PC's namespace with OLLAMA_MODELS=<models_dir>/models exactly as the
+// container sees the drive (models_dir is its /root/.ollama), pulling from a
+// test registry in that namespace that answers as registry.ollama.ai; or,
+// with e2eOptions.fake, the in-process fake (ollamatest). sudo -n
+// …/poweroff takes it down again.
 type e2eBox struct {
 	t         *testing.T
 	bins      e2eBins
@@ -99,10 +106,19 @@ type e2eBox struct {
 	ollama   *ollamatest.Server
 	ollamaHS *http.Server
 	server   *ollamatest.Server
+
+	// The real Ollama (unless fake): its binary, the PC's registry, the
+	// server while the PC is up.
+	realBin  string
+	registry *realollama.Registry
+	real     *realollama.Server
 }
 
 type e2eOptions struct {
 	faults sim.Faults
+	// fake runs the in-process fake as the PC's Ollama instead of the
+	// real server.
+	fake bool
 }
 
 func newE2EBox(t *testing.T, bins e2eBins, o e2eOptions) *e2eBox {
@@ -110,6 +126,9 @@ func newE2EBox(t *testing.T, bins e2eBins, o e2eOptions) *e2eBox {
 	waketest.Require(t, "ip", sshdtest.Path, "unshare", "mount")
 	b := &e2eBox{t: t, bins: bins, dir: t.TempDir(), faults: o.faults,
 		packets: make(chan wake.Seen, 64), powerReq: make(chan struct{}, 4)}
+	if !o.fake {
+		b.realBin = realollama.Require(t)
+	}
 	if err := os.Chmod(b.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -199,6 +218,30 @@ func newE2EBox(t *testing.T, bins e2eBins, o e2eOptions) *e2eBox {
 	if err := sim.WriteBox(filepath.Join(b.dir, "box.json"), &sim.Box{Name: "gaming-pc", ModelsDir: b.modelsDir,
 		Container: "ollama", Booted: time.Now(), Faults: b.faults, Interface: "pc0", Address: e2ePCIP, PowerSocket: sock}); err != nil {
 		t.Fatal(err)
+	}
+
+	if b.realBin != "" {
+		// The registry the PC's Ollama pulls from, inside the PC's
+		// namespace (its loopback), with the declared model.
+		rdir := filepath.Join(b.dir, "registry")
+		if err := os.MkdirAll(rdir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		reg, err := realollama.NewRegistryOn(rdir, func() (ln net.Listener, err error) {
+			err = b.pair.PC.Do(func() error {
+				ln, err = net.Listen("tcp", "127.0.0.1:0")
+				return err
+			})
+			return ln, err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(reg.Close)
+		if _, err := reg.AddModel(e2eModel, realollama.Tiny); err != nil {
+			t.Fatal(err)
+		}
+		b.registry = reg
 	}
 
 	// The server's own Ollama, the proxy's default host, on the server
@@ -300,7 +343,27 @@ func (b *e2eBox) awaitPacketAndBoot(readOnly bool) {
 		Wrap:           wrap,
 		ExtraConfig:    fmt.Sprintf("SetEnv PATH=%s %s=%s\n", path, sim.BoxEnv, filepath.Join(b.dir, "box.json")),
 	})
-	b.ollama = ollamatest.New(ollamatest.Config{Dir: b.modelsDir, Catalogue: []ollamatest.Model{{Name: e2eModel,
+	if b.realBin != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		var err error
+		b.real, err = realollama.StartServer(ctx, realollama.Options{Binary: b.realBin,
+			Home: filepath.Join(b.dir, "home"), ModelsDir: filepath.Join(b.modelsDir, "models"),
+			Listen: e2ePCIP + ":11434", Registry: b.registry,
+			Wrap: func(argv []string) []string { return append([]string{"ip", "netns", "exec", b.pair.PC.Name}, argv...) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := b.real
+		t.Cleanup(func() {
+			srv.Stop()
+			if t.Failed() {
+				t.Logf("the PC's ollama log:\n%s", srv.Log())
+			}
+		})
+		return
+	}
+	b.ollama = ollamatest.New(ollamatest.Config{Dir: filepath.Join(b.modelsDir, "models"), Catalogue: []ollamatest.Model{{Name: e2eModel,
 		Layers: []ollamatest.Layer{{Size: 256 << 10}}}}})
 	b.ollamaHS = b.serveOllama(b.pair.PC, e2ePCIP+":11434", b.ollama)
 }
@@ -309,7 +372,11 @@ func (b *e2eBox) awaitPacketAndBoot(readOnly bool) {
 // its address goes (connections time out: off, not booting).
 func (b *e2eBox) powerOff() {
 	b.sshd.Stop()
-	b.ollamaHS.Close()
+	if b.real != nil {
+		b.real.Stop()
+	} else {
+		b.ollamaHS.Close()
+	}
 	b.pair.PC.IP("addr", "flush", "dev", "pc0")
 }
 
@@ -356,6 +423,16 @@ func (b *e2eBox) run(ctx context.Context, args ...string) (int, *e2eRun) {
 	return r.wait(b.t), r
 }
 
+func countPrefix(l []string, prefix string) int {
+	n := 0
+	for _, s := range l {
+		if strings.HasPrefix(s, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
 func TestE2E(t *testing.T) {
 	waketest.Require(t, "ip", sshdtest.Path, "unshare", "mount")
 	bins := buildE2E(t)
@@ -375,10 +452,12 @@ func TestE2E(t *testing.T) {
 		if code := r.wait(t); code != 0 || !strings.Contains(r.stdout.String(), "ready") {
 			t.Fatalf("wake: exit %d, want 0 and ready", code)
 		}
-		if n := b.ollama.Requests("POST /api/pull"); n != 1 {
-			t.Errorf("wake pulled %d times, want once", n)
+		// A real pull, from the registry, onto the drive where the
+		// container keeps its models.
+		if n := countPrefix(b.registry.Requests(), "GET /v2/library/llama3.3/manifests/"); n != 1 {
+			t.Errorf("wake pulled the manifest %d times, want once", n)
 		}
-		if _, err := os.Stat(ollamatest.ManifestPath(b.modelsDir, e2eModel)); err != nil {
+		if _, err := os.Stat(ollamatest.ManifestPath(filepath.Join(b.modelsDir, "models"), e2eModel)); err != nil {
 			t.Errorf("the declared model is not on the drive after the wake: %v", err)
 		}
 		if code, _ := b.run(ctx, "status", "gaming-pc"); code != 0 {
@@ -424,9 +503,29 @@ func TestE2E(t *testing.T) {
 		if resp.StatusCode != 200 || !bytes.Contains(body, []byte(`"done":true`)) {
 			t.Fatalf("chat: HTTP %d %s", resp.StatusCode, body)
 		}
-		if b.ollama.Requests("POST /api/chat") != 1 || b.server.Requests("POST /api/chat") != 0 {
-			t.Fatalf("the chat was not routed to the gaming PC (PC %d, server %d)",
-				b.ollama.Requests("POST /api/chat"), b.server.Requests("POST /api/chat"))
+		// Real tokens, generated by the PC's Ollama.
+		var reply strings.Builder
+		chunks := 0
+		for _, line := range bytes.Split(bytes.TrimSpace(body), []byte("\n")) {
+			var m struct {
+				Message struct{ Content string } `json:"message"`
+			}
+			if err := json.Unmarshal(line, &m); err != nil {
+				t.Fatalf("chat line %q: %v", line, err)
+			}
+			if m.Message.Content != "" {
+				chunks++
+				reply.WriteString(m.Message.Content)
+			}
+		}
+		t.Logf("chat reply: %d chunks, %q", chunks, reply.String())
+		if chunks < 2 || b.server.Requests("POST /api/chat") != 0 {
+			t.Fatalf("the chat was not answered with generated tokens by the gaming PC (%d chunks; server %d chats)",
+				chunks, b.server.Requests("POST /api/chat"))
+		}
+		ps, err := api.NewClient(b.real.URL, hc).ListRunning(ctx)
+		if err != nil || len(ps.Models) != 1 || ps.Models[0].Name != e2eModel {
+			t.Fatalf("the PC's Ollama has not loaded %s after the chat: %+v, %v", e2eModel, ps, err)
 		}
 
 		// Cron: the first run starts the idle clock, a later one powers off.

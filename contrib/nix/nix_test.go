@@ -13,6 +13,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -21,8 +22,10 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -52,17 +55,40 @@ func nixPath(p string) string { return "(/. + " + nixString(p) + ")" }
 // nixInstantiate runs nix-instantiate offline and read-only, with its state,
 // config and cache in a temporary directory (so it works as root on Debian's
 // nix-bin without /nix/var being set up, and never reads the NIX_PATH).
+// stdout and stderr are kept apart; stderr comes back without Nix's
+// `warning:` lines (dropWarnings), which are not results.
 func nixInstantiate(t *testing.T, args ...string) (stdout, stderr []byte, err error) {
+	t.Helper()
+	stdout, raw, err := nixInstantiateRaw(t, args...)
+	return stdout, dropWarnings(raw), err
+}
+
+// nixConf is the nix.conf the tests run Nix with. Its build-users-group
+// names a group that does not exist, as Debian's nix-bin does on a machine
+// without a nixbld group (CI): every call then prints "warning: the group
+// ... does not exist" on stderr, so the tests always go through the path
+// that must ignore it.
+const nixConf = "build-users-group = gpuctl-test-no-such-group\n"
+
+func nixInstantiateRaw(t *testing.T, args ...string) (stdout, stderr []byte, err error) {
 	t.Helper()
 	waketest.RequireProgram(t, "nix-instantiate")
 	home := t.TempDir()
+	conf := filepath.Join(home, "conf")
+	if err := os.Mkdir(conf, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(conf, "nix.conf"), []byte(nixConf), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command("nix-instantiate", append([]string{"--readonly-mode"}, args...)...)
 	cmd.Dir = repoRoot(t)
 	cmd.Env = append(os.Environ(),
 		"HOME="+home,
 		"NIX_STATE_DIR="+filepath.Join(home, "state"),
 		"NIX_LOG_DIR="+filepath.Join(home, "log"),
-		"NIX_CONF_DIR="+filepath.Join(home, "conf"),
+		"NIX_CONF_DIR="+conf,
+		"NIX_USER_CONF_FILES=",
 		"XDG_CACHE_HOME="+filepath.Join(home, "cache"),
 		"XDG_CONFIG_HOME="+filepath.Join(home, "config"),
 		"NIX_PATH=",
@@ -71,6 +97,48 @@ func nixInstantiate(t *testing.T, args ...string) (stdout, stderr []byte, err er
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err = cmd.Run()
 	return out.Bytes(), errb.Bytes(), err
+}
+
+// dropWarnings removes Nix's "warning: ..." lines from its stderr. (Nix 2.8
+// may end such a line without a newline when nothing follows.)
+func dropWarnings(stderr []byte) []byte {
+	var out []byte
+	for _, line := range bytes.SplitAfter(stderr, []byte("\n")) {
+		if !bytes.HasPrefix(line, []byte("warning: ")) {
+			out = append(out, line...)
+		}
+	}
+	return out
+}
+
+func TestNixWarningsAreNotResults(t *testing.T) {
+	out, raw, err := nixInstantiateRaw(t, "--eval", "--json", "-E", "1 + 1")
+	if err != nil {
+		t.Fatalf("nix-instantiate: %v\n%s", err, raw)
+	}
+	if !bytes.Contains(raw, []byte("warning: the group 'gpuctl-test-no-such-group'")) {
+		t.Errorf("stderr %q lacks the build-users-group warning the tests provoke on purpose", raw)
+	}
+	if string(out) != "2" && string(bytes.TrimSpace(out)) != "2" {
+		t.Errorf("stdout = %q, want the result alone", out)
+	}
+	if rest := dropWarnings(raw); len(bytes.TrimSpace(rest)) != 0 {
+		t.Errorf("after dropping warnings, stderr = %q", rest)
+	}
+	// An error keeps its message, without the warning.
+	msg := evalError(t, `throw "boom"`)
+	if !strings.Contains(msg, "boom") || strings.Contains(msg, "warning:") {
+		t.Errorf("evalError = %q, want the error without warnings", msg)
+	}
+	for in, want := range map[string]string{
+		"warning: a\nerror: b\n": "error: b\n",
+		"warning: a":             "",
+		"trace: x\nwarning: y\n": "trace: x\n",
+	} {
+		if got := string(dropWarnings([]byte(in))); got != want {
+			t.Errorf("dropWarnings(%q) = %q, want %q", in, got, want)
+		}
+	}
 }
 
 // evalJSON evaluates expr strictly and decodes its JSON into v.
@@ -114,7 +182,7 @@ func moduleExpr(t *testing.T, extra, projection string) string {
   # definitions were all switched off by mkIf, with null leaves).
   defined = v: if builtins.isAttrs v && !(v ? outPath) then v == { } || builtins.any (n: defined v.${n}) (builtins.attrNames v) else v != null && v != [ ];
   list = v: if v == null then [ ] else v;
-  definedNames = set: builtins.filter (n: defined set.${n}) (builtins.attrNames set);
+  definedNames = set: if set == null then [ ] else builtins.filter (n: defined set.${n}) (builtins.attrNames set);
 in %s`, stubExpr(t), nixPath(filepath.Join(root, "contrib", "nix", "module.nix")),
 		nixPath(filepath.Join(root, "contrib", "nix", "tests", "example.nix")), extra, projection)
 }
@@ -185,6 +253,7 @@ type unit struct {
 	ServiceConfig  map[string]any    `json:"serviceConfig"`
 	TimerConfig    map[string]any    `json:"timerConfig"`
 	RestartTrigger []string          `json:"restartTriggers"`
+	Documentation  []string          `json:"documentation"`
 }
 
 type assertion struct {
@@ -203,6 +272,8 @@ type moduleResult struct {
 	Assertions []assertion     `json:"assertions"`
 	Warnings   []string        `json:"warnings"`
 	SysPkgs    []string        `json:"systemPackages"`
+	Wrapper    string          `json:"wrapper"`
+	Tmpfiles   []string        `json:"tmpfiles"`
 }
 
 const moduleProjection = `{
@@ -216,6 +287,8 @@ const moduleProjection = `{
   assertions = list (c.assertions or null);
   warnings = list (c.warnings or null);
   systemPackages = map toString (list (c.environment.systemPackages or null));
+  wrapper = let w = builtins.filter (p: p ? text) (list (c.environment.systemPackages or null)); in if w == [ ] then "" else (builtins.head w).text;
+  tmpfiles = list (c.systemd.tmpfiles.rules or null);
 }`
 
 func evalModule(t *testing.T, extra string) moduleResult {
@@ -225,7 +298,10 @@ func evalModule(t *testing.T, extra string) moduleResult {
 	return r
 }
 
-const stubPackage = "/nix/store/00000000000000000000000000000000-gpuctl-dev"
+const stubPackage = "/nix/store/00000000000000000000000000000000-gpuctl-0-unstable"
+
+// idleTemplate is the idle-shutdown service template (gpuctl-idle@HOST.service).
+const idleTemplate = "gpuctl-idle@"
 
 // wantHardening is what every gpuctl unit (serve and the idle-shutdown
 // oneshots) runs with, without wol.raw.
@@ -263,6 +339,14 @@ var wantHardening = map[string]any{
 	"SystemCallArchitectures": "native",
 	"SystemCallFilter":        []any{"@system-service", "~@privileged"},
 	"SystemCallErrorNumber":   "EPERM",
+	"EnvironmentFile":         []any{},
+	// The SSH key (example.nix sets sshKeyFile): loaded on every start,
+	// copied for the CLI under a per-unit name, then renamed.
+	"LoadCredential": []any{"ssh-key:/run/secrets/gpuctl-ssh-key"},
+	"ExecStartPre": []any{
+		"/nix/store/00000000000000000000000000000000-coreutils/bin/install -m 0600 -T %d/ssh-key /var/lib/gpuctl/id_ed25519.%n",
+		"/nix/store/00000000000000000000000000000000-coreutils/bin/mv -f -T /var/lib/gpuctl/id_ed25519.%n /var/lib/gpuctl/id_ed25519",
+	},
 }
 
 func checkHardening(t *testing.T, name string, sc map[string]any, want map[string]any) {
@@ -282,8 +366,8 @@ func TestModuleExample(t *testing.T) {
 			t.Errorf("assertion fails for the example: %s", a.Message)
 		}
 	}
-	if len(r.Assertions) < 6 {
-		t.Errorf("%d assertions, want the module's 6", len(r.Assertions))
+	if len(r.Assertions) < 10 {
+		t.Errorf("%d assertions, want the module's 10", len(r.Assertions))
 	}
 	if len(r.Warnings) != 0 {
 		t.Errorf("warnings for the example: %q", r.Warnings)
@@ -338,36 +422,26 @@ func TestModuleExample(t *testing.T) {
 	if !slices.Contains(serve.WantedBy, "multi-user.target") {
 		t.Errorf("gpuctl-serve wantedBy = %q", serve.WantedBy)
 	}
-	for _, dep := range [][]string{serve.After, serve.Requires} {
-		if !slices.Contains(dep, "gpuctl-ssh-key.service") {
-			t.Errorf("gpuctl-serve does not wait for its SSH key: after %q, requires %q", serve.After, serve.Requires)
-		}
+	if len(serve.Requires) != 0 {
+		t.Errorf("gpuctl-serve requires %q; the key comes with LoadCredential=, no other unit", serve.Requires)
+	}
+	if serve.ServiceConfig["TimeoutStopSec"] != "45s" {
+		t.Errorf("gpuctl-serve TimeoutStopSec = %v", serve.ServiceConfig["TimeoutStopSec"])
 	}
 	if len(serve.RestartTrigger) != 1 || !strings.HasSuffix(serve.RestartTrigger[0], "-gpuctl.toml") {
 		t.Errorf("gpuctl-serve restartTriggers = %q, want the rendered gpuctl.toml", serve.RestartTrigger)
 	}
-
-	// The SSH key copy.
-	key, ok := r.Services["gpuctl-ssh-key"]
-	if !ok {
-		t.Fatal("no gpuctl-ssh-key service although sshKeyFile is set")
-	}
-	if key.ServiceConfig["User"] != nil {
-		t.Errorf("gpuctl-ssh-key runs as %v; it must run as root to read the key", key.ServiceConfig["User"])
-	}
-	cmds := fmt.Sprint(key.ServiceConfig["ExecStart"])
-	for _, want := range []string{"install -m 0600 -o gpuctl -g gpuctl /run/secrets/gpuctl-ssh-key /var/lib/gpuctl/id_ed25519", "install -d -m 0700 -o gpuctl -g gpuctl /var/lib/gpuctl"} {
-		if !strings.Contains(cmds, want) {
-			t.Errorf("gpuctl-ssh-key ExecStart %s lacks %q", cmds, want)
-		}
+	if _, ok := r.Services["gpuctl-ssh-key"]; ok {
+		t.Error("a gpuctl-ssh-key unit copies the key once at boot; the units load it themselves")
 	}
 
-	// Idle shutdown: one timer and one oneshot per on-demand host.
-	if got := keys(r.Timers); !slices.Equal(got, []string{"gpuctl-idle-shutdown-gaming-pc", "gpuctl-idle-shutdown-workstation"}) {
+	// Idle shutdown: one timer per on-demand host, each starting its
+	// instance of the one template (the names contrib/ uses too).
+	if got := keys(r.Timers); !slices.Equal(got, []string{"gpuctl-idle@gaming-pc", "gpuctl-idle@workstation"}) {
 		t.Errorf("timers = %q, want one per on-demand host", got)
 	}
 	for _, host := range []string{"gaming-pc", "workstation"} {
-		name := "gpuctl-idle-shutdown-" + host
+		name := "gpuctl-idle@" + host
 		tm := r.Timers[name]
 		if tm.TimerConfig["OnCalendar"] != "*:0/5" || tm.TimerConfig["Unit"] != name+".service" {
 			t.Errorf("%s.timer timerConfig = %v", name, tm.TimerConfig)
@@ -375,24 +449,45 @@ func TestModuleExample(t *testing.T) {
 		if !slices.Contains(tm.WantedBy, "timers.target") {
 			t.Errorf("%s.timer wantedBy = %q", name, tm.WantedBy)
 		}
-		svc, ok := r.Services[name]
-		if !ok {
-			t.Errorf("no %s service", name)
-			continue
+	}
+	svc, ok := r.Services[idleTemplate]
+	if !ok {
+		t.Fatalf("no %s service template; services: %v", idleTemplate, keys(r.Services))
+	}
+	if got, want := svc.ServiceConfig["ExecStart"], stubPackage+"/bin/gpuctl --config /etc/gpuctl/gpuctl.toml shutdown --if-idle %i"; got != want {
+		t.Errorf("%s ExecStart = %q, want %q", idleTemplate, got, want)
+	}
+	if svc.ServiceConfig["Type"] != "oneshot" || svc.ServiceConfig["TimeoutStartSec"] != "5min" {
+		t.Errorf("%s: Type %v TimeoutStartSec %v, want a oneshot with a 5min backstop", idleTemplate, svc.ServiceConfig["Type"], svc.ServiceConfig["TimeoutStartSec"])
+	}
+	checkHardening(t, idleTemplate, svc.ServiceConfig, wantHardening)
+	if svc.Environment["GPUCTL_CONFIG"] != "/etc/gpuctl/gpuctl.toml" {
+		t.Errorf("%s environment = %v", idleTemplate, svc.Environment)
+	}
+	if len(svc.WantedBy) != 0 {
+		t.Errorf("%s is wantedBy %q; only the timers start it", idleTemplate, svc.WantedBy)
+	}
+	for name := range r.Services {
+		if name != "gpuctl-serve" && name != idleTemplate {
+			t.Errorf("unexpected unit %s.service (one naming scheme: gpuctl-serve, gpuctl-idle@HOST)", name)
 		}
-		if got, want := svc.ServiceConfig["ExecStart"], stubPackage+"/bin/gpuctl --config /etc/gpuctl/gpuctl.toml shutdown --if-idle "+host; got != want {
-			t.Errorf("%s ExecStart = %q, want %q", name, got, want)
+	}
+
+	// The admin's gpuctl: a wrapper that drops to the service user as root.
+	if strings.Contains(strings.Join(r.SysPkgs, " "), "gpuctl-0-unstable") {
+		t.Errorf("environment.systemPackages = %q: the bare package, not the wrapper that runs as the service user", r.SysPkgs)
+	}
+	for _, want := range []string{
+		`exec /nix/store/00000000000000000000000000000000-util-linux/bin/setpriv --reuid=gpuctl --regid=gpuctl --init-groups -- `,
+		`HOME=/var/lib/gpuctl USER=gpuctl LOGNAME=gpuctl ` + stubPackage + `/bin/gpuctl "$@"`,
+		`exec ` + stubPackage + `/bin/gpuctl "$@"`,
+	} {
+		if !strings.Contains(r.Wrapper, want) {
+			t.Errorf("the gpuctl wrapper lacks %q:\n%s", want, r.Wrapper)
 		}
-		if svc.ServiceConfig["Type"] != "oneshot" {
-			t.Errorf("%s: Type %v, want oneshot", name, svc.ServiceConfig["Type"])
-		}
-		checkHardening(t, name, svc.ServiceConfig, wantHardening)
-		if svc.Environment["GPUCTL_CONFIG"] != "/etc/gpuctl/gpuctl.toml" {
-			t.Errorf("%s environment = %v", name, svc.Environment)
-		}
-		if len(svc.WantedBy) != 0 {
-			t.Errorf("%s is wantedBy %q; only its timer should start it", name, svc.WantedBy)
-		}
+	}
+	if !slices.Equal(r.Tmpfiles, []string{"Z /var/lib/gpuctl - gpuctl gpuctl - -"}) {
+		t.Errorf("tmpfiles rules = %q, want the state directory handed back to gpuctl at boot", r.Tmpfiles)
 	}
 
 	// The dedicated user: a system user outside wheel, at home in the state dir.
@@ -413,8 +508,8 @@ func TestModuleExample(t *testing.T) {
 	if len(r.Firewall) != 1 || r.Firewall[0] != "11435" {
 		t.Errorf("firewall allowedTCPPorts = %v, want [11435] (openFirewall, listening on 0.0.0.0:11435)", r.Firewall)
 	}
-	if !slices.Contains(r.SysPkgs, stubPackage) {
-		t.Errorf("environment.systemPackages = %q, want the gpuctl package for the CLI", r.SysPkgs)
+	if !slices.Equal(r.SysPkgs, []string{"/nix/store/00000000000000000000000000000000-gpuctl"}) {
+		t.Errorf("environment.systemPackages = %q, want the gpuctl wrapper for the CLI", r.SysPkgs)
 	}
 }
 
@@ -461,7 +556,69 @@ func TestModuleVariants(t *testing.T) {
 				"NoNewPrivileges":         true,
 			}
 			checkHardening(t, "gpuctl-serve", r.Services["gpuctl-serve"].ServiceConfig, want)
-			checkHardening(t, "gpuctl-idle-shutdown-gaming-pc", r.Services["gpuctl-idle-shutdown-gaming-pc"].ServiceConfig, want)
+			checkHardening(t, idleTemplate, r.Services[idleTemplate].ServiceConfig, want)
+			if !strings.Contains(r.Wrapper, "--init-groups --inh-caps=+net_raw --ambient-caps=+net_raw -- ") {
+				t.Errorf("the wrapper does not keep CAP_NET_RAW for the CLI:\n%s", r.Wrapper)
+			}
+		}},
+		{"a port below 1024 gives serve CAP_NET_BIND_SERVICE", `{ services.gpuctl.settings.serve.listen = lib.mkForce "0.0.0.0:443"; }`, func(t *testing.T, r moduleResult) {
+			checkHardening(t, "gpuctl-serve", r.Services["gpuctl-serve"].ServiceConfig, map[string]any{
+				"CapabilityBoundingSet": []any{"CAP_NET_BIND_SERVICE"},
+				"AmbientCapabilities":   []any{"CAP_NET_BIND_SERVICE"},
+				"PrivateUsers":          false,
+				"NoNewPrivileges":       true,
+			})
+			checkHardening(t, idleTemplate, r.Services[idleTemplate].ServiceConfig, wantHardening)
+			if len(r.Firewall) != 1 || r.Firewall[0] != "443" {
+				t.Errorf("firewall = %v, want [443]", r.Firewall)
+			}
+		}},
+		{"a port below 1024 and wol.raw", `{ services.gpuctl = { wol.raw = true; settings.serve.listen = lib.mkForce "0.0.0.0:80"; }; }`, func(t *testing.T, r moduleResult) {
+			checkHardening(t, "gpuctl-serve", r.Services["gpuctl-serve"].ServiceConfig, map[string]any{
+				"CapabilityBoundingSet": []any{"CAP_NET_RAW", "CAP_NET_BIND_SERVICE"},
+				"AmbientCapabilities":   []any{"CAP_NET_RAW", "CAP_NET_BIND_SERVICE"},
+			})
+			checkHardening(t, idleTemplate, r.Services[idleTemplate].ServiceConfig, map[string]any{
+				"CapabilityBoundingSet": []any{"CAP_NET_RAW"},
+			})
+		}},
+		{"port 1024 needs no capability", `{ services.gpuctl.settings.serve.listen = lib.mkForce "0.0.0.0:1024"; }`, func(t *testing.T, r moduleResult) {
+			checkHardening(t, "gpuctl-serve", r.Services["gpuctl-serve"].ServiceConfig, wantHardening)
+		}},
+		{"listen must be host:port", `{ services.gpuctl.settings.serve.listen = lib.mkForce "11435"; services.gpuctl.openFirewall = lib.mkForce false; }`, func(t *testing.T, r moduleResult) {
+			f := failedAssertions(r)
+			if len(f) != 1 || !strings.Contains(f[0], "want host:port") {
+				t.Errorf("failed assertions = %q, want one about serve.listen", f)
+			}
+		}},
+		{"settings.state_dir must be the managed directory", `{ services.gpuctl.settings.state_dir = "/srv/gpuctl"; }`, func(t *testing.T, r moduleResult) {
+			f := failedAssertions(r)
+			if len(f) != 1 || !strings.Contains(f[0], "settings.state_dir is /srv/gpuctl") || !strings.Contains(f[0], "services.gpuctl.stateDir") {
+				t.Errorf("failed assertions = %q, want one about settings.state_dir", f)
+			}
+		}},
+		{"environmentFile for secrets", `{ services.gpuctl.environmentFile = "/run/secrets/gpuctl.env"; }`, func(t *testing.T, r moduleResult) {
+			want := map[string]any{"EnvironmentFile": []any{"/run/secrets/gpuctl.env"}}
+			checkHardening(t, "gpuctl-serve", r.Services["gpuctl-serve"].ServiceConfig, want)
+			checkHardening(t, idleTemplate, r.Services[idleTemplate].ServiceConfig, want)
+			if !strings.Contains(r.Wrapper, "set -a\n  . /run/secrets/gpuctl.env\n  set +a") {
+				t.Errorf("the wrapper does not read the environmentFile as root:\n%s", r.Wrapper)
+			}
+			if f := failedAssertions(r); len(f) != 0 {
+				t.Errorf("failed assertions: %q", f)
+			}
+		}},
+		{"environmentFile in the store is refused", `{ services.gpuctl.environmentFile = "/nix/store/abc-env"; }`, func(t *testing.T, r moduleResult) {
+			f := failedAssertions(r)
+			if len(f) != 1 || !strings.Contains(f[0], "environmentFile") {
+				t.Errorf("failed assertions = %q, want one about environmentFile", f)
+			}
+		}},
+		{"no hosts is refused", `{ services.gpuctl.settings.host = lib.mkForce [ ]; services.gpuctl.settings.route = lib.mkForce [ ]; }`, func(t *testing.T, r moduleResult) {
+			f := failedAssertions(r)
+			if len(f) != 1 || !strings.Contains(f[0], "settings.host is empty") {
+				t.Errorf("failed assertions = %q, want one about the empty host list", f)
+			}
 		}},
 		{"wol_interface without wol.raw warns", hostsWith(`{ wol_interface = "enp5s0"; }`), func(t *testing.T, r moduleResult) {
 			if len(r.Warnings) != 1 || !strings.Contains(r.Warnings[0], "services.gpuctl.wol.raw") {
@@ -473,7 +630,7 @@ func TestModuleVariants(t *testing.T) {
 		}},
 		{"wol_password is refused", hostsWith(`{ wol_password = "01:02:03:04"; }`), func(t *testing.T, r moduleResult) {
 			f := failedAssertions(r)
-			if len(f) != 1 || !strings.Contains(f[0], "wol_password") {
+			if len(f) != 1 || !strings.Contains(f[0], "wol_password") || !strings.Contains(f[0], "environmentFile") {
 				t.Errorf("failed assertions = %q, want one about wol_password", f)
 			}
 		}},
@@ -508,14 +665,14 @@ func TestModuleVariants(t *testing.T) {
 			}
 		}},
 		{"without sshKeyFile the user manages the key", `{ services.gpuctl.sshKeyFile = lib.mkForce null; }`, func(t *testing.T, r moduleResult) {
-			if _, ok := r.Services["gpuctl-ssh-key"]; ok {
-				t.Error("gpuctl-ssh-key service without sshKeyFile")
+			for _, name := range []string{"gpuctl-serve", idleTemplate} {
+				sc := r.Services[name].ServiceConfig
+				if sc["LoadCredential"] != nil || sc["ExecStartPre"] != nil {
+					t.Errorf("%s loads a key without sshKeyFile: %v %v", name, sc["LoadCredential"], sc["ExecStartPre"])
+				}
 			}
 			if ssh, _ := r.Settings["ssh"].(map[string]any); ssh["identity_files"] != nil {
 				t.Errorf("settings.ssh = %v, want no identity_files", ssh)
-			}
-			if s := r.Services["gpuctl-serve"]; len(s.Requires) != 0 || slices.Contains(s.After, "gpuctl-ssh-key.service") {
-				t.Errorf("gpuctl-serve still depends on the key unit: %+v", s)
 			}
 			settingsToInventory(t, r.Settings)
 		}},
@@ -552,15 +709,15 @@ func TestModuleVariants(t *testing.T) {
 			}
 		}},
 		{"idle hosts chosen explicitly", `{ services.gpuctl.idleShutdown = { hosts = [ "workstation" ]; onCalendar = "*:0/10"; }; }`, func(t *testing.T, r moduleResult) {
-			if got := keys(r.Timers); !slices.Equal(got, []string{"gpuctl-idle-shutdown-workstation"}) {
+			if got := keys(r.Timers); !slices.Equal(got, []string{"gpuctl-idle@workstation"}) {
 				t.Errorf("timers = %q", got)
 			}
-			if oc := r.Timers["gpuctl-idle-shutdown-workstation"].TimerConfig["OnCalendar"]; oc != "*:0/10" {
+			if oc := r.Timers["gpuctl-idle@workstation"].TimerConfig["OnCalendar"]; oc != "*:0/10" {
 				t.Errorf("OnCalendar = %v", oc)
 			}
 		}},
 		{"idle shutdown off", `{ services.gpuctl.idleShutdown.enable = false; }`, func(t *testing.T, r moduleResult) {
-			if len(r.Timers) != 0 || r.Services["gpuctl-idle-shutdown-gaming-pc"].ServiceConfig != nil {
+			if _, ok := r.Services[idleTemplate]; len(r.Timers) != 0 || ok {
 				t.Errorf("timers %q services %q", keys(r.Timers), keys(r.Services))
 			}
 		}},
@@ -604,6 +761,11 @@ func TestModuleRejects(t *testing.T) {
 		`{ services.gpuctl.sevre.enable = true; }`:    "services.gpuctl.sevre does not exist",
 		`{ services.gpuctl.wol.raw = "yes"; }`:        "services.gpuctl.wol.raw is not of type bool",
 		`{ services.gpuctl.idleShutdown.hosts = 1; }`: "services.gpuctl.idleShutdown.hosts is not of type list of str",
+		// settings: a submodule with typed known keys next to free-form ones.
+		`{ services.gpuctl.settings.serve.listen = lib.mkForce 11435; }`:                           "services.gpuctl.settings.serve.listen is not of type str",
+		`{ services.gpuctl.settings.state_dir = 1; }`:                                              "services.gpuctl.settings.state_dir is not of type str",
+		`{ services.gpuctl.settings.host = lib.mkForce [ { name = "Gaming PC"; } ]; }`:             "services.gpuctl.settings.host is not of type list of submodule",
+		`{ services.gpuctl.settings.host = lib.mkForce [ { on_demand = "yes"; name = "pc"; } ]; }`: "services.gpuctl.settings.host is not of type list of submodule",
 	} {
 		msg := evalError(t, moduleExpr(t, extra, moduleProjection))
 		if !strings.Contains(msg, want) {
@@ -658,17 +820,76 @@ func TestPackage(t *testing.T) {
 
 	var p pkgResult
 	evalJSON(t, call(need, need), &p)
-	if p.Pname != "gpuctl" || p.Version != "dev" || p.MainProgram != "gpuctl" || p.DoCheck {
-		t.Errorf("package = %+v", p)
+	if p.Pname != "gpuctl" || p.Version != "0-unstable" || p.MainProgram != "gpuctl" || p.DoCheck {
+		t.Errorf("package = %+v, want version 0-unstable without flakes", p)
 	}
 	if !slices.Equal(p.SubPackages, []string{"cmd/gpuctl"}) {
 		t.Errorf("subPackages = %q", p.SubPackages)
 	}
-	if !slices.Contains(p.Ldflags, "-X main.version=dev") {
-		t.Errorf("ldflags = %q, want -X main.version=dev", p.Ldflags)
+	if !slices.Contains(p.Ldflags, "-X main.version=0-unstable") {
+		t.Errorf("ldflags = %q, want -X main.version=0-unstable", p.Ldflags)
 	}
 	if !p.ProxyVendor || !regexp.MustCompile(`^sha256-[A-Za-z0-9+/]{43}=$`).MatchString(p.VendorHash) {
 		t.Errorf("proxyVendor %v vendorHash %q", p.ProxyVendor, p.VendorHash)
+	}
+
+	// The source: what the Go build reads, never .git, bin/, test binaries,
+	// node_modules or test data (the filter is nixpkgs' cleanSourceWith's,
+	// asked about paths of this checkout).
+	cases := []struct {
+		path, typ string
+		keep      bool
+	}{
+		{"go.mod", "regular", true},
+		{"go.sum", "regular", true},
+		{"cmd", "directory", true},
+		{"cmd/gpuctl/main.go", "regular", true},
+		{"nixconfig/templates", "directory", true}, // embedded by nixconfig/render.go
+		{"nixconfig/templates/flake.nix.tmpl", "regular", true},
+		{"nixconfig/stub.nix", "regular", true}, // embedded by nixconfig/check.go
+		{"cmd/gpuctl-sim/sim/fixtures/x.csv", "regular", true},
+		{".git", "directory", false},
+		{"sub/.git", "directory", false},
+		{"bin", "directory", false},
+		{"cmd/gpuctl/gpuctl.test", "regular", false},
+		{"cmd/gpuctl/main_test.go", "regular", false},
+		{"cpu.prof", "regular", false},
+		{"controller/proxy/testdata", "directory", false},
+		{"controller/proxy/testdata/node/node_modules", "directory", false},
+		{"node_modules", "directory", false},
+		{"result", "symlink", false},
+		{"result-1", "symlink", false},
+		{"docs", "directory", false},
+		{"contrib", "directory", false},
+		{"flake.lock", "regular", false},
+		{"README.md", "regular", false},
+	}
+	var src struct {
+		Name  string `json:"name"`
+		Keeps []bool `json:"keeps"`
+	}
+	var list strings.Builder
+	for _, c := range cases {
+		fmt.Fprintf(&list, " { path = %s; type = %s; }", nixString(filepath.Join(repoRoot(t), c.path)), nixString(c.typ))
+	}
+	evalJSON(t, fmt.Sprintf(`let s = %s; p = s.pkgs.callPackage %s { }; in {
+	  inherit (p.src) name;
+	  keeps = map (c: p.src.filter c.path c.type) [%s ];
+	}`, stubExpr(t), pkg, list.String()), &src)
+	if src.Name != "gpuctl-source" || len(src.Keeps) != len(cases) {
+		t.Fatalf("src = %+v", src)
+	}
+	for i, c := range cases {
+		if src.Keeps[i] != c.keep {
+			t.Errorf("the source filter keeps %s (%s): %v, want %v", c.path, c.typ, src.Keeps[i], c.keep)
+		}
+	}
+
+	// With a revision (the flake passes self.shortRev), `gpuctl version`
+	// names it; the derivation's version stays the convention's.
+	evalJSON(t, fmt.Sprintf(`let s = %s; in (s.pkgs.callPackage %s { version = "0-unstable-2026-12-07"; rev = "abc1234"; }).ldflags`, stubExpr(t), pkg), &p.Ldflags)
+	if !slices.Contains(p.Ldflags, "-X main.version=0-unstable-2026-12-07+abc1234") {
+		t.Errorf("ldflags = %q, want the version and the revision", p.Ldflags)
 	}
 
 	// The Go it builds with: the default when new enough, else go_1_26.
@@ -704,7 +925,8 @@ func TestFlake(t *testing.T) {
 		Overlay     string          `json:"overlay"`
 		Description string          `json:"description"`
 	}
-	evalJSON(t, flake(`{ shortRev = "0123abc"; }`, `let p = o.packages.x86_64-linux.default; in {
+	const rev = `{ shortRev = "0123abc"; lastModifiedDate = "20261207103000"; }`
+	evalJSON(t, flake(rev, `let p = o.packages.x86_64-linux.default; in {
 	  url = f.inputs.nixpkgs.url;
 	  args = builtins.functionArgs f.outputs;
 	  systems = builtins.attrNames o.packages;
@@ -718,42 +940,68 @@ func TestFlake(t *testing.T) {
 	  inherit (f) description;
 	}`), &shape)
 
-	if !regexp.MustCompile(`^github:NixOS/nixpkgs/nixos-[0-9]{2}\.(05|11)$`).MatchString(shape.URL) {
-		t.Errorf("inputs.nixpkgs.url = %q, want a NixOS release branch", shape.URL)
+	m := regexp.MustCompile(`^github:NixOS/nixpkgs/(nixos-([0-9]{2})\.(05|11))$`).FindStringSubmatch(shape.URL)
+	if m == nil {
+		t.Fatalf("inputs.nixpkgs.url = %q, want a NixOS release branch", shape.URL)
 	}
+	// A release is supported for about seven months: YY.05 until the end
+	// of YY's December, YY.11 until the end of June after it. A flake
+	// pinned to a release past its end of life gets no security fixes.
+	yy, _ := strconv.Atoi(m[2])
+	eol := time.Date(2000+yy, time.December, 31, 23, 59, 59, 0, time.UTC)
+	if m[3] == "11" {
+		eol = time.Date(2000+yy+1, time.June, 30, 23, 59, 59, 0, time.UTC)
+	}
+	if now := time.Now(); now.After(eol) {
+		t.Errorf("inputs.nixpkgs.url = %q: that release reached its end of life on %s; move to the newest stable branch and run `nix flake update nixpkgs`", shape.URL, eol.Format(time.DateOnly))
+	}
+	checkFlakeLock(t, m[1])
 	if !reflect.DeepEqual(shape.Args, map[string]bool{"self": false, "nixpkgs": false}) {
 		t.Errorf("outputs takes %v, want { self, nixpkgs }", shape.Args)
 	}
 	if !slices.Equal(shape.Systems, []string{"aarch64-linux", "x86_64-linux"}) {
 		t.Errorf("packages for %q", shape.Systems)
 	}
-	if shape.Pkg.Pname != "gpuctl" || shape.Pkg.Version != "0123abc" || !slices.Contains(shape.Pkg.Ldflags, "-X main.version=0123abc") {
-		t.Errorf("packages.x86_64-linux.default = %+v, want version 0123abc from self.shortRev", shape.Pkg)
+	if shape.Pkg.Pname != "gpuctl" || shape.Pkg.Version != "0-unstable-2026-12-07" || !slices.Contains(shape.Pkg.Ldflags, "-X main.version=0-unstable-2026-12-07+0123abc") {
+		t.Errorf("packages.x86_64-linux.default = %+v, want version 0-unstable-2026-12-07 (self.lastModifiedDate), built with the revision", shape.Pkg)
 	}
-	if shape.App["type"] != "app" || shape.App["program"] != "/nix/store/00000000000000000000000000000000-gpuctl-0123abc/bin/gpuctl" {
+	if shape.App["type"] != "app" || shape.App["program"] != "/nix/store/00000000000000000000000000000000-gpuctl-0-unstable-2026-12-07/bin/gpuctl" {
 		t.Errorf("apps.default = %v", shape.App)
 	}
-	for _, want := range []string{"go-" + goModGo(t), "openssh", "iproute2", "nix"} {
+	for _, want := range []string{"openssh", "iproute2", "nix"} {
 		if !slices.Contains(shape.Shell, want) {
 			t.Errorf("devShells.default packages %q lack %s", shape.Shell, want)
 		}
 	}
+	if !slices.ContainsFunc(shape.Shell, func(p string) bool { return strings.HasPrefix(p, "go-") }) {
+		t.Errorf("devShells.default packages %q lack Go", shape.Shell)
+	}
 	if !slices.Contains(shape.Checks, "module-eval") || shape.CheckName != "gpuctl-module-eval" {
 		t.Errorf("checks = %q (%q)", shape.Checks, shape.CheckName)
 	}
-	if !slices.Contains(shape.Modules, "default") || shape.Overlay != "0123abc" || shape.Description == "" {
+	if !slices.Contains(shape.Modules, "default") || shape.Overlay != "0-unstable-2026-12-07" || shape.Description == "" {
 		t.Errorf("nixosModules %q, overlay version %q, description %q", shape.Modules, shape.Overlay, shape.Description)
 	}
 
-	// The version comes from git: shortRev, else dirtyShortRev, else "dev".
-	for rev, want := range map[string]string{
-		`{ }`:                                  "dev",
-		`{ dirtyShortRev = "0123abc-dirty"; }`: "0123abc-dirty",
+	// The version follows nixpkgs' convention, 0-unstable-<date of the last
+	// commit>, which parseDrvName reads back whatever the revision looks
+	// like ("gpuctl-abc1234" has no version); outside git, the epoch.
+	for self, want := range map[string]string{
+		`{ shortRev = "abc1234"; lastModifiedDate = "20261207103000"; }`:            "0-unstable-2026-12-07",
+		`{ shortRev = "0123abc"; lastModifiedDate = "20270101000000"; }`:            "0-unstable-2027-01-01",
+		`{ dirtyShortRev = "fedcba9-dirty"; lastModifiedDate = "20261207103000"; }`: "0-unstable-2026-12-07",
+		`{ }`: "0-unstable-1970-01-01",
 	} {
-		var v string
-		evalJSON(t, flake(rev, `o.packages.x86_64-linux.default.version`), &v)
-		if v != want {
-			t.Errorf("self = %s: version %q, want %q", rev, v, want)
+		var v struct {
+			Version string   `json:"version"`
+			Parsed  string   `json:"parsed"`
+			Name    string   `json:"name"`
+			Ldflags []string `json:"ldflags"`
+		}
+		evalJSON(t, flake(self, `let p = o.packages.x86_64-linux.default; d = builtins.parseDrvName p.name; in {
+		  inherit (p) version ldflags; parsed = d.version; name = d.name; }`), &v)
+		if v.Version != want || v.Parsed != want || v.Name != "gpuctl" {
+			t.Errorf("self = %s: version %q, parseDrvName gives %q %q; want %q", self, v.Version, v.Name, v.Parsed, want)
 		}
 	}
 
@@ -763,15 +1011,61 @@ func TestFlake(t *testing.T) {
 		ExecStart string `json:"execStart"`
 		Settings  map[string]any
 	}
-	evalJSON(t, flake(`{ shortRev = "0123abc"; }`, `let c = (s.nixpkgs.lib.nixosSystem { modules = [ o.nixosModules.default `+
+	evalJSON(t, flake(rev, `let c = (s.nixpkgs.lib.nixosSystem { modules = [ o.nixosModules.default `+
 		nixPath(filepath.Join(repoRoot(t), "contrib", "nix", "tests", "example.nix"))+` ]; }).config; in {
 	  execStart = c.systemd.services.gpuctl-serve.serviceConfig.ExecStart;
 	  settings = c.environment.etc."gpuctl/gpuctl.toml".source.value;
 	}`), &sys)
-	if want := "/nix/store/00000000000000000000000000000000-gpuctl-0123abc/bin/gpuctl --config /etc/gpuctl/gpuctl.toml serve"; sys.ExecStart != want {
+	if want := "/nix/store/00000000000000000000000000000000-gpuctl-0-unstable-2026-12-07/bin/gpuctl --config /etc/gpuctl/gpuctl.toml serve"; sys.ExecStart != want {
 		t.Errorf("with nixosModules.default, gpuctl-serve ExecStart = %q, want %q", sys.ExecStart, want)
 	}
 	settingsToInventory(t, sys.Settings)
+}
+
+// checkFlakeLock checks flake.lock against flake.nix: nixpkgs locked to a
+// revision of branch, with its NAR hash. (A missing flake.lock is reported:
+// creating one needs GitHub, which the tests never reach.)
+func checkFlakeLock(t *testing.T, branch string) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot(t), "flake.lock"))
+	if errors.Is(err, fs.ErrNotExist) {
+		t.Logf("no flake.lock: run `nix flake lock` on a machine that reaches GitHub and commit it")
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lock struct {
+		Version int    `json:"version"`
+		Root    string `json:"root"`
+		Nodes   map[string]struct {
+			Inputs map[string]any `json:"inputs"`
+			Locked struct {
+				Type, Owner, Repo, Rev, NarHash string
+				LastModified                    int64
+			} `json:"locked"`
+			Original struct{ Type, Owner, Repo, Ref string } `json:"original"`
+		} `json:"nodes"`
+	}
+	if err := json.Unmarshal(data, &lock); err != nil {
+		t.Fatalf("flake.lock: %v", err)
+	}
+	root, ok := lock.Nodes[lock.Root]
+	if lock.Version != 7 || !ok {
+		t.Fatalf("flake.lock: version %d, root %q: want a version 7 lock file", lock.Version, lock.Root)
+	}
+	name, _ := root.Inputs["nixpkgs"].(string)
+	n, ok := lock.Nodes[name]
+	if !ok {
+		t.Fatalf("flake.lock locks no nixpkgs input")
+	}
+	if n.Original.Type != "github" || n.Original.Owner != "NixOS" || n.Original.Repo != "nixpkgs" || n.Original.Ref != branch {
+		t.Errorf("flake.lock's nixpkgs follows %+v, but flake.nix asks for %s: run `nix flake update nixpkgs`", n.Original, branch)
+	}
+	if n.Locked.Type != "github" || !regexp.MustCompile(`^[0-9a-f]{40}$`).MatchString(n.Locked.Rev) ||
+		!regexp.MustCompile(`^sha256-[A-Za-z0-9+/]{43}=$`).MatchString(n.Locked.NarHash) || n.Locked.LastModified == 0 {
+		t.Errorf("flake.lock's nixpkgs is not locked to a revision with its NAR hash: %+v", n.Locked)
+	}
 }
 
 // TestVendorHash recomputes contrib/nix/package.nix's vendorHash the way

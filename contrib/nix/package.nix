@@ -1,14 +1,18 @@
 # gpuctl, built from this source tree.
 #
 # Called from ../../flake.nix as
-#   pkgs.callPackage ./contrib/nix/package.nix { version = self.shortRev or self.dirtyShortRev or "dev"; }
-# and usable without flakes the same way (`version` then defaults to "dev").
+#   pkgs.callPackage ./contrib/nix/package.nix { version = "0-unstable-YYYY-MM-DD"; rev = self.shortRev; }
+# and usable without flakes the same way (`version` then defaults to
+# "0-unstable", nixpkgs' convention for a package without releases: a
+# version that starts with a digit, so that builtins.parseDrvName splits
+# "gpuctl-0-unstable-..." into name and version whatever the revision).
 {
   lib,
   buildGoModule,
   go,
   go_1_26 ? null,
-  version ? "dev",
+  version ? "0-unstable",
+  rev ? null,
 }:
 
 let
@@ -28,6 +32,38 @@ let
     go
     go_1_26
   ];
+
+  root = toString ../..;
+  # path: an absolute path below root; type: "directory", "regular", ...
+  sourceFilter =
+    path: type:
+    let
+      rel = lib.removePrefix (root + "/") (toString path);
+      base = baseNameOf (toString path);
+      topLevel = builtins.elem rel [
+        ".git"
+        ".github"
+        ".ci"
+        "bin"
+        "docs"
+        "examples"
+        "testdata"
+        "contrib"
+        "flake.nix"
+        "flake.lock"
+        "README.md"
+        "Makefile"
+      ];
+      anywhere =
+        builtins.elem base [
+          ".git"
+          "testdata"
+          "node_modules"
+        ]
+        || lib.hasPrefix "result" base && type == "symlink"
+        || type == "regular" && (lib.hasSuffix "_test.go" base || lib.hasSuffix ".test" base || lib.hasSuffix ".prof" base);
+    in
+    !topLevel && !anywhere;
 in
 assert lib.assertMsg (newEnough goUsed) ''
   gpuctl's go.mod needs Go >= ${goModGo}, but this nixpkgs has Go ${go.version}${
@@ -40,23 +76,16 @@ assert lib.assertMsg (newEnough goUsed) ''
   pname = "gpuctl";
   inherit version;
 
-  # Only what the Go build reads: editing the docs, the Nix files or the
-  # flake.lock does not rebuild gpuctl.
-  src = lib.fileset.toSource {
-    root = ../../.;
-    fileset = lib.fileset.difference ../../. (
-      lib.fileset.unions (
-        map lib.fileset.maybeMissing [
-          ../../contrib/nix
-          ../../flake.nix
-          ../../flake.lock
-          ../../docs
-          ../../README.md
-          ../../.ci
-          ../../.github
-        ]
-      )
-    );
+  # Only what the Go build reads, filtered by path so that a checkout's
+  # .git, bin/, test binaries, node_modules and test data never reach the
+  # store (also when the module is imported without flakes, from a working
+  # tree), and editing the docs, the Nix files or flake.lock does not rebuild
+  # gpuctl. (Non-test files embed only from their own package directories:
+  # nixconfig/templates, nixconfig/stub.nix, cmd/gpuctl-sim/sim/fixtures.)
+  src = lib.cleanSourceWith {
+    name = "gpuctl-source";
+    src = ../..;
+    filter = sourceFilter;
   };
 
   # proxyVendor: the fixed-output "go-modules" derivation holds the module
@@ -79,7 +108,7 @@ assert lib.assertMsg (newEnough goUsed) ''
   ldflags = [
     "-s"
     "-w"
-    "-X main.version=${version}"
+    "-X main.version=${version}${lib.optionalString (rev != null) "+${rev}"}"
   ];
 
   # The Go tests run in CI (`make test`): their privileged tiers need root,

@@ -169,6 +169,9 @@ func activityPath(stateDir string) string { return filepath.Join(stateDir, "acti
 // interval) until ctx ends; it then saves once more and removes the
 // announcement. It restores saved last-end times first.
 func Publish(ctx context.Context, stateDir, listen string, t *Tracker, interval time.Duration) error {
+	if err := statefile.CheckOwner(stateDir); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}

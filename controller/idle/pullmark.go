@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/statefile"
 )
 
 // Pull markers: whoever pulls models onto a host through gpuctl (gpuctl
@@ -34,6 +35,9 @@ func pullDir(stateDir, host string) string { return filepath.Join(stateDir, "pul
 // is called.
 func MarkPull(stateDir, host, what string) (done func(), err error) {
 	dir := pullDir(stateDir, host)
+	if err := statefile.CheckOwner(dir); err != nil {
+		return nil, fmt.Errorf("pull marker for %s: %w", host, err)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("pull marker for %s: %w (check state_dir's permissions)", host, err)
 	}

@@ -174,7 +174,9 @@ func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome
 				h.Name, ErrRefused, rep.InFlight), opts.DryRun)
 		}
 	}
-	if !rep.WOL.Armed {
+	// A host woken by a command alone (a smart plug, a BMC) needs no
+	// armed NIC; one woken by magic packets could never come back without.
+	if !rep.WOL.Armed && h.WakesByWOL() {
 		msg := "Wake-on-LAN is not armed"
 		if rep.WOL.Interface != "" {
 			msg += " on " + rep.WOL.Interface

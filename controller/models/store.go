@@ -42,10 +42,22 @@ func DefaultStore(modelsDir string) Store {
 		Source: "default (models_dir mounted at " + ContainerHome + ")"}
 }
 
-// InspectCmd is `docker inspect --type container NAME`, the command the
-// container check runs too.
+// DockerCommand is docker's full path on the stick. gpuctl's account is
+// not in the docker group (that is root-equivalent): it runs exactly the
+// docker command lines of the checks through `sudo -n`, and the box's sudo
+// rules (nixconfig) allow precisely those argv.
+const DockerCommand = "/run/current-system/sw/bin/docker"
+
+// InspectArgs is `sudo -n docker inspect --type container NAME`: the
+// container check's command, and where the models live is read from its
+// output.
+func InspectArgs(container string) []string {
+	return []string{"sudo", "-n", DockerCommand, "inspect", "--type", "container", container}
+}
+
+// InspectCmd is InspectArgs as a command with its deadline.
 func InspectCmd(container string) sshexec.Cmd {
-	return sshexec.Cmd{Args: []string{"docker", "inspect", "--type", "container", container}, Timeout: remoteTimeout, MaxOutput: 1 << 20}
+	return sshexec.Cmd{Args: InspectArgs(container), Timeout: remoteTimeout, MaxOutput: 1 << 20}
 }
 
 type inspected struct {

@@ -13,9 +13,13 @@ import (
 	"path/filepath"
 )
 
-// Write replaces path's contents with b atomically.
+// Write replaces path's contents with b atomically. It refuses (with an
+// *OwnerError) to write into a directory another user owns (see CheckOwner).
 func Write(path string, b []byte) error {
 	dir := filepath.Dir(path)
+	if err := CheckOwner(dir); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w (check state_dir's permissions)", dir, err)
 	}

@@ -57,6 +57,8 @@ func packageOf(p string) string {
 		return "nix-bin"
 	case "nginx":
 		return "nginx-light"
+	case "systemd-analyze":
+		return "systemd"
 	case "ethtool":
 		return "ethtool"
 	}

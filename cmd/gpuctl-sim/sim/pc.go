@@ -104,6 +104,7 @@ type PC struct {
 	httpSrv  *http.Server
 	ollama   *ollamatest.Server
 	real     *realollama.Server
+	fwd      *forward
 	reqs     map[string]int
 	conns    map[net.Conn]bool
 	timers   []*time.Timer
@@ -365,11 +366,8 @@ func (p *PC) bringUp() {
 		p.reBlackHole()
 		return
 	}
-	var ol *ollamatest.Server
-	var real *realollama.Server
-	var handler http.Handler
 	if p.cfg.Real != nil {
-		real, err = p.cfg.Real.start(p.cfg.Name, filepath.Join(p.cfg.Dir, "home"), p.ollamaModels())
+		real, err := p.cfg.Real.start(p.cfg.Name, filepath.Join(p.cfg.Dir, "home"), p.ollamaModels())
 		if err != nil {
 			ln.Close()
 			srv.Close()
@@ -378,17 +376,31 @@ func (p *PC) bringUp() {
 			p.reBlackHole()
 			return
 		}
-		handler = realProxy(real.URL)
-	} else {
-		ol = p.newOllama()
-		handler = ol
+		fwd := newForward(ln, real.Addr, func(method, path string) {
+			p.mu.Lock()
+			p.reqs[method+" "+path]++
+			p.mu.Unlock()
+		}, func(c net.Conn, open bool) {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if open {
+				p.conns[c] = true
+			} else {
+				delete(p.conns, c)
+			}
+		})
+		p.sshSrv, p.fwd, p.real = srv, fwd, real
+		p.booted, p.upAt = now, time.Now()
+		p.boots++
+		p.setState(Up)
+		return
 	}
-	inner := handler
-	handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ol := p.newOllama()
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
 		p.reqs[r.Method+" "+r.URL.Path]++
 		p.mu.Unlock()
-		inner.ServeHTTP(w, r)
+		ol.ServeHTTP(w, r)
 	})
 	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second,
 		ConnState: func(c net.Conn, s http.ConnState) {
@@ -406,7 +418,7 @@ func (p *PC) bringUp() {
 		defer p.wg.Done()
 		hs.Serve(ln)
 	}()
-	p.sshSrv, p.httpSrv, p.ollama, p.real = srv, hs, ol, real
+	p.sshSrv, p.httpSrv, p.ollama = srv, hs, ol
 	p.booted, p.upAt = now, time.Now()
 	p.boots++
 	p.setState(Up)
@@ -442,11 +454,11 @@ func (p *PC) goDown() {
 		p.mu.Unlock()
 		return
 	}
-	srv, hs, real := p.sshSrv, p.httpSrv, p.real
-	p.sshSrv, p.httpSrv, p.ollama, p.real = nil, nil, nil, nil
+	srv, hs, fwd, real := p.sshSrv, p.httpSrv, p.fwd, p.real
+	p.sshSrv, p.httpSrv, p.ollama, p.fwd, p.real = nil, nil, nil, nil, nil
 	p.setState(Stopping)
 	p.mu.Unlock()
-	stopServers(srv, hs, real)
+	stopServers(srv, hs, fwd, real)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -462,12 +474,15 @@ func (p *PC) goDown() {
 	})
 }
 
-func stopServers(srv *sshtest.Server, hs *http.Server, real *realollama.Server) {
+func stopServers(srv *sshtest.Server, hs *http.Server, fwd *forward, real *realollama.Server) {
 	if srv != nil {
 		srv.Close()
 	}
 	if hs != nil {
 		hs.Close()
+	}
+	if fwd != nil {
+		fwd.Close()
 	}
 	if real != nil {
 		real.Stop()
@@ -499,12 +514,12 @@ func (p *PC) Close() {
 	for _, t := range p.timers {
 		t.Stop()
 	}
-	srv, hs, real := p.sshSrv, p.httpSrv, p.real
-	p.sshSrv, p.httpSrv, p.ollama, p.real = nil, nil, nil, nil
+	srv, hs, fwd, real := p.sshSrv, p.httpSrv, p.fwd, p.real
+	p.sshSrv, p.httpSrv, p.ollama, p.fwd, p.real = nil, nil, nil, nil, nil
 	p.sshBH.Close()
 	p.olBH.Close()
 	p.mu.Unlock()
-	stopServers(srv, hs, real)
+	stopServers(srv, hs, fwd, real)
 	p.wg.Wait()
 }
 

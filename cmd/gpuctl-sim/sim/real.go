@@ -1,15 +1,16 @@
 package sim
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/http/httputil"
-	"net/url"
+	"net"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/ollamalive/gpuctl/controller/ollamatest/realollama"
@@ -87,21 +88,129 @@ func (r *RealOllama) start(name, home, models string) (started *realollama.Serve
 	return started, nil
 }
 
-// realProxy forwards the PC's Ollama port to the real server, streaming
-// (no buffering), the request's Host kept as the client sent it.
-func realProxy(u *url.URL) http.Handler {
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(u)
-			pr.Out.Host = pr.In.Host
-		},
-		FlushInterval: -1,
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if errors.Is(err, context.Canceled) {
+// forward is the PC's Ollama port in front of the real server: a plain TCP
+// relay (the bytes are the server's own), which counts the HTTP requests
+// it relays and lists its connections for ss.
+type forward struct {
+	ln       net.Listener
+	upstream string
+	count    func(method, path string)
+	track    func(c net.Conn, open bool)
+
+	mu     sync.Mutex
+	conns  map[net.Conn]bool
+	closed bool
+	wg     sync.WaitGroup
+}
+
+func newForward(ln net.Listener, upstream string, count func(method, path string), track func(net.Conn, bool)) *forward {
+	f := &forward{ln: ln, upstream: upstream, count: count, track: track, conns: map[net.Conn]bool{}}
+	f.wg.Add(1)
+	go f.serve()
+	return f
+}
+
+func (f *forward) serve() {
+	defer f.wg.Done()
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			f.relay(c)
+		}()
+	}
+}
+
+func (f *forward) add(c net.Conn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return false
+	}
+	f.conns[c] = true
+	return true
+}
+
+func (f *forward) relay(c net.Conn) {
+	up, err := net.DialTimeout("tcp", f.upstream, 10*time.Second)
+	if err != nil || !f.add(c) || !f.add(up) {
+		c.Close()
+		if up != nil {
+			up.Close()
+		}
+		return
+	}
+	f.track(c, true)
+	done := make(chan struct{})
+	go func() {
+		// Client to server, sniffing request lines.
+		f.copyRequests(up, c)
+		if tc, ok := up.(*net.TCPConn); ok {
+			tc.CloseWrite()
+		}
+		close(done)
+	}()
+	io.Copy(c, up)
+	c.Close()
+	up.Close()
+	<-done
+	f.track(c, false)
+	f.mu.Lock()
+	delete(f.conns, c)
+	delete(f.conns, up)
+	f.mu.Unlock()
+}
+
+// copyRequests copies src to dst as the bytes arrive and counts each
+// request line ("METHOD /path HTTP/1.x" ending a line: after a body
+// without a trailing newline, the next request's line follows it on the
+// same line).
+func (f *forward) copyRequests(dst io.Writer, src io.Reader) {
+	buf := make([]byte, 32<<10)
+	var pending []byte
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
 			}
-			http.Error(w, "the simulated PC's Ollama is not answering: "+err.Error(), http.StatusBadGateway)
-		},
+			pending = append(pending, buf[:n]...)
+			for {
+				i := bytes.IndexByte(pending, '\n')
+				if i < 0 {
+					break
+				}
+				if m := reqLine.FindSubmatch(pending[:i+1]); m != nil {
+					path, _, _ := strings.Cut(string(m[2]), "?")
+					f.count(string(m[1]), path)
+				}
+				pending = pending[i+1:]
+			}
+			if len(pending) > 8<<10 { // a long body line: keep its tail only
+				pending = append([]byte(nil), pending[len(pending)-1024:]...)
+			}
+		}
+		if err != nil {
+			return
+		}
 	}
-	return rp
+}
+
+var reqLine = regexp.MustCompile(`(?:^|[^A-Z])(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH) (/\S*) HTTP/1\.[01]\r?\n$`)
+
+// Close stops the relay and drops its connections.
+func (f *forward) Close() error {
+	f.mu.Lock()
+	f.closed = true
+	for c := range f.conns {
+		c.Close()
+	}
+	f.mu.Unlock()
+	err := f.ln.Close()
+	f.wg.Wait()
+	return err
 }

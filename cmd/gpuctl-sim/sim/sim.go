@@ -4,9 +4,13 @@
 // A simulated PC listens for magic packets for its MAC, boots after a delay
 // (its ports first drop packets like a powered-off machine, then refuse like
 // a booting one), then answers SSH (in-process, sshexec/sshtest) and the
-// Ollama API (controller/ollamatest, pulling into a real models directory),
-// and honours `sudo -n /run/current-system/sw/bin/poweroff` by going back to
-// off. Remote commands are emulated by argv and print real captured outputs
+// Ollama API, and honours `sudo -n /run/current-system/sw/bin/poweroff` by
+// going back to off. Its Ollama is the real server v0.17.4 when its binary
+// is built (Config.RealOllama; controller/ollamatest/realollama), started at
+// each boot with OLLAMA_MODELS=<models_dir>/models as the stick's container
+// keeps them and pulling from a test registry standing in for
+// registry.ollama.ai; else the in-process fake (controller/ollamatest) with
+// the same layout. Remote commands are emulated by argv and print real captured outputs
 // (see fixtures.go and box.go). Faults: driver not loaded, read-only drive,
 // never boots, host key rotated; slow boot is a longer boot delay.
 //

@@ -3,6 +3,8 @@ package sim
 import (
 	"context"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ollama/ollama/api"
 	"go.uber.org/goleak"
 	"golang.org/x/crypto/ssh"
 
@@ -18,6 +21,7 @@ import (
 	"github.com/ollamalive/gpuctl/controller/fixtures"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/models"
+	"github.com/ollamalive/gpuctl/controller/ollamatest/realollama"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -238,5 +242,67 @@ func TestPartialsFindFormat(t *testing.T) {
 	want := regexp.MustCompile(`^4 \d+ ` + strconv.FormatInt(mt.Unix(), 10) + `\.1234567890 /mnt/models/ollama/blobs/sha256-abc-partial-0\n$`)
 	if r.Exit != 0 || !want.MatchString(r.Stdout) {
 		t.Errorf("partials: exit %d, %q; want a line matching %s", r.Exit, r.Stdout, want)
+	}
+}
+
+// With the real server as the PC's Ollama: it answers on the PC's port only
+// while the PC is up, pulls a declared model from the test registry (as
+// registry.ollama.ai) into <models_dir>/models, generates real tokens, and
+// goes with the poweroff.
+func TestPCRealOllama(t *testing.T) {
+	bin := realollama.Require(t)
+	s, err := Start(Config{Dir: t.TempDir(), BootDelay: 100 * time.Millisecond, StopDelay: 100 * time.Millisecond,
+		Models: []string{DefaultModel}, Installed: []string{"preinstalled:1b"}, RealOllama: bin, Server: false})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	pc := s.PCs()[0]
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(filepath.Dir(pc.ModelsDir()), "ollama.log"))
+			t.Logf("the PC's ollama log:\n%s", b)
+		}
+	})
+	if !pc.RealOllama() {
+		t.Fatal("the PC does not run the real Ollama")
+	}
+	pc.MagicPacket()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := pc.WaitState(ctx, Up); err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(pc.OllamaURL())
+	cl := api.NewClient(u, &http.Client{})
+	if v, err := cl.Version(ctx); err != nil || v != realollama.Version {
+		t.Fatalf("version %q, %v", v, err)
+	}
+	list, err := cl.List(ctx)
+	if err != nil || len(list.Models) != 1 || list.Models[0].Name != "preinstalled:1b" {
+		t.Fatalf("installed models: %+v, %v", list, err)
+	}
+	if err := cl.Pull(ctx, &api.PullRequest{Model: DefaultModel}, func(api.ProgressResponse) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(pc.ModelsDir(), "models", "manifests", "registry.ollama.ai", "library", "llama3.3", "70b-instruct-q3_K_M")); err != nil {
+		var files []string
+		filepath.Walk(pc.ModelsDir(), func(p string, _ os.FileInfo, _ error) error { files = append(files, p); return nil })
+		t.Fatalf("the pull did not land where the container keeps its models: %v\n%s", err, strings.Join(files, "\n"))
+	}
+	reply, chunks, err := realollama.Chat(ctx, cl, DefaultModel, "hello")
+	if err != nil || chunks < 2 {
+		t.Fatalf("chat: %q in %d chunks, %v", reply, chunks, err)
+	}
+	if n := pc.Requests("POST /api/chat"); n != 1 {
+		t.Errorf("%d chats counted on the PC's port, want 1", n)
+	}
+	pc.poweroffRequested()
+	if err := pc.WaitState(ctx, Off); err != nil {
+		t.Fatal(err)
+	}
+	c2 := api.NewClient(u, &http.Client{Timeout: 500 * time.Millisecond})
+	if _, err := c2.Version(ctx); err == nil {
+		t.Fatal("the PC's Ollama answers after the poweroff")
 	}
 }

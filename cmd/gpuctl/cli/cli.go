@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/ollamalive/gpuctl/controller/statefile"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -145,7 +146,16 @@ func Run(ctx context.Context, env *Env, args []string) int {
 	if ctx.Err() != nil && code == ExitFailure {
 		code = ExitInterrupted
 	}
-	if msg := err.Error(); msg != "" {
+	msg := err.Error()
+	var oe *statefile.OwnerError
+	if errors.As(err, &oe) && oe.Command == "" {
+		// Suggest this very command, as the state directory's owner. (The
+		// wrapping errors formatted their text already: replace it there.)
+		with := *oe
+		with.Command = shellJoin(args[1:])
+		msg = strings.Replace(msg, oe.Error(), with.Error(), 1)
+	}
+	if msg != "" {
 		fmt.Fprintf(env.Stderr, "gpuctl: %s\n", msg)
 	}
 	return code
@@ -326,3 +336,16 @@ func (inv *loadedInventory) host(name string) (*inventory.Host, error) {
 
 // jsonFlag is shared by every command with machine-readable output.
 var jsonFlag = &cli.BoolFlag{Name: "json", Usage: "print JSON on stdout instead of a table"}
+
+// shellJoin quotes args for a POSIX shell, leaving plain words bare.
+func shellJoin(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a != "" && strings.Trim(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.,:/=@%+") == "" {
+			out[i] = a
+		} else {
+			out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(out, " ")
+}

@@ -49,6 +49,9 @@ func runConfigCheck(_ context.Context, env *Env, c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	for _, n := range inv.Notes {
+		fmt.Fprintf(env.Stderr, "note: %s\n", n)
+	}
 	onDemand := 0
 	for _, h := range inv.Hosts {
 		if h.OnDemand {

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -30,9 +32,25 @@ func TestInterspersedFlags(t *testing.T) {
 	}
 }
 
+// A verb's flags and the global --config after its positional argument are
+// honoured, as in the cron line `gpuctl shutdown gaming-pc --if-idle`.
 func TestFlagAfterArgumentIsHonoured(t *testing.T) {
-	code, stdout, stderr := run(t, nil, "hosts", "--json", "--config", "../../../examples/gpuctl.toml")
-	if code != 0 || !strings.HasPrefix(stdout, "[") {
+	example, err := os.ReadFile("../../../examples/gpuctl.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(t.TempDir(), "gpuctl.toml")
+	inv := strings.Replace(string(example), "[host.nixos]\n",
+		"[host.nixos]\nssh_authorized_keys = [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGpUX6K6pS0lqFbcD1wWbsRRFrdn37tfOH7+ry/Pm6OK gpuctl\"]\n", 1)
+	if err := os.WriteFile(cfg, []byte(inv), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	code, stdout, stderr := run(t, nil, "nixos", "generate", "gaming-pc", "--out", out, "--force", "--config", cfg)
+	if code != 0 {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(out, "flake.nix")); err != nil {
+		t.Fatalf("--out after the host was not honoured: %v", err)
 	}
 }

@@ -24,13 +24,14 @@ func nixosCommand(env *Env) *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "out", Aliases: []string{"o"}, Usage: "write into `DIR` (created if missing)", Required: true},
 					&cli.BoolFlag{Name: "force", Usage: "overwrite generated files even if they were edited by hand"},
+					&cli.BoolFlag{Name: "new-stick-layout", Usage: "accept a changed image_size_mib: every stick must then be flashed from scratch (PERSIST is lost)"},
 				},
 				Action: func(c *cli.Context) error {
 					a, err := args(c, 1, 1, "HOST")
 					if err != nil {
 						return err
 					}
-					return runNixosGenerate(c.Context, env, c, nixosGenerateOpts{Host: a[0], Out: c.String("out"), Force: c.Bool("force")})
+					return runNixosGenerate(c.Context, env, c, nixosGenerateOpts{Host: a[0], Out: c.String("out"), Force: c.Bool("force"), NewLayout: c.Bool("new-stick-layout")})
 				},
 			},
 			{
@@ -58,9 +59,10 @@ func nixosCommand(env *Env) *cli.Command {
 }
 
 type nixosGenerateOpts struct {
-	Host  string
-	Out   string
-	Force bool
+	Host      string
+	Out       string
+	Force     bool
+	NewLayout bool
 }
 
 func runNixosGenerate(_ context.Context, env *Env, c *cli.Context, o nixosGenerateOpts) error {
@@ -71,6 +73,9 @@ func runNixosGenerate(_ context.Context, env *Env, c *cli.Context, o nixosGenera
 	if _, err := inv.host(o.Host); err != nil {
 		return err
 	}
+	for _, n := range inv.Notes {
+		fmt.Fprintf(env.Stderr, "note: %s\n", n)
+	}
 	cfg, err := nixconfig.FromInventory(inv.Inventory, o.Host)
 	if err != nil {
 		return withCode(ExitUsage, err)
@@ -79,10 +84,14 @@ func runNixosGenerate(_ context.Context, env *Env, c *cli.Context, o nixosGenera
 	if err != nil {
 		return err
 	}
-	res, err := nixconfig.Write(o.Out, cfg, files, nixconfig.WriteOptions{Force: o.Force})
+	res, err := nixconfig.Write(o.Out, cfg, files, nixconfig.WriteOptions{Force: o.Force, NewLayout: o.NewLayout})
 	var ee *nixconfig.EditedError
 	if errors.As(err, &ee) {
 		fmt.Fprint(env.Stdout, ee.Diff)
+		return withCode(ExitFailure, err)
+	}
+	var le *nixconfig.LayoutChangedError
+	if errors.As(err, &le) {
 		return withCode(ExitFailure, err)
 	}
 	if err != nil {
@@ -96,6 +105,14 @@ func runNixosGenerate(_ context.Context, env *Env, c *cli.Context, o nixosGenera
 	}
 	if len(res.Unchanged) > 0 {
 		fmt.Fprintf(env.Stderr, "unchanged: %s\n", strings.Join(res.Unchanged, ", "))
+	}
+	switch {
+	case res.LayoutCreated:
+		fmt.Fprintf(env.Stderr, "wrote %s: sticks flashed from %s have a %d MiB system image and PERSIST from sector %d; keep this file with the flake\n",
+			nixconfig.LayoutName, o.Out, res.Layout.ImageSizeMiB, res.Layout.PersistStartSector())
+	case res.LayoutReplaced:
+		fmt.Fprintf(env.Stderr, "WARNING: replaced %s: the image is now %d MiB; every stick flashed before must be flashed from scratch (first flash in FLASHING.md), PERSIST and its host keys are lost\n",
+			nixconfig.LayoutName, res.Layout.ImageSizeMiB)
 	}
 	if res.LocalCreated {
 		fmt.Fprintf(env.Stderr, "created %s for your own additions (never overwritten)\n", nixconfig.LocalName)

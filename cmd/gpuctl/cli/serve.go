@@ -68,8 +68,7 @@ type serveOptions struct {
 func runServe(ctx context.Context, env *Env, o serveOptions) error {
 	backends := o.backends
 	if backends == nil {
-		backends = &controllerBackends{c: newController(env, o.inv), inv: o.inv.Inventory,
-			http: &http.Client{Transport: proxy.NewTransport(nil, 5*time.Second)}}
+		backends = newControllerBackends(env, o.inv)
 	}
 	p, err := proxy.New(proxy.Options{
 		Inventory:    o.inv.Inventory,
@@ -107,6 +106,11 @@ type controllerBackends struct {
 	http *http.Client
 }
 
+func newControllerBackends(env *Env, inv *loadedInventory) *controllerBackends {
+	return &controllerBackends{c: newController(env, inv), inv: inv.Inventory,
+		http: &http.Client{Transport: proxy.NewTransport(nil, 5*time.Second)}}
+}
+
 func (b *controllerBackends) Up(ctx context.Context, host string) (bool, error) {
 	h, ok := b.inv.Host(host)
 	if !ok {
@@ -137,7 +141,7 @@ func (b *controllerBackends) Wake(ctx context.Context, host string) error {
 	}
 	res, err := b.c.Wake(ctx, h, opts)
 	if err != nil {
-		return err
+		return fmt.Errorf("waking %s: %w", host, err)
 	}
 	switch res.Status.State {
 	case controller.StateReady:

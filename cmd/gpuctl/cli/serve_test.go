@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ollamalive/gpuctl/controller/activity"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -21,7 +23,8 @@ func (upBackends) Up(context.Context, string) (bool, error) { return true, nil }
 func (upBackends) Wake(context.Context, string) error       { return nil }
 
 // TestServe runs the verb's runServe against a backend on loopback: it
-// listens, proxies, publishes serve.json, and stops cleanly on cancel.
+// listens, proxies, and on cancel stops cleanly, saving its activity
+// (activity.json, with the request counted) and withdrawing serve.json.
 func TestServe(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"version":"0.17.4"}`)
@@ -67,7 +70,18 @@ func TestServe(t *testing.T) {
 	if !strings.Contains(stderr.String(), "listening on http://127.0.0.1:") {
 		t.Errorf("stderr %q", stderr.String())
 	}
-	if _, err := os.Stat(filepath.Join(dir, "state", "activity.json")); err != nil {
-		t.Errorf("activity not saved on exit: %v", err)
+	b, err := os.ReadFile(filepath.Join(dir, "state", "activity.json"))
+	if err != nil {
+		t.Fatalf("activity not saved on exit: %v", err)
+	}
+	var snap activity.Snapshot
+	if err := json.Unmarshal(b, &snap); err != nil {
+		t.Fatalf("activity.json: %v\n%s", err, b)
+	}
+	if h := snap.Hosts["server"]; h.Requests < 1 || h.InFlight != 0 {
+		t.Errorf("activity.json after one request: %+v", h)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state", "serve.json")); !os.IsNotExist(err) {
+		t.Errorf("serve.json left behind after exit (stat: %v)", err)
 	}
 }

@@ -80,11 +80,12 @@ type shutdownOptions struct {
 func shutdownDeps(env *Env, inv *loadedInventory, h *inventory.Host) *idle.Deps {
 	ctl := newController(env, inv)
 	d := &idle.Deps{
-		StateDir: inv.StateDir,
-		Now:      env.Now,
-		Logger:   env.Logger,
-		Connect:  ctl.SSH,
-		HTTP:     ctl.HTTP,
+		StateDir:     inv.StateDir,
+		CheckTimeout: inv.SSH.CommandTimeout.D(),
+		Now:          env.Now,
+		Logger:       env.Logger,
+		Connect:      ctl.SSH,
+		HTTP:         ctl.HTTP,
 		Unload: func(ctx context.Context, h *inventory.Host, names []string) error {
 			m := &models.Manager{Client: api.NewClient(h.OllamaURL.URL, ctl.HTTP), Host: h, Logger: env.Logger, Now: env.Now}
 			ns := make([]inventory.ModelName, 0, len(names))
@@ -116,7 +117,9 @@ func runShutdown(ctx context.Context, env *Env, o shutdownOptions) error {
 			return fmt.Errorf("write shutdown report: %w", jerr)
 		}
 	}
-	report := !o.json && (o.opts.DryRun || out.Action == idle.ActPoweredOff || out.Action == idle.ActFailed)
+	// A run that failed before looking at the host (the lock, the state
+	// directory) has no report to show.
+	report := !o.json && out.Report.Host != "" && (o.opts.DryRun || out.Action == idle.ActPoweredOff || out.Action == idle.ActFailed)
 	if report {
 		writeIdleReport(env.Stdout, out.Report, o.opts.IfIdle)
 	}

@@ -153,11 +153,13 @@ func newController(env *Env, inv *loadedInventory) *controller.Controller {
 		Now:      env.Now,
 		Logger:   env.Logger,
 		HTTP:     httpClient,
+		// One round of checks; [ssh] command_timeout.
+		CheckTimeout: inv.SSH.CommandTimeout.D(),
 		SSH: controller.SSHConnector(func(h *inventory.Host) (sshexec.Config, error) {
 			return sshexec.ConfigFor(inv.Inventory, h,
 				sshexec.WithEnv(env.Getenv, env.Getenv("HOME")), sshexec.WithLogger(env.Logger))
 		}),
-		Waker:  &controller.PlanWaker{},
+		Waker:  &controller.ActionWaker{WOL: &controller.PlanWaker{}, Getenv: env.Getenv, Logger: env.Logger},
 		Puller: modelsPuller{http: httpClient, logger: env.Logger, stateDir: inv.StateDir},
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
+	"github.com/ollamalive/gpuctl/controller/statefile"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -71,6 +73,10 @@ type trustOptions struct {
 
 func runTrust(ctx context.Context, env *Env, o trustOptions) error {
 	h := o.host
+	// Refuse before scanning and asking, not after the user said yes.
+	if err := statefile.CheckOwner(filepath.Dir(o.inv.KnownHostsFile())); err != nil {
+		return err
+	}
 	cfg, err := sshexec.ConfigFor(o.inv.Inventory, h, sshexec.WithEnv(env.Getenv, env.Getenv("HOME")), sshexec.WithLogger(env.Logger))
 	if err != nil {
 		return withCode(ExitUsage, err)

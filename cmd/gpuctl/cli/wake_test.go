@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -54,10 +55,15 @@ type simPC struct {
 	bootKey ssh.Signer
 	authKey ssh.PublicKey
 
-	mu      sync.Mutex
-	packets int
-	srv     *sshtest.Server
+	mu       sync.Mutex
+	packets  int
+	powerOns int // POSTs to the smart-plug endpoint (plugPath)
+	srv      *sshtest.Server
 }
+
+// plugPath is the simulated PC's smart-plug endpoint: a POST boots it, as a
+// wake command (curl to Home Assistant, say) would.
+const plugPath = "/test-plug/on"
 
 func newSimPC(t *testing.T) *simPC {
 	t.Helper()
@@ -93,6 +99,15 @@ func newSimPC(t *testing.T) *simPC {
 			w.Write(fixtures.Must("ollama_api_version_docs-example.json"))
 		case "/api/tags":
 			w.Write(fixtures.Must("ollama_api_tags_docs-example.json"))
+		case plugPath:
+			pc.mu.Lock()
+			pc.powerOns++
+			first := pc.powerOns == 1 && pc.packets == 0 && !pc.neverUp
+			pc.mu.Unlock()
+			if first {
+				time.AfterFunc(pc.bootWait, pc.boot)
+			}
+			w.Write([]byte(`{"state":"on"}`))
 		default:
 			http.NotFound(w, r)
 		}
@@ -182,16 +197,19 @@ func (pc *simPC) boot() {
 		pc.t.Errorf("boot: %v", err)
 		return
 	}
-	t := pc.t
 	srv.HandleArgv("nvidia-smi", sshtest.Reply{Stdout: string(pc.gpuOut), Exit: pc.gpuExit})
-	srv.HandleMatch(func(_ string, argv []string) bool {
-		return len(argv) > 1 && argv[0] == "docker" && argv[1] == "inspect"
-	},
-		sshtest.Reply{Stdout: string(must(ollamatest.ContainerInspect(fixtures.Read(t, "docker_inspect_running_nginx_20.10.5.json"), "/mnt/models/ollama")))})
-	srv.HandleMatch(func(_ string, argv []string) bool { return len(argv) > 1 && argv[0] == "docker" && argv[1] == "exec" },
-		sshtest.Reply{Stdout: string(fixtures.Read(t, "nvidia-smi_L_rtx4080super.txt"))})
-	srv.HandleArgv("findmnt", sshtest.Reply{Stdout: string(fixtures.Read(t, "findmnt_json_ntfs-3g_fuseblk_LOCAL.json"))})
-	srv.HandleArgv("df", sshtest.Reply{Stdout: string(fixtures.Read(t, "df_B1_output_ntfs-3g_LOCAL.txt"))})
+	// The controller's templates (sudo -n docker ...), whatever the container.
+	tmpl := func(t []string) func(string, []string) bool {
+		return func(_ string, argv []string) bool {
+			return len(argv) == len(t) && slices.Equal(argv[:4], t[:4])
+		}
+	}
+	srv.HandleMatch(tmpl(controller.InspectArgs("c")),
+		sshtest.Reply{Stdout: string(must(ollamatest.ContainerInspect(fixtures.Must("docker_inspect_running_nginx_20.10.5.json"), "/mnt/models/ollama")))})
+	srv.HandleMatch(tmpl(controller.ContainerGPUArgs("c")),
+		sshtest.Reply{Stdout: string(fixtures.Must("nvidia-smi_L_rtx4080super.txt"))})
+	srv.HandleArgv("findmnt", sshtest.Reply{Stdout: string(fixtures.Must("findmnt_json_ntfs-3g_fuseblk_LOCAL.json"))})
+	srv.HandleArgv("df", sshtest.Reply{Stdout: string(fixtures.Must("df_B1_output_ntfs-3g_LOCAL.txt"))})
 	srv.HandleArgv("sh", sshtest.Reply{})
 	pc.srv = srv
 }

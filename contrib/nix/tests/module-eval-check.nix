@@ -1,8 +1,8 @@
 # checks.<system>.module-eval: evaluate a NixOS system with the gpuctl module
 # and ./example.nix, then check what it generates with the real tools:
 # `gpuctl config check` on the rendered /etc/gpuctl/gpuctl.toml, and the
-# serve unit, the idle-shutdown timers and their services as systemd gets
-# them.
+# serve unit, the idle-shutdown timers and their template as systemd gets
+# them, and the gpuctl wrapper on the system's PATH.
 {
   pkgs,
   nixosSystem,
@@ -17,7 +17,7 @@ let
       {
         nixpkgs.hostPlatform = pkgs.stdenv.hostPlatform.system;
         boot.isContainer = true;
-        system.stateVersion = "26.05";
+        system.stateVersion = "26.11";
       }
     ];
   };
@@ -45,12 +45,17 @@ pkgs.runCommand "gpuctl-module-eval" { } ''
     exit 1
   fi
 
-  grep -Fx 'OnCalendar=*:0/5' ${unit "gpuctl-idle-shutdown-gaming-pc.timer"}
-  grep -Fx 'OnCalendar=*:0/5' ${unit "gpuctl-idle-shutdown-workstation.timer"}
-  grep -Fx 'ExecStart=${gpuctl}/bin/gpuctl --config /etc/gpuctl/gpuctl.toml shutdown --if-idle gaming-pc' \
-    ${unit "gpuctl-idle-shutdown-gaming-pc.service"}
-  grep -Fx 'ExecStart=${gpuctl}/bin/gpuctl --config /etc/gpuctl/gpuctl.toml shutdown --if-idle workstation' \
-    ${unit "gpuctl-idle-shutdown-workstation.service"}
+  grep -Fx 'OnCalendar=*:0/5' ${unit "gpuctl-idle@gaming-pc.timer"}
+  grep -Fx 'OnCalendar=*:0/5' ${unit "gpuctl-idle@workstation.timer"}
+  grep -Fx 'ExecStart=${gpuctl}/bin/gpuctl --config /etc/gpuctl/gpuctl.toml shutdown --if-idle %i' \
+    ${unit "gpuctl-idle@.service"}
+  grep -Fx 'TimeoutStartSec=5min' ${unit "gpuctl-idle@.service"}
+  for u in ${serve} ${unit "gpuctl-idle@.service"}; do
+    grep -Fx 'LoadCredential=ssh-key:/run/secrets/gpuctl-ssh-key' "$u"
+  done
+
+  # The admin's gpuctl runs as the service user.
+  grep -F -- '--reuid=gpuctl' ${cfg.system.path}/bin/gpuctl
 
   touch "$out"
 ''

@@ -91,10 +91,84 @@ let
       nullOr = t: mkType "null or ${t.name}" (v: v == null || t.check v) { };
       enum = vs: mkType "one of ${builtins.toJSON vs}" (v: elem v vs) { };
       strMatching = re: mkType "string matching ${re}" (v: isString v && match re v != null) { };
+      # A submodule: its options are declared below the option that has
+      # this type (the evaluator descends into them: defaults, type checks,
+      # unknown keys refused unless freeformType is set); as the element
+      # type of a list, a value is checked against them (no defaults).
+      submodule =
+        m:
+        let
+          decl = if isFunction m then m { inherit lib; } else m;
+          options = decl.options or { };
+          freeform = decl.freeformType or null;
+          checkNode =
+            node: v:
+            isAttrs v
+            && all (
+              n:
+              if !(node ? ${n}) then
+                freeform != null
+              else if (node.${n}._type or null) == "option" then
+                node.${n}.type.check v.${n}
+              else
+                checkNode node.${n} v.${n}
+            ) (attrNames v)
+            && all (
+              n: (node.${n}._type or null) != "option" || v ? ${n} || node.${n} ? default
+            ) (attrNames node);
+        in
+        mkType "submodule" (checkNode options) {
+          subtree = true;
+          _submodule = {
+            inherit options;
+            freeform = freeform != null;
+          };
+        };
     };
+
+    # mkPackageOption pkgs name { ... }: an option of type package whose
+    # default is pkgs.<name> (an error only when that default is used).
+    mkPackageOption =
+      pkgs: name:
+      {
+        default ? [ name ],
+        extraDescription ? "",
+        ...
+      }:
+      let
+        path = if isList default then default else [ default ];
+      in
+      mkOption {
+        type = types.package;
+        default = attrByPath path (throw "pkgs.${builtins.concatStringsSep "." path} does not exist") pkgs;
+        defaultText = literalExpression "pkgs.${builtins.concatStringsSep "." path}";
+        description = "The ${name} package to use. ${extraDescription}";
+      };
 
     # --- the rest of nixpkgs' lib these files use ---
     inherit unique listToAttrs;
+    inherit (builtins) substring;
+    getExe =
+      p:
+      if p ? meta.mainProgram then
+        "${p}/bin/${p.meta.mainProgram}"
+      else
+        throw "getExe: ${p.name or "package"} has no meta.mainProgram";
+    escapeShellArg =
+      s: if match "[A-Za-z0-9_./=+:,@%-]+" s != null then s else "'${builtins.replaceStrings [ "'" ] [ "'\\''" ] s}'";
+    # A source filtered by path: the stub keeps the filter, so that tests
+    # can ask what it lets through.
+    cleanSourceWith =
+      {
+        src,
+        filter,
+        name ? "source",
+      }:
+      {
+        _stub = "cleanSourceWith";
+        outPath = "/nix/store/00000000000000000000000000000000-${name}";
+        inherit src filter name;
+      };
     optional = c: x: if c then [ x ] else [ ];
     optionals = c: xs: if c then xs else [ ];
     optionalString = c: s: if c then s else "";
@@ -203,10 +277,26 @@ let
     path: node:
     if path == [ ] then
       node
+    else if (node._type or null) == "option" && node ? type._submodule then
+      optAt path (subOptions node)
     else if !isAttrs node || (node._type or null) == "option" || !(node ? ${head path}) then
       null
     else
       optAt (tail path) node.${head path};
+
+  # The options a submodule-typed option declares, with every namespace
+  # among them marked freeform when the submodule has a freeformType.
+  subOptions =
+    opt:
+    let
+      mark =
+        node:
+        if (node._type or null) == "option" then
+          node
+        else
+          builtins.mapAttrs (n: mark) node // { _freeform = opt.type._submodule.freeform; };
+    in
+    mark opt.type._submodule.options;
 
   mergeLeaf =
     opts: path: defs:
@@ -242,9 +332,13 @@ let
       leaves0 = map (e: e.leaf) (filter (e: e ? leaf) es);
       leaves = if trees == [ ] then leaves0 else filter (l: !(isEmptyAttrsDef l)) leaves0;
       optNode = optAt path opts;
-      declares = isAttrs optNode && any (n: (optNode.${n}._type or null) == "option") (attrNames optNode);
+      subNode = if (optNode._type or null) == "option" && optNode ? type._submodule then subOptions optNode else optNode;
+      declares =
+        isAttrs subNode
+        && !(subNode._freeform or false)
+        && any (n: (subNode.${n}._type or null) == "option") (attrNames subNode);
       names = unique (concatMap attrNames trees);
-      undeclared = filter (n: !(optNode ? ${n})) names;
+      undeclared = filter (n: !(subNode ? ${n})) names;
     in
     if leaves != [ ] && trees != [ ] then
       throw "stub eval: ${showPath path} is defined both as an attribute set and as a value"
@@ -258,10 +352,17 @@ let
   # Option declarations -> definitions of their defaults at priority 1500.
   defaultsOf =
     opts:
-    if (opts._type or null) == "option" then
+    if (opts._type or null) == "option" && opts ? type._submodule then
+      lib.mkMerge [
+        (if opts ? default then lib.mkOverride 1500 opts.default else { })
+        (defaultsOf (subOptions opts))
+      ]
+    else if (opts._type or null) == "option" then
       (if opts ? default then lib.mkOverride 1500 opts.default else { })
+    else if isAttrs opts then
+      builtins.mapAttrs (n: defaultsOf) (removeAttrs opts [ "_freeform" ])
     else
-      builtins.mapAttrs (n: defaultsOf) opts;
+      { };
 
   mergeOptions =
     a: b:
@@ -353,6 +454,14 @@ let
           override = { go }: buildGoModuleWith go;
         };
         coreutils = drv "coreutils" { };
+        util-linux = drv "util-linux" { };
+        writeShellScriptBin =
+          name: text:
+          drv name {
+            _stub = "writeShellScriptBin";
+            inherit text;
+            meta.mainProgram = name;
+          };
         openssh = drv "openssh" { };
         iproute2 = drv "iproute2" { };
         nix = drv "nix" { };

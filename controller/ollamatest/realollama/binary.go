@@ -105,6 +105,9 @@ func GGUF(spec ModelSpec) (string, error) {
 	if err := spec.WriteGGUF(tmp.Name()); err != nil {
 		return "", err
 	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return "", err
+	}
 	return p, os.Rename(tmp.Name(), p)
 }
 

@@ -118,8 +118,10 @@ func StartServer(ctx context.Context, opts Options) (*Server, error) {
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = 60 * time.Second
 	}
-	if err := os.MkdirAll(opts.ModelsDir, 0o755); err != nil {
-		return nil, err
+	for _, d := range []string{opts.Home, opts.ModelsDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
 	}
 	argv := []string{opts.Binary, "serve"}
 	if opts.Wrap != nil {
