@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -16,9 +17,16 @@ import (
 // max_body), and HEAD answers from the spool; a create naming the digest
 // hands the blob to its host first.
 func TestBlobSpool(t *testing.T) {
-	var got []string
+	var (
+		mu  sync.Mutex
+		got []string // the POSTs pc saw
+	)
 	pc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got = append(got, r.Method+" "+r.URL.Path)
+		if r.Method == http.MethodPost {
+			mu.Lock()
+			got = append(got, r.Method+" "+r.URL.Path)
+			mu.Unlock()
+		}
 		switch {
 		case strings.HasPrefix(r.URL.Path, "/api/blobs/"):
 			w.WriteHeader(http.StatusCreated)
@@ -70,6 +78,8 @@ func TestBlobSpool(t *testing.T) {
 	if res.StatusCode != 200 || !strings.Contains(body, "success") {
 		t.Fatalf("create: %d %s", res.StatusCode, body)
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	if len(got) < 2 || got[0] != "POST /api/blobs/"+digest || got[1] != "POST /api/create" {
 		t.Errorf("pc saw %v; want the blob, then the create", got)
 	}
