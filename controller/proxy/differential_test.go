@@ -339,7 +339,9 @@ func TestDifferentialRealOllama(t *testing.T) {
 	}
 
 	// Listings: serve's merged list holds each host's own records (plus
-	// the documented "gpuctl" key) for every model.
+	// the documented "gpuctl" key) for every model. (/api/ps asks only the
+	// hosts seen up lately: on a slow machine the calls above take a while.)
+	send(t, e.serve, "POST", "/api/show", `{"model":"big"}`)
 	for _, path := range []string{"/api/tags", "/api/ps"} {
 		var merged []any
 		for _, host := range []string{"server", "pc"} {
@@ -556,6 +558,7 @@ func TestCLIThroughServe(t *testing.T) {
 			t.Errorf("ollama list through serve lacks %s:\n%s", m, list)
 		}
 	}
+	ok(serve, "show", "big") // pc seen up lately: /api/ps asks only such hosts
 	if ps := ok(serve, "ps"); !strings.Contains(ps, "tiny:latest") || !strings.Contains(ps, "big:latest") {
 		t.Errorf("ollama ps through serve:\n%s", ps)
 	}
