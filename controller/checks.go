@@ -501,14 +501,9 @@ func ollamaFailure(ctx context.Context, url, path string, err error) Check {
 	return c
 }
 
-// NormalizeModel puts a model name in the form Ollama lists it: with a tag
-// (":latest" by default) and without the default registry and namespace.
-func NormalizeModel(name string) string {
-	s := strings.ToLower(string(inventory.ModelName(strings.TrimSpace(name)).Normalize()))
-	s = strings.TrimPrefix(s, "registry.ollama.ai/")
-	s = strings.TrimPrefix(s, "library/")
-	return s
-}
+// NormalizeModel is inventory.NormalModel: the one normal form of a model
+// name, as Ollama reads and lists it ("heavy:latest").
+func NormalizeModel(name string) string { return inventory.NormalModel(name) }
 
 // MissingModels returns the declared models absent from present (names as
 // /api/tags lists them), in declaration order.

@@ -18,6 +18,7 @@ import (
 // Defaults applied to keys left out of the inventory.
 const (
 	DefaultListen       = "127.0.0.1:11435"
+	DefaultMaxBlob      = ByteSize(64 << 30)
 	DefaultContainer    = "ollama"
 	DefaultModelsDir    = "/mnt/models/ollama"
 	DefaultSSHPort      = 22
@@ -76,6 +77,14 @@ type Serve struct {
 	MaxInFlight int `toml:"max_in_flight"`
 	// PageActions offers a "wake" button on the status page (/gpuctl/).
 	PageActions bool `toml:"page_actions"`
+	// AllowedOrigins are browser origins allowed besides Ollama's own
+	// defaults (OLLAMA_ORIGINS's syntax: "https://webui.example",
+	// "http://*.lan", "*" for any); others get 403.
+	AllowedOrigins []string `toml:"allowed_origins"`
+	// MaxBlob caps one model blob uploaded through serve (POST
+	// /api/blobs/<digest>, as `ollama create` does); free disk in the state
+	// directory bounds it too.
+	MaxBlob ByteSize `toml:"max_blob"`
 }
 
 // Host is one machine with an Ollama server: the always-on box or an
@@ -289,17 +298,34 @@ func (h *Host) SSHAddr() string {
 }
 
 // MatchRoute returns the first route whose patterns match the model, or nil.
-// Patterns are path.Match globs ("llama3.3:*", "*:70b"); a pattern without a
-// tag also matches the model's ":latest" form.
+// Patterns are path.Match globs ("llama3.3:*", "*:70b") compared as Ollama
+// compares names: case-insensitively, against the name as given and its
+// normal form (ModelName.Normalize), so "Heavy", "library/heavy" and
+// "registry.ollama.ai/library/heavy:latest" all match the pattern "heavy".
+// A pattern without a tag also matches the model's ":latest" form.
 func (inv *Inventory) MatchRoute(model string) *Route {
-	norm := string(ModelName(model).Normalize())
+	norm := NormalModel(model)
+	cands := []string{strings.ToLower(strings.TrimSpace(model)), norm}
 	for i := range inv.Routes {
 		for _, p := range inv.Routes[i].Models {
-			if ok, _ := path.Match(p, model); ok {
-				return &inv.Routes[i]
+			p = strings.ToLower(p)
+			pats := []string{p}
+			if !strings.ContainsAny(p, "*?[\\") {
+				// A plain name: compare normal forms.
+				if NormalModel(p) == norm {
+					return &inv.Routes[i]
+				}
+				continue
 			}
-			if ok, _ := path.Match(p, norm); ok {
-				return &inv.Routes[i]
+			if last := p[strings.LastIndex(p, "/")+1:]; !strings.Contains(last, ":") {
+				pats = append(pats, p+":latest")
+			}
+			for _, pat := range pats {
+				for _, c := range cands {
+					if ok, _ := path.Match(pat, c); ok {
+						return &inv.Routes[i]
+					}
+				}
 			}
 		}
 	}

@@ -465,6 +465,14 @@ func (v *validator) check(env Env) {
 	if inv.Serve.MaxBody == 0 {
 		inv.Serve.MaxBody = DefaultMaxBody
 	}
+	if inv.Serve.MaxBlob == 0 {
+		inv.Serve.MaxBlob = DefaultMaxBlob
+	}
+	for i, o := range inv.Serve.AllowedOrigins {
+		if err := checkOrigin(o); err != nil {
+			v.fail(fmt.Sprintf("serve.allowed_origins[%d]", i), "%v", err)
+		}
+	}
 	if inv.Serve.MaxInFlight == 0 {
 		inv.Serve.MaxInFlight = DefaultMaxInFlight
 	} else if inv.Serve.MaxInFlight < 0 {
@@ -663,4 +671,25 @@ func (v *validator) duration(p string, _ []string, d *Duration, def Duration) {
 		v.fail(p, "must be positive")
 	}
 	*d = def
+}
+
+// checkOrigin applies the rules Ollama's CORS middleware (gin-contrib/cors)
+// puts on OLLAMA_ORIGINS: an origin has at most one "*", and one without
+// "*" starts with http://, https:// or a browser extension's scheme.
+func checkOrigin(o string) error {
+	o = strings.TrimSpace(o)
+	switch {
+	case o == "":
+		return errors.New("empty origin")
+	case strings.Count(o, "*") > 1:
+		return fmt.Errorf("%q has more than one \"*\"", o)
+	case strings.Contains(o, "*"):
+		return nil
+	}
+	for _, scheme := range []string{"http://", "https://", "chrome-extension://", "safari-extension://", "moz-extension://", "ms-browser-extension://"} {
+		if strings.HasPrefix(strings.ToLower(o), scheme) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%q is not an origin: write scheme://host[:port] (such as \"https://webui.example\"), or use \"*\"", o)
 }

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ollama/ollama/types/model"
 )
 
 // MAC is a 48-bit Ethernet hardware address, the target of a magic packet.
@@ -268,9 +270,25 @@ func ParseModelName(s string) (ModelName, error) {
 	return ModelName(s), nil
 }
 
-// Normalize adds the ":latest" tag when none is given, as Ollama does.
-func (m ModelName) Normalize() ModelName {
-	s := string(m)
+// Normalize returns the model's normal form, the one every comparison of
+// model names in gpuctl uses (routes, the catalogue, size fit, declared
+// models): the name as Ollama reads it (model.ParseName: default registry
+// registry.ollama.ai, namespace library, tag latest), written as Ollama
+// lists it (DisplayShortest: "heavy:latest", "ns/m:tag",
+// "host:5000/ns/m:tag") and lower-cased, since Ollama compares names
+// case-insensitively. So "HEAVY", "library/heavy" and
+// "registry.ollama.ai/library/heavy:latest" are one model. A name Ollama
+// would refuse keeps its text, lower-cased, with ":latest" added when its
+// last part has no tag.
+func (m ModelName) Normalize() ModelName { return ModelName(NormalModel(string(m))) }
+
+// NormalModel is ModelName.Normalize for any string (a request's model
+// field, a name from /api/tags).
+func NormalModel(s string) string {
+	s = strings.TrimSpace(s)
+	if n := model.ParseName(s); n.IsValid() {
+		return strings.ToLower(n.DisplayShortest())
+	}
 	rest := s
 	if i := strings.LastIndex(s, "/"); i >= 0 {
 		rest = s[i+1:]
@@ -278,7 +296,7 @@ func (m ModelName) Normalize() ModelName {
 	if !strings.Contains(rest, ":") {
 		s += ":latest"
 	}
-	return ModelName(s)
+	return strings.ToLower(s)
 }
 
 func (m ModelName) String() string { return string(m) }

@@ -58,8 +58,13 @@ func (r Ref) String() string { return r.n.String() }
 // "ns/m:tag", "127.0.0.1:5000/library/tiny:latest").
 func (r Ref) Short() string { return r.n.DisplayShortest() }
 
-// Equal compares names as Ollama does (case-insensitively).
-func (r Ref) Equal(o Ref) bool { return r.n.EqualFold(o.n) }
+// Equal compares names as Ollama does (case-insensitively), by their normal
+// form (inventory.NormalModel).
+func (r Ref) Equal(o Ref) bool { return r.Key() == o.Key() }
+
+// Key is the name's normal form (inventory.NormalModel), the key every
+// comparison of model names in gpuctl uses.
+func (r Ref) Key() string { return inventory.NormalModel(r.n.String()) }
 
 // IsZero reports an unset Ref.
 func (r Ref) IsZero() bool { return r.n.Model == "" }

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ollama/ollama/types/model"
+
 	"github.com/ollamalive/gpuctl/controller/statefile"
 )
 
@@ -251,20 +253,14 @@ func (p *Proxy) serveListing(w *respWriter, r *http.Request, info *reqLog) bool 
 	case path == "/api/ps":
 		writeJSON(w, http.StatusOK, map[string]any{"models": p.mergedPS(r.Context())})
 	case path == "/v1/models":
-		data := []openAIModel{}
+		// Ollama's ListWriter: "data" is null when there are no models.
+		var data []openAIModel
 		for _, m := range p.mergedTags(r.Context()) {
 			data = append(data, m.openAI())
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
+		writeEncoded(w, http.StatusOK, map[string]any{"object": "list", "data": data})
 	case strings.HasPrefix(path, "/v1/models/"):
-		id := strings.TrimPrefix(path, "/v1/models/")
-		for _, m := range p.mergedTags(r.Context()) {
-			if m.entry.name == normalize(id) {
-				writeJSON(w, http.StatusOK, m.openAI())
-				return true
-			}
-		}
-		p.fail(w, r, http.StatusNotFound, fmt.Sprintf("model %q is not on any host (see GET /v1/models)", id), map[string]string{"code": "model_not_found"})
+		p.retrieveModel(w, r, info, strings.TrimPrefix(path, "/v1/models/"))
 	case path == "/api/version":
 		// The default host is always on: asking it wakes nothing.
 		info.host = p.def
@@ -306,7 +302,8 @@ type openAIModel struct {
 	OwnedBy string `json:"owned_by"`
 }
 
-// openAI converts the record as Ollama's /v1/models does.
+// openAI converts the record as Ollama's /v1/models does
+// (openai.ToListCompletion).
 func (l listed) openAI() openAIModel {
 	var m struct {
 		Name       string    `json:"name"`
@@ -316,16 +313,41 @@ func (l listed) openAI() openAIModel {
 	if m.Name == "" {
 		m.Name = l.entry.name
 	}
-	owner := "library"
-	parts := strings.Split(m.Name, "/")
-	if len(parts) >= 2 {
-		owner = parts[len(parts)-2]
+	return openAIModel{ID: m.Name, Object: "model", Created: m.ModifiedAt.Unix(), OwnedBy: model.ParseName(m.Name).Namespace}
+}
+
+// retrieveModel answers GET /v1/models/{id} as Ollama does: the host that
+// has the model answers it (so the answer is Ollama's own); for a model
+// only a sleeping host has, serve writes Ollama's answer from the
+// catalogue (openai.ToModel: the id as asked, the model's modified_at)
+// rather than wake the host; a model no host has, or an id Ollama's router
+// does not take (one with "/"), goes to the default host, whose Ollama
+// answers its own 404.
+func (p *Proxy) retrieveModel(w *respWriter, r *http.Request, info *reqLog, id string) {
+	host := p.def
+	if !strings.Contains(id, "/") {
+		want := normalize(id)
+		for _, m := range p.mergedTags(r.Context()) {
+			if m.entry.name != want {
+				continue
+			}
+			if !p.seenUp(m.host, 2*p.o.RefreshInterval) {
+				var rec struct {
+					ModifiedAt time.Time `json:"modified_at"`
+				}
+				_ = json.Unmarshal(m.entry.raw, &rec)
+				info.host, info.note = m.host, "catalogue"
+				writeEncoded(w, http.StatusOK, openAIModel{ID: id, Object: "model", Created: rec.ModifiedAt.Unix(), OwnedBy: model.ParseName(id).Namespace})
+				return
+			}
+			host = m.host
+			break
+		}
 	}
-	var created int64
-	if !m.ModifiedAt.IsZero() {
-		created = m.ModifiedAt.Unix()
-	}
-	return openAIModel{ID: m.Name, Object: "model", Created: created, OwnedBy: owner}
+	info.host = host
+	end := p.begin(host)
+	defer end()
+	p.forward(w, r, nil, host, id)
 }
 
 // mergedTags lists every host's models: live from hosts that are up (the
@@ -424,4 +446,46 @@ func (p *Proxy) mergedPS(ctx context.Context) []json.RawMessage {
 		out = append(out, l...)
 	}
 	return out
+}
+
+// note adds name to host's list (a copy of from's record, renamed, when
+// from is listed; else a bare record) or removes it, for when the host's
+// own list cannot be re-read after a change made through serve.
+func (c *catalogue) note(host, name, from string, remove bool, at time.Time) {
+	want := normalize(name)
+	c.mu.Lock()
+	old := c.hosts[host]
+	var models []json.RawMessage
+	var src json.RawMessage
+	if old != nil {
+		for _, e := range old.entries {
+			if e.name != want {
+				models = append(models, e.raw)
+			}
+			if from != "" && e.name == normalize(from) {
+				src = e.raw
+			}
+		}
+	}
+	if !remove {
+		rec := map[string]any{}
+		if src != nil {
+			_ = json.Unmarshal(src, &rec)
+		}
+		rec["name"], rec["model"] = want, want
+		if _, ok := rec["size"]; !ok {
+			rec["size"] = 0
+		}
+		b, _ := json.Marshal(rec)
+		models = append(models, b)
+	}
+	fetched := at
+	if old != nil {
+		fetched = old.Fetched
+	}
+	c.hosts[host] = &hostCat{Fetched: fetched, Models: models, entries: parseEntries(models)}
+	c.mu.Unlock()
+	if c.path != "" {
+		c.save()
+	}
 }

@@ -87,28 +87,7 @@ func TestOllamaGoClient(t *testing.T) {
 // (the client must report the error, not hang or return a silent partial).
 // It needs node; only outside CI may it skip when node is missing.
 func TestOpenAINodeClient(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("node is not installed; the openai client test must run in CI (apt-get install nodejs npm)")
-		}
-		t.Skip("node is not installed")
-	}
-	dir, _ := filepath.Abs(filepath.Join("testdata", "node"))
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "openai")); err != nil {
-		// Install the pinned client from package-lock.json.
-		ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
-		cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = dir
-		out, err := cmd.CombinedOutput()
-		cancel()
-		if err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
-			}
-			t.Skipf("npm ci in %s failed (offline?): %v", dir, err)
-		}
-	}
+	node, dir := nodeClients(t)
 	ts, fb, _ := realBackends(t)
 
 	dying := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -153,4 +132,38 @@ func TestOpenAINodeClient(t *testing.T) {
 	if out.Error == nil || !strings.Contains(*out.Error, "broke off") || out.Text != "Hel" {
 		t.Errorf("broken stream: openai client saw %+v; want the text so far and an error naming the break", out)
 	}
+}
+
+// nodeClients returns node and the directory of the pinned official npm
+// clients (testdata/node: openai, ollama), installing them from
+// package-lock.json when they are missing. Only outside CI may it skip
+// when node or the registry is missing.
+func nodeClients(t *testing.T) (node, dir string) {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("node is not installed; the official client tests must run in CI (apt-get install nodejs npm)")
+		}
+		t.Skip("node is not installed")
+	}
+	dir, _ = filepath.Abs(filepath.Join("testdata", "node"))
+	for _, pkg := range []string{"openai", "ollama"} {
+		if _, err := os.Stat(filepath.Join(dir, "node_modules", pkg, "package.json")); err == nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+		cmd := exec.CommandContext(ctx, "npm", "ci", "--no-audit", "--no-fund")
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
+			}
+			t.Skipf("npm ci in %s failed (offline?): %v", dir, err)
+		}
+		break
+	}
+	return node, dir
 }

@@ -21,6 +21,7 @@ import (
 type target struct {
 	host  string
 	model string
+	learn *learner // a model change the catalogue learns on success
 }
 
 type targetKey struct{}
@@ -56,6 +57,11 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	if p.serveListing(rw, r, info) {
 		return
 	}
+	if strings.HasPrefix(r.URL.Path, "/api/blobs/") {
+		// Uploads for `ollama create`: spooled, bounded by max_blob (blobs.go).
+		p.serveBlob(rw, r, info)
+		return
+	}
 	// Held requests (a wake) and streams may last far longer than the
 	// server's WriteTimeout: lift it for proxied requests.
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
@@ -74,7 +80,7 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	info.model = modelOf(r.URL.Path, body)
-	d := p.decide(info.model)
+	d := p.decideRequest(r.URL.Path, body, info.model)
 	info.note = d.reason
 
 	host := d.host
@@ -85,9 +91,16 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 		end := p.begin(host)
 		err := p.ready(r.Context(), host)
 		if err == nil {
+			// A declared model serve is pulling after a wake: held.
+			err = p.awaitPull(r.Context(), host, info.model, r.URL.Path)
+		}
+		if err == nil {
 			// end runs even when the stream is aborted (a panic with
 			// http.ErrAbortHandler from the ReverseProxy).
 			defer end()
+			if !p.handOff(rw, r, body, host) {
+				return
+			}
 			p.forward(rw, r, body, host, info.model)
 			return
 		}
@@ -187,7 +200,7 @@ func (p *Proxy) forward(w *respWriter, r *http.Request, body []byte, host, model
 	// Streams may run for as long as the model generates: lift the
 	// server's write deadline for this response.
 	_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Time{})
-	out := r.WithContext(context.WithValue(r.Context(), targetKey{}, &target{host: host, model: model}))
+	out := r.WithContext(context.WithValue(r.Context(), targetKey{}, &target{host: host, model: model, learn: p.learnerFor(r.URL.Path, body, host)}))
 	if body != nil {
 		out.Body = io.NopCloser(bytes.NewReader(body))
 		out.ContentLength = int64(len(body))
@@ -201,6 +214,8 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	t := targetOf(pr.In.Context())
 	pr.SetURL(p.targetURL(t.host))
 	pr.SetXForwarded()
+	// The guard judged the origin; the host's Ollama must not again.
+	pr.Out.Header.Del("Origin")
 }
 
 // modifyResponse notes that the host answered and guards streams so a
@@ -211,6 +226,9 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 		return nil
 	}
 	p.setState(t.host, true)
+	if t.learn != nil {
+		t.learn.watch(res)
+	}
 	if res.ContentLength >= 0 {
 		return nil
 	}
@@ -292,11 +310,12 @@ func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, status int, msg str
 
 func writeError(w http.ResponseWriter, status int, msg string, extra map[string]string, openai ...bool) {
 	if len(openai) > 0 && openai[0] {
-		e := map[string]any{"message": msg, "type": errType(status)}
+		// Ollama's openai.ErrorResponse, with serve's additions.
+		e := map[string]any{"message": msg, "type": errType(status), "param": nil, "code": nil}
 		for k, v := range extra {
 			e[k] = v
 		}
-		writeJSON(w, status, map[string]any{"error": e})
+		writeEncoded(w, status, map[string]any{"error": e})
 		return
 	}
 	m := map[string]any{"error": msg}
@@ -306,16 +325,22 @@ func writeError(w http.ResponseWriter, status int, msg string, extra map[string]
 	writeJSON(w, status, m)
 }
 
+// errType is the OpenAI error type Ollama's openai.NewError gives status.
 func errType(status int) string {
-	switch {
-	case status == http.StatusTooManyRequests:
-		return "rate_limit_error"
-	case status < 500:
+	switch status {
+	case http.StatusBadRequest:
 		return "invalid_request_error"
+	case http.StatusNotFound:
+		return "not_found_error"
+	case http.StatusTooManyRequests:
+		// serve's own limit (Ollama has none): OpenAI's type for it.
+		return "rate_limit_error"
 	}
-	return "server_error"
+	return "api_error"
 }
 
+// writeJSON writes v as gin's c.JSON does (Ollama's /api answers):
+// "application/json; charset=utf-8", no trailing newline.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -323,6 +348,20 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 		status = http.StatusInternalServerError
 	}
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Content-Length", itoa(len(b)))
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
+
+// writeEncoded writes v as Ollama's OpenAI middleware does
+// (json.Encoder): "application/json", a trailing newline.
+func writeEncoded(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		b = []byte(`{"error":{"message":"gpuctl: encoding the answer failed","type":"api_error","param":null,"code":null}}`)
+		status = http.StatusInternalServerError
+	}
+	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", itoa(len(b)+1))
 	w.WriteHeader(status)
 	_, _ = w.Write(append(b, '\n'))

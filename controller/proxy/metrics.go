@@ -14,6 +14,10 @@ type metrics struct {
 	backendUp   *prometheus.GaugeVec
 	replays     *prometheus.CounterVec
 	drainHolds  *prometheus.CounterVec
+	refused     *prometheus.CounterVec
+	pulls       *prometheus.CounterVec
+	pullBytes   *prometheus.GaugeVec
+	pullTotal   *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, hosts []string) (*metrics, error) {
@@ -47,8 +51,24 @@ func newMetrics(reg prometheus.Registerer, hosts []string) (*metrics, error) {
 			Name: "gpuctl_proxy_drain_holds_total",
 			Help: "Requests held because gpuctl shutdown was powering their host off (its draining marker was present).",
 		}, []string{"host"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gpuctl_proxy_refused_total",
+			Help: "Requests refused with 403 by Ollama's guard, by why: origin (a browser origin not allowed) or host (a Host that is not a local name on a loopback listener).",
+		}, []string{"why"}),
+		pulls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gpuctl_proxy_model_pulls_total",
+			Help: "Declared models pulled by gpuctl serve after a wake it started, by host, model and result (ok, failed).",
+		}, []string{"host", "model", "result"}),
+		pullBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gpuctl_proxy_model_pull_completed_bytes",
+			Help: "Bytes downloaded so far by a declared-model pull gpuctl serve started (removed when it ends).",
+		}, []string{"host", "model"}),
+		pullTotal: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "gpuctl_proxy_model_pull_total_bytes",
+			Help: "Bytes to download in a declared-model pull gpuctl serve started, as Ollama reports them (removed when it ends).",
+		}, []string{"host", "model"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.inFlight, m.wakes, m.wakeSeconds, m.backendUp, m.replays, m.drainHolds} {
+	for _, c := range []prometheus.Collector{m.requests, m.inFlight, m.wakes, m.wakeSeconds, m.backendUp, m.replays, m.drainHolds, m.refused, m.pulls, m.pullBytes, m.pullTotal} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register proxy metrics: %w", err)
 		}
@@ -72,7 +92,7 @@ func (p *Proxy) modelLabel(model string) string {
 	}
 	for i := range p.inv.Hosts {
 		for _, m := range p.inv.Hosts[i].Models {
-			if m.Normalize() == modelName(model) {
+			if string(m.Normalize()) == normalize(model) {
 				return normalize(model)
 			}
 		}

@@ -36,8 +36,10 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -138,6 +140,16 @@ type Proxy struct {
 	reg     *prometheus.Registry
 	metrics http.Handler
 	cat     *catalogue
+	origins *originPolicy
+
+	blobOnce  sync.Once
+	blobPath  string // the spool of uploaded blobs (blobs.go)
+	blobErr   error
+	blobTemp  bool     // blobPath is a temporary directory: removed by Close
+	blobsUsed sync.Map // digest → spooled file handed to a host for a create
+	// listenAddr is the address Run serves on (the guard's "loopback
+	// listener"); nil until Run.
+	listenAddr atomic.Pointer[net.Addr]
 
 	baseCtx context.Context
 	cancel  context.CancelFunc
@@ -146,6 +158,7 @@ type Proxy struct {
 	mu     sync.Mutex
 	states map[string]hostState
 	flight map[string]*upCall
+	pulls  map[string]*pullState // declared-model pulls after wakes (pulls.go)
 
 	// drainCheckHook, when set (tests), runs between counting a request
 	// and looking for the draining marker.
@@ -201,6 +214,7 @@ func New(o Options) (*Proxy, error) {
 		hosts:  map[string]*inventory.Host{},
 		states: map[string]hostState{},
 		flight: map[string]*upCall{},
+		pulls:  map[string]*pullState{},
 		reg:    o.Registry,
 	}
 	for i := range inv.Hosts {
@@ -256,6 +270,7 @@ func New(o Options) (*Proxy, error) {
 	}
 	p.baseCtx, p.cancel = context.WithCancel(context.Background())
 	p.cat = newCatalogue(o.StateDir, o.Logger)
+	p.origins = newOriginPolicy(inv.Serve.AllowedOrigins)
 	for _, name := range p.order {
 		p.met.backendUp.WithLabelValues(name).Set(-1)
 	}
@@ -271,6 +286,9 @@ func (p *Proxy) Tracker() *activity.Tracker { return p.tracker }
 func (p *Proxy) Close() {
 	p.cancel()
 	p.bg.Wait()
+	if p.blobTemp {
+		_ = os.RemoveAll(p.blobPath)
+	}
 	if t, ok := p.tr.(interface{ CloseIdleConnections() }); ok {
 		t.CloseIdleConnections()
 	}
@@ -282,6 +300,8 @@ func (p *Proxy) Close() {
 // DrainTimeout, then cuts what is left.
 func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 	srv := p.Server()
+	addr := ln.Addr()
+	p.listenAddr.Store(&addr)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 
@@ -385,6 +405,9 @@ func (e *dialError) Unwrap() error { return e.err }
 
 // ServeHTTP dispatches one request.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if p.guard(w, r) {
+		return
+	}
 	switch path := r.URL.Path; {
 	case path == "/healthz":
 		p.healthz(w, r)
@@ -397,11 +420,21 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "/" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("Ollama is running"))
+	case path == "/":
+		// Ollama's router (gin, HandleMethodNotAllowed) answers so.
+		plainText(w, http.StatusMethodNotAllowed, "405 method not allowed")
 	case hasPrefix(path, "/api/") || hasPrefix(path, "/v1/"):
 		p.serveAPI(w, r)
 	default:
-		writeError(w, http.StatusNotFound, fmt.Sprintf("gpuctl serve has no %s; it answers /api/* (Ollama) and /v1/* (OpenAI)", path), nil)
+		plainText(w, http.StatusNotFound, "404 page not found")
 	}
+}
+
+// plainText answers as gin does for paths and methods it has no route for.
+func plainText(w http.ResponseWriter, status int, body string) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(body))
 }
 
 func hasPrefix(s, prefix string) bool { return len(s) >= len(prefix) && s[:len(prefix)] == prefix }

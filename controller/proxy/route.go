@@ -17,8 +17,8 @@ func fits(size int64, vram inventory.ByteSize) bool {
 	return vram == 0 || uint64(size)+uint64(size)/10 <= uint64(vram)
 }
 
-func modelName(s string) inventory.ModelName { return inventory.ModelName(s).Normalize() }
-func normalize(s string) string              { return string(modelName(s)) }
+// normalize is the model name's one normal form (inventory.NormalModel).
+func normalize(s string) string { return inventory.NormalModel(s) }
 
 // decide routes a model: the first matching [[route]]; else, when the
 // model's size (from the catalogue) does not fit the default host's vram,
@@ -33,10 +33,10 @@ func (p *Proxy) decide(model string) decision {
 		return decision{host: r.Host, fallback: r.Fallback, reason: "route"}
 	}
 	having, size := p.cat.lookup(model)
-	want := modelName(model)
+	want := normalize(model)
 	for i := range p.inv.Hosts {
 		for _, m := range p.inv.Hosts[i].Models {
-			if m.Normalize() == want {
+			if string(m.Normalize()) == want {
 				having[p.inv.Hosts[i].Name] = true
 			}
 		}

@@ -16,7 +16,9 @@ type WakeError struct {
 	Host string
 	// Reason is short and machine-readable: "boot_timeout", "wake_failed",
 	// "powering_off" (gpuctl shutdown was still draining the host when the
-	// request's hold ran out) or "shutting_down" (gpuctl serve is stopping).
+	// request's hold ran out), "shutting_down" (gpuctl serve is stopping),
+	// "pulling" (the host is up but still pulling the declared model the
+	// request is for) or "pull_failed" (that pull failed).
 	Reason     string
 	Err        error
 	RetryAfter time.Duration
@@ -28,6 +30,8 @@ func (e *WakeError) Error() string {
 		return fmt.Sprintf("host %q did not become ready within its boot_timeout: %v; check it with gpuctl status %s", e.Host, e.Err, e.Host)
 	case "shutting_down":
 		return fmt.Sprintf("host %q was not woken: gpuctl serve is shutting down", e.Host)
+	case "pulling", "pull_failed":
+		return fmt.Sprintf("host %q is up, but %v; retry shortly, or see gpuctl serve's log", e.Host, e.Err)
 	case "powering_off":
 		return fmt.Sprintf("host %q is being powered off by gpuctl shutdown and could not be woken again in time: %v; retry shortly, or check it with gpuctl status %s", e.Host, e.Err, e.Host)
 	}
@@ -136,6 +140,12 @@ func (p *Proxy) bringUp(h *inventory.Host, c *upCall) {
 		p.met.wakeSeconds.WithLabelValues(h.Name).Observe(took.Seconds())
 		p.setState(h.Name, true)
 		p.log.Info("host is ready", "host", h.Name, "took", took)
+		if len(h.Models) > 0 {
+			// Reads its model list and starts pulling the declared models
+			// it lacks, before the held requests are released.
+			p.startPulls(h)
+			return
+		}
 		// Its model list may have changed while it slept.
 		p.bg.Add(1)
 		go func() {

@@ -110,7 +110,8 @@ func runServe(ctx context.Context, env *Env, o serveOptions) error {
 
 // controllerBackends adapts the controller to the proxy: Up asks the host's
 // Ollama directly (cheap, never wakes); Wake is the controller's wake, with
-// no model pulls, so requests are not held behind a download.
+// no model pulls: the proxy pulls the missing declared models itself once
+// the host is ready, holding only the requests for those models.
 type controllerBackends struct {
 	c    *controller.Controller
 	inv  *inventory.Inventory
