@@ -23,8 +23,11 @@
 // cached copy kept in the state directory.
 //
 // Responses stream through unbuffered (each NDJSON line or SSE event is
-// flushed as it arrives), with no write deadline, and a client that goes
-// away cancels its backend request.
+// flushed as it arrives), with no overall write deadline: each write must
+// make progress within WriteStall, so a client that stops reading loses
+// its stream and slot, and a client that goes away cancels its backend
+// request. Only the methods Ollama's API uses are forwarded, and paths
+// with dot segments are refused, never cleaned.
 package proxy
 
 import (
@@ -68,6 +71,9 @@ const (
 	DefaultWakeBackoff           = 30 * time.Second
 	DefaultReplayDelay           = 500 * time.Millisecond
 	DefaultDrainPoll             = 250 * time.Millisecond
+	// DefaultWriteStall is how long a response write may make no progress
+	// (a client that stopped reading) before the stream is ended.
+	DefaultWriteStall = 60 * time.Second
 	// bodyReadTimeout bounds reading one request body from the client.
 	bodyReadTimeout = 2 * time.Minute
 	// listTimeout bounds each backend call made to answer a listing.
@@ -113,7 +119,11 @@ type Options struct {
 	// DrainPoll is how often a request held by a shutdown's draining
 	// marker (STATE_DIR/draining/HOST) looks whether it is gone.
 	DrainPoll time.Duration
-	Now       func() time.Time
+	// WriteStall is how long a write to a client may make no progress
+	// (a client that stopped reading) before its stream is ended and its
+	// slot released.
+	WriteStall time.Duration
+	Now        func() time.Time
 }
 
 // Proxy is the routing proxy. Its ServeHTTP serves everything `gpuctl
@@ -138,7 +148,11 @@ type Proxy struct {
 
 	baseCtx context.Context
 	cancel  context.CancelFunc
-	bg      sync.WaitGroup
+	// cutCtx ends, with its cause, every request still running when a
+	// shutdown's drain timeout passes (see cutRequests).
+	cutCtx context.Context
+	cut    context.CancelCauseFunc
+	bg     sync.WaitGroup
 
 	mu     sync.Mutex
 	states map[string]hostState
@@ -147,6 +161,8 @@ type Proxy struct {
 	// drainCheckHook, when set (tests), runs between counting a request
 	// and looking for the draining marker.
 	drainCheckHook func(host string)
+	// finishHook, when set (tests), runs as each API request is logged.
+	finishHook func(status int)
 }
 
 type hostState struct {
@@ -189,6 +205,9 @@ func New(o Options) (*Proxy, error) {
 	}
 	if o.DrainPoll <= 0 {
 		o.DrainPoll = DefaultDrainPoll
+	}
+	if o.WriteStall <= 0 {
+		o.WriteStall = DefaultWriteStall
 	}
 	if o.Registry == nil {
 		o.Registry = prometheus.NewRegistry()
@@ -252,6 +271,7 @@ func New(o Options) (*Proxy, error) {
 		ErrorLog:       slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
 	}
 	p.baseCtx, p.cancel = context.WithCancel(context.Background())
+	p.cutCtx, p.cut = context.WithCancelCause(context.Background())
 	p.cat = newCatalogue(o.StateDir, o.Logger)
 	for _, name := range p.order {
 		p.met.backendUp.WithLabelValues(name).Set(-1)
@@ -276,7 +296,8 @@ func (p *Proxy) Close() {
 // Run serves on ln until ctx ends, refreshing model lists in the background
 // and, with a StateDir, publishing activity for idle shutdown. On ctx's end
 // it stops accepting, lets requests and streams finish for up to
-// DrainTimeout, then cuts what is left.
+// DrainTimeout, then cuts what is left: streams end with an error record
+// in their own format, requests not yet answered get 503.
 func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 	srv := p.Server()
 	errc := make(chan error, 1)
@@ -303,13 +324,7 @@ func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 	case err = <-pubErr:
 		err = fmt.Errorf("publish activity in %s: %w", p.o.StateDir, err)
 	}
-	p.log.Info("shutting down", "drain", p.o.DrainTimeout)
-	sctx, scancel := context.WithTimeout(context.Background(), p.o.DrainTimeout)
-	if serr := srv.Shutdown(sctx); serr != nil {
-		p.log.Warn("streams still open after the drain timeout; closing them", "err", serr)
-		_ = srv.Close()
-	}
-	scancel()
+	p.shutdown(srv)
 	bgCancel()
 	wg.Wait()
 	p.Close()
@@ -382,6 +397,9 @@ func (e *dialError) Unwrap() error { return e.err }
 
 // ServeHTTP dispatches one request.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if p.refuseRequest(w, r) {
+		return
+	}
 	switch path := r.URL.Path; {
 	case path == "/healthz":
 		p.healthz(w, r)
