@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -293,4 +294,128 @@ func TestClientThatNeverReadsLosesItsSlot(t *testing.T) {
 	if got := readAll(t, res2); res2.StatusCode != 200 {
 		t.Errorf("next request: %d %s, want 200", res2.StatusCode, got)
 	}
+}
+
+// Item 5: a stream still running when the drain timeout passes ends with
+// an error record in its own format (as a backend death does), and a
+// clean end of the response, instead of a truncated body.
+func TestDrainCutEndsStreamWithError(t *testing.T) {
+	for _, kind := range []string{"ndjson", "sse"} {
+		t.Run(kind, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				mn := newMemNet()
+				server := &fakeOllama{name: "server", handle: func(w http.ResponseWriter, r *http.Request) {
+					if kind == "sse" {
+						w.Header().Set("Content-Type", "text/event-stream")
+					} else {
+						w.Header().Set("Content-Type", "application/x-ndjson")
+					}
+					for i := range 100 {
+						if kind == "sse" {
+							fmt.Fprintf(w, "data: {\"i\":%d}\n\n", i)
+						} else {
+							fmt.Fprintf(w, "{\"i\":%d}\n", i)
+						}
+						w.(http.Flusher).Flush()
+						select {
+						case <-time.After(time.Second):
+						case <-r.Context().Done():
+							return
+						}
+					}
+				}}
+				stopServer := mn.serve("server:11434", &http.Server{Handler: server})
+				defer stopServer()
+				p, err := New(Options{
+					Inventory: testInventory(t, "http://server:11434", "http://pc:11434"),
+					Backends:  newFakeBackends(), Dial: mn.Dial, Logger: testLogger(t), DrainTimeout: 3 * time.Second,
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ln := mn.listen("proxy:80")
+				ctx, cancel := context.WithCancel(t.Context())
+				runErr := make(chan error, 1)
+				go func() { runErr <- p.Run(ctx, ln) }()
+				client := mn.client()
+				defer client.CloseIdleConnections()
+				path := "/api/chat"
+				if kind == "sse" {
+					path = "/v1/chat/completions"
+				}
+				res, err := post(t.Context(), client, "http://proxy:80"+path, `{"model":"tiny","stream":true}`)
+				if err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(1500 * time.Millisecond)
+				cancel() // shutdown begins mid-stream; the stream outlasts the drain
+				body, err := io.ReadAll(res.Body)
+				res.Body.Close()
+				if err != nil {
+					t.Fatalf("stream cut without a clean end: %v (got %q)", err, body)
+				}
+				want := `{"error":"gpuctl: gpuctl serve is shutting down: the request was cut after the 3s drain; send it again"}` + "\n"
+				if kind == "sse" {
+					want = `data: {"error":{"message":"gpuctl: gpuctl serve is shutting down: the request was cut after the 3s drain; send it again","type":"server_error"}}` + "\n\n"
+				}
+				if !strings.HasSuffix(string(body), want) {
+					t.Errorf("stream ends\n%q\nwant it to end with\n%q", body[max(0, len(body)-200):], want)
+				}
+				if err := <-runErr; err != nil {
+					t.Fatalf("Run: %v", err)
+				}
+				if n := p.Tracker().InFlight("server"); n != 0 {
+					t.Errorf("in flight = %d after shutdown", n)
+				}
+			})
+		})
+	}
+}
+
+// Item 5: a request still waiting for its backend's headers when the
+// drain timeout passes gets 503 saying why, not a dropped connection.
+func TestDrainCutAnswersWaitingRequest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mn := newMemNet()
+		server := &fakeOllama{name: "server", handle: func(w http.ResponseWriter, r *http.Request) {
+			<-r.Context().Done() // a cold load that outlasts the drain
+		}}
+		stopServer := mn.serve("server:11434", &http.Server{Handler: server})
+		defer stopServer()
+		p, err := New(Options{
+			Inventory: testInventory(t, "http://server:11434", "http://pc:11434"),
+			Backends:  newFakeBackends(), Dial: mn.Dial, Logger: testLogger(t), DrainTimeout: 3 * time.Second,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln := mn.listen("proxy:80")
+		ctx, cancel := context.WithCancel(t.Context())
+		runErr := make(chan error, 1)
+		go func() { runErr <- p.Run(ctx, ln) }()
+		client := mn.client()
+		defer client.CloseIdleConnections()
+		type result struct {
+			res *http.Response
+			err error
+		}
+		rc := make(chan result, 1)
+		go func() {
+			res, err := post(t.Context(), client, "http://proxy:80/api/generate", `{"model":"tiny"}`)
+			rc <- result{res, err}
+		}()
+		time.Sleep(time.Second)
+		cancel()
+		r := <-rc
+		if r.err != nil {
+			t.Fatalf("no answer: %v", r.err)
+		}
+		body := readAll(t, r.res)
+		if r.res.StatusCode != 503 || r.res.Header.Get("Retry-After") == "" || !strings.Contains(body, "shutting down") {
+			t.Errorf("got %d Retry-After %q %s; want 503 saying serve is shutting down", r.res.StatusCode, r.res.Header.Get("Retry-After"), body)
+		}
+		if err := <-runErr; err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	})
 }
