@@ -32,6 +32,10 @@ const (
 	DefaultMaxBody      = ByteSize(64 << 20)
 	DefaultMaxInFlight  = 256
 	DefaultMinFreeSpace = ByteSize(1 << 30)
+	// DefaultHeaderTimeout is how long serve waits for a backend's
+	// response headers: a cold load of a 40 GB model from an NTFS drive
+	// can take minutes.
+	DefaultHeaderTimeout = Duration(10 * time.Minute)
 )
 
 // Inventory is a whole gpuctl configuration file.
@@ -66,6 +70,11 @@ type Serve struct {
 	MaxBody ByteSize `toml:"max_body"`
 	// MaxInFlight caps concurrent proxied requests; past it clients get 429.
 	MaxInFlight int `toml:"max_in_flight"`
+	// HeaderTimeout bounds how long a backend may take to start answering
+	// (a cold model load); past it the client gets 504.
+	HeaderTimeout Duration `toml:"header_timeout"`
+	// DebugListen, when set, serves net/http/pprof there; loopback only.
+	DebugListen HostPort `toml:"debug_listen"`
 }
 
 // Host is one machine with an Ollama server: the always-on box or an

@@ -419,3 +419,43 @@ func TestDrainCutAnswersWaitingRequest(t *testing.T) {
 		}
 	})
 }
+
+// Item 6: /metrics carries the standard Go and process collectors' series,
+// so goroutine, memory and fd leaks can be watched.
+func TestMetricsGoAndProcess(t *testing.T) {
+	p := newProxy(t, Options{Inventory: testInventory(t, "http://127.0.0.1:1", "http://127.0.0.1:2"), Backends: newFakeBackends()})
+	ts := serveProxy(t, p)
+	res, err := testClient(t).Get(ts.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := readAll(t, res)
+	for _, want := range []string{"\ngo_goroutines ", "\ngo_memstats_heap_inuse_bytes ", "\ngo_memstats_sys_bytes ", "\ngo_gc_duration_seconds{",
+		"\nprocess_resident_memory_bytes ", "\nprocess_open_fds ", "\nprocess_max_fds ", "\nprocess_cpu_seconds_total ", "\ngpuctl_proxy_in_flight{"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", strings.TrimSpace(want))
+		}
+	}
+}
+
+// The debug handler serves the profiles a leak hunt needs.
+func TestDebugHandler(t *testing.T) {
+	ts := httptest.NewServer(DebugHandler())
+	defer ts.Close()
+	c := testClient(t)
+	for path, want := range map[string]string{
+		"/debug/pprof/":                  "goroutine",
+		"/debug/pprof/goroutine?debug=1": "goroutine profile:",
+		"/debug/pprof/heap?debug=1":      "heap profile:",
+		"/debug/pprof/cmdline":           "",
+	} {
+		res, err := c.Get(ts.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readAll(t, res)
+		if res.StatusCode != 200 || !strings.Contains(body, want) {
+			t.Errorf("%s: %d %.200s", path, res.StatusCode, body)
+		}
+	}
+}

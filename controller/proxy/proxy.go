@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ollamalive/gpuctl/controller/activity"
@@ -63,7 +64,7 @@ type Backends interface {
 
 // Defaults for Options left zero.
 const (
-	DefaultResponseHeaderTimeout = 5 * time.Minute
+	DefaultResponseHeaderTimeout = 10 * time.Minute
 	DefaultDialTimeout           = 10 * time.Second
 	DefaultStateTTL              = 15 * time.Second
 	DefaultRefreshInterval       = 30 * time.Second
@@ -94,7 +95,7 @@ type Options struct {
 	// is used, the activity files; "" keeps nothing on disk.
 	StateDir string
 	// Registry receives the proxy's metrics and is served at /metrics; nil
-	// makes a private one.
+	// makes a private one with the standard Go and process collectors.
 	Registry *prometheus.Registry
 	// Dial dials backends (tests pass in-memory pipes); nil uses a
 	// net.Dialer with DialTimeout.
@@ -210,7 +211,11 @@ func New(o Options) (*Proxy, error) {
 		o.WriteStall = DefaultWriteStall
 	}
 	if o.Registry == nil {
+		// A private registry also carries the standard Go and process
+		// collectors (go_goroutines, go_memstats_*, process_open_fds,
+		// process_resident_memory_bytes…), so a leak can be watched.
 		o.Registry = prometheus.NewRegistry()
+		o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	p := &Proxy{
 		o: o, inv: inv, log: o.Logger, tracker: o.Tracker,
