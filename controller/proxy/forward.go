@@ -61,6 +61,7 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	if p.serveListing(rw, r, info) {
 		return
 	}
+	p.trim.requests.Add(1)
 	// A shutdown's cut and a client that stops reading end the request
 	// through its context, with a cause.
 	r, rw.abort, release = p.cuttable(r)

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"testing/synctest"
@@ -458,4 +459,60 @@ func TestDebugHandler(t *testing.T) {
 			t.Errorf("%s: %d %.200s", path, res.StatusCode, body)
 		}
 	}
+}
+
+// Item 6: once serve has been quiet for a whole TrimInterval after work,
+// it gives memory back once (idle backend connections closed, free pages
+// returned); not again until something happens.
+func TestTrimAfterQuiet(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mn := newMemNet()
+		stopServer := mn.serve("server:11434", &http.Server{Handler: &fakeOllama{name: "server"}})
+		defer stopServer()
+		p, err := New(Options{
+			Inventory: testInventory(t, "http://server:11434", "http://pc:11434"),
+			Backends:  newFakeBackends(), Dial: mn.Dial, Logger: testLogger(t), TrimInterval: time.Minute,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var trims atomic.Int32
+		p.freeMemory = func() { trims.Add(1) }
+		ctx, cancel := context.WithCancel(t.Context())
+		runErr := make(chan error, 1)
+		go func() { runErr <- p.Run(ctx, mn.listen("proxy:80")) }()
+		client := mn.client()
+		request := func() {
+			res, err := post(t.Context(), client, "http://proxy:80/api/generate", `{"model":"tiny"}`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			readAll(t, res)
+			client.CloseIdleConnections()
+		}
+		time.Sleep(5 * time.Minute)
+		if n := trims.Load(); n != 0 {
+			t.Errorf("%d trims before any work", n)
+		}
+		request()
+		time.Sleep(30 * time.Second)
+		request() // busy in the first interval
+		time.Sleep(2 * time.Minute)
+		if n := trims.Load(); n != 1 {
+			t.Errorf("%d trims after a quiet interval, want 1", n)
+		}
+		time.Sleep(10 * time.Minute)
+		if n := trims.Load(); n != 1 {
+			t.Errorf("%d trims after more quiet, want still 1", n)
+		}
+		request()
+		time.Sleep(3 * time.Minute)
+		if n := trims.Load(); n != 2 {
+			t.Errorf("%d trims after new work and quiet, want 2", n)
+		}
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Fatal(err)
+		}
+	})
 }

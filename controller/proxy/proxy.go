@@ -124,7 +124,10 @@ type Options struct {
 	// (a client that stopped reading) before its stream is ended and its
 	// slot released.
 	WriteStall time.Duration
-	Now        func() time.Time
+	// TrimInterval is how often Run looks whether serve went quiet, to
+	// give memory back after a burst of work (see trimmer).
+	TrimInterval time.Duration
+	Now          func() time.Time
 }
 
 // Proxy is the routing proxy. Its ServeHTTP serves everything `gpuctl
@@ -164,6 +167,9 @@ type Proxy struct {
 	drainCheckHook func(host string)
 	// finishHook, when set (tests), runs as each API request is logged.
 	finishHook func(status int)
+
+	trim       trimmer
+	freeMemory func() // freeOSMemory; tests count calls
 }
 
 type hostState struct {
@@ -210,6 +216,9 @@ func New(o Options) (*Proxy, error) {
 	if o.WriteStall <= 0 {
 		o.WriteStall = DefaultWriteStall
 	}
+	if o.TrimInterval <= 0 {
+		o.TrimInterval = DefaultTrimInterval
+	}
 	if o.Registry == nil {
 		// A private registry also carries the standard Go and process
 		// collectors (go_goroutines, go_memstats_*, process_open_fds,
@@ -223,6 +232,8 @@ func New(o Options) (*Proxy, error) {
 		states: map[string]hostState{},
 		flight: map[string]*upCall{},
 		reg:    o.Registry,
+
+		freeMemory: freeOSMemory,
 	}
 	for i := range inv.Hosts {
 		h := &inv.Hosts[i]
@@ -312,6 +323,8 @@ func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 	bgCtx, bgCancel := context.WithCancel(context.Background())
 	wg.Add(1)
 	go func() { defer wg.Done(); p.refreshLoop(bgCtx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); p.trimLoop(bgCtx) }()
 	pubErr := make(chan error, 1)
 	if p.o.StateDir != "" {
 		wg.Add(1)
@@ -354,6 +367,7 @@ func (p *Proxy) Server() *http.Server {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
+		ConnState:         p.trim.connState,
 	}
 }
 
