@@ -20,7 +20,7 @@ func methodAllowed(m string) bool {
 	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodDelete, http.MethodOptions:
 		return true
 	}
-	return true
+	return false
 }
 
 // hasDotSegment reports whether a URL path has a "." or ".." segment.
