@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ollamalive/gpuctl/controller/idle"
 )
 
 // fullDir mounts a tiny tmpfs on a temporary directory and fills it: a
@@ -85,5 +87,15 @@ func TestShutdownReportsUnusableStateDir(t *testing.T) {
 				t.Errorf("stderr %q does not name the state_dir %s", stderr.String(), state)
 			}
 		})
+	}
+}
+
+// A run that failed before checking anything has no report to print: not
+// even the empty ":  ()" line cron would mail.
+func TestNoReportWhenNothingChecked(t *testing.T) {
+	var b bytes.Buffer
+	writeIdleReport(&b, idle.Report{}, true)
+	if b.Len() != 0 {
+		t.Errorf("report of nothing: %q", b.String())
 	}
 }
