@@ -68,11 +68,14 @@ fuzz:
 # Performance figures, each as a ratio against a baseline measured in the same
 # run (loopback only; needs root for sshd and nginx-light for the nginx column):
 #   P1/P4  the proxy vs a direct streaming backend and vs nginx, and its RSS
+#   SOAK   gpuctl serve's RSS, goroutines and fds idle, after 100k requests
+#          and 2,000 idle connections, and after 5 minutes idle again
+#          (about 7 minutes; shorten with PROXYBENCH_FLAGS=-soak-idle=1m)
 #   P2     services up -> `wake` prints ready, vs a naive `until ssh; sleep 5` loop
 #   P3     `status` of 32 simulated hosts vs 1
 #   SSH    first-command latency; 4 commands over one connection vs 4 new ones
 bench: build
-	$(GO) run ./cmd/proxybench -gpuctl $(BIN)/gpuctl
+	$(GO) run ./cmd/proxybench -gpuctl $(BIN)/gpuctl $(PROXYBENCH_FLAGS)
 	$(GO) test -run '^$$' -bench 'P2|P3' -benchtime 1x ./cmd/gpuctl-sim/sim/
 	$(GO) test -run '^$$' -bench . ./sshexec/
 

@@ -33,6 +33,10 @@ const (
 	DefaultMaxBody      = ByteSize(64 << 20)
 	DefaultMaxInFlight  = 256
 	DefaultMinFreeSpace = ByteSize(1 << 30)
+	// DefaultHeaderTimeout is how long serve waits for a backend's
+	// response headers: a cold load of a 40 GB model from an NTFS drive
+	// can take minutes.
+	DefaultHeaderTimeout = Duration(10 * time.Minute)
 )
 
 // Inventory is a whole gpuctl configuration file.
@@ -85,6 +89,11 @@ type Serve struct {
 	// /api/blobs/<digest>, as `ollama create` does); free disk in the state
 	// directory bounds it too.
 	MaxBlob ByteSize `toml:"max_blob"`
+	// HeaderTimeout bounds how long a backend may take to start answering
+	// (a cold model load); past it the client gets 504.
+	HeaderTimeout Duration `toml:"header_timeout"`
+	// DebugListen, when set, serves net/http/pprof there; loopback only.
+	DebugListen HostPort `toml:"debug_listen"`
 }
 
 // Host is one machine with an Ollama server: the always-on box or an

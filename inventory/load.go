@@ -478,6 +478,18 @@ func (v *validator) check(env Env) {
 	} else if inv.Serve.MaxInFlight < 0 {
 		v.fail("serve.max_in_flight", "must be positive")
 	}
+	if !v.md.IsDefined("serve", "header_timeout") {
+		inv.Serve.HeaderTimeout = DefaultHeaderTimeout
+	} else if inv.Serve.HeaderTimeout <= 0 {
+		v.fail("serve.header_timeout", "must be positive (the default is %s: a cold model load can take minutes)", DefaultHeaderTimeout)
+	}
+	if d := inv.Serve.DebugListen; d != (HostPort{}) {
+		if !isLoopback(d.Host) {
+			v.fail("serve.debug_listen", "%q is not a loopback address: the profiling endpoint has no authentication; use 127.0.0.1:PORT or [::1]:PORT (and an SSH tunnel from elsewhere)", d.String())
+		} else if d == inv.Serve.Listen {
+			v.fail("serve.debug_listen", "%q is serve.listen's address; pick another port", d.String())
+		}
+	}
 	if inv.Serve.DefaultHost == "" {
 		var always []string
 		for _, h := range inv.Hosts {
@@ -692,4 +704,14 @@ func checkOrigin(o string) error {
 		}
 	}
 	return fmt.Errorf("%q is not an origin: write scheme://host[:port] (such as \"https://webui.example\"), or use \"*\"", o)
+}
+
+// isLoopback reports whether host (an IP or "localhost") is a loopback
+// address.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
 }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 var testEnv = Env{Home: "/home/u", Getenv: func(k string) string { return "" }}
@@ -182,4 +183,46 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// [serve] header_timeout (a cold load of a big model from a slow drive can
+// take minutes) and debug_listen (pprof, loopback only).
+func TestServeHeaderTimeoutAndDebugListen(t *testing.T) {
+	base := "[[host]]\nname = \"server\"\naddress = \"127.0.0.1\"\n[serve]\n"
+	inv, err := Parse("x.toml", []byte(base), testEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inv.Serve.HeaderTimeout != DefaultHeaderTimeout || DefaultHeaderTimeout < Duration(10*time.Minute) {
+		t.Errorf("default header_timeout = %v, want a generous %v", inv.Serve.HeaderTimeout, DefaultHeaderTimeout)
+	}
+	if inv.Serve.DebugListen != (HostPort{}) {
+		t.Errorf("debug_listen on by default: %v", inv.Serve.DebugListen)
+	}
+	inv, err = Parse("x.toml", []byte(base+"header_timeout = \"25m\"\ndebug_listen = \"127.0.0.1:6060\"\n"), testEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inv.Serve.HeaderTimeout != Duration(25*time.Minute) || inv.Serve.DebugListen.String() != "127.0.0.1:6060" {
+		t.Errorf("serve = %+v", inv.Serve)
+	}
+	for _, ok := range []string{"[::1]:6060", "localhost:6060", "127.0.0.2:6060"} {
+		if _, err := Parse("x.toml", []byte(base+"debug_listen = \""+ok+"\"\n"), testEnv); err != nil {
+			t.Errorf("debug_listen %s refused: %v", ok, err)
+		}
+	}
+	for bad, want := range map[string]string{
+		"debug_listen = \"0.0.0.0:6060\"":    "x.toml:5:",
+		"debug_listen = \"192.0.2.1:6060\"":  "loopback",
+		"debug_listen = \"[::]:6060\"":       "loopback",
+		"debug_listen = \"gpu.lan:6060\"":    "loopback",
+		"header_timeout = \"0s\"":            "header_timeout",
+		"debug_listen = \"127.0.0.1:11435\"": "serve.listen",
+		"header_timeout = \"10\"":            "header_timeout",
+	} {
+		_, err := Parse("x.toml", []byte(base+bad+"\n"), testEnv)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want an error containing %q", bad, err, want)
+		}
+	}
 }

@@ -11,7 +11,9 @@
 // concurrent streams. It prints added latency vs direct and throughput
 // ratios vs direct and vs nginx, and gpuctl serve's RSS idle and at 64
 // streams. The backend runs in its own process; everything is bounded in
-// time (about 30 s in all).
+// time (about 30 s in all). Then the soak (soak.go): a fresh gpuctl serve's
+// RSS, goroutines and open fds idle, after 100k requests and 2,000 idle
+// keep-alive connections, and after 5 minutes idle again (-soak-idle).
 package main
 
 import (
@@ -45,6 +47,12 @@ func main() {
 	phase := flag.Duration("phase", 1500*time.Millisecond, "how long each throughput and latency phase runs")
 	streams := flag.Int("streams", 64, "concurrent streams for the many-streams throughput")
 	jsonOut := flag.String("json", "", "also write the figures as JSON to `FILE`")
+	var so soakOptions
+	flag.IntVar(&so.requests, "soak-requests", 100000, "soak: small requests sent through a fresh gpuctl serve (0 skips the soak)")
+	flag.IntVar(&so.conns, "soak-conns", 2000, "soak: idle keep-alive connections held open after the requests")
+	flag.IntVar(&so.workers, "soak-workers", 64, "soak: concurrent clients sending the requests")
+	flag.DurationVar(&so.idle, "soak-idle", 5*time.Minute, "soak: how long serve stays idle before its resources are read again")
+	soakOnly := flag.Bool("soak-only", false, "run only the soak")
 	flag.Parse()
 	if *backend {
 		runBackend()
@@ -54,7 +62,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "proxybench: -gpuctl PATH is required (go build -o /tmp/gpuctl ./cmd/gpuctl)")
 		os.Exit(2)
 	}
-	if err := run(*gpuctl, *nginx, *phase, *streams, *jsonOut); err != nil {
+	if err := run(*gpuctl, *nginx, *phase, *streams, *jsonOut, so, *soakOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "proxybench:", err)
 		os.Exit(1)
 	}
@@ -131,15 +139,23 @@ type results struct {
 	RSSIdleMiB float64  `json:"gpuctl_rss_idle_mib"`
 	RSSPeakMiB float64  `json:"gpuctl_rss_n_streams_mib"`
 	CPUs       int      `json:"cpus"`
+	// Soak is gpuctl serve's RSS, goroutines and fds idle, loaded and
+	// idle again (absent with -soak-requests 0).
+	Soak *soakFigures `json:"soak,omitempty"`
 }
 
-func run(gpuctl, nginx string, phase time.Duration, streams int, jsonOut string) error {
+func run(gpuctl, nginx string, phase time.Duration, streams int, jsonOut string, so soakOptions, soakOnly bool) error {
 	tmp, err := os.MkdirTemp("", "proxybench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	limit := 2 * time.Minute
+	if so.requests > 0 {
+		// The soak: load (a minute or so) plus the idle wait.
+		limit += so.idle + 5*time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 
 	self, err := os.Executable()
@@ -158,6 +174,17 @@ func run(gpuctl, nginx string, phase time.Duration, streams int, jsonOut string)
 		return fmt.Errorf("backend did not report its address: %w", err)
 	}
 	backendAddr := strings.TrimSpace(line)
+	if soakOnly {
+		if so.requests <= 0 {
+			return errors.New("-soak-only with -soak-requests 0: nothing to run")
+		}
+		f, err := soak(ctx, gpuctl, backendAddr, tmp, so)
+		if err != nil {
+			return fmt.Errorf("soak: %w", err)
+		}
+		reportSoak(os.Stdout, f)
+		return writeJSON(jsonOut, results{Soak: &f})
+	}
 
 	// gpuctl serve, with a one-host inventory pointing at the backend.
 	gport, err := freePort()
@@ -228,13 +255,24 @@ func run(gpuctl, nginx string, phase time.Duration, streams int, jsonOut string)
 	}
 	res.Columns = cols
 	report(os.Stdout, res)
-	if jsonOut != "" {
-		b, _ := json.MarshalIndent(res, "", "  ")
-		if err := os.WriteFile(jsonOut, append(b, '\n'), 0o644); err != nil {
-			return err
+	stop(gs)
+	if so.requests > 0 {
+		f, err := soak(ctx, gpuctl, backendAddr, tmp, so)
+		if err != nil {
+			return fmt.Errorf("soak: %w", err)
 		}
+		reportSoak(os.Stdout, f)
+		res.Soak = &f
 	}
-	return nil
+	return writeJSON(jsonOut, res)
+}
+
+func writeJSON(path string, res results) error {
+	if path == "" {
+		return nil
+	}
+	b, _ := json.MarshalIndent(res, "", "  ")
+	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 func measure(ctx context.Context, c *column, phase time.Duration, streams int, rss func() float64) error {

@@ -43,10 +43,15 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	start := p.o.Now()
 	rw := &respWriter{ResponseWriter: w}
 	info := &reqLog{}
+	release := func() {}
 	defer func() {
+		release()
 		v := recover()
 		if v == http.ErrAbortHandler && rw.status == 0 {
 			rw.status = 499
+		}
+		if rw.stalled {
+			info.note = fmt.Sprintf("client made no read progress for %s; stream ended", p.o.WriteStall)
 		}
 		p.finish(r, rw, info, start, v != nil)
 		if v != nil {
@@ -57,6 +62,10 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	if p.serveListing(rw, r, info) {
 		return
 	}
+	p.trim.requests.Add(1)
+	// A shutdown's cut and a client that stops reading end the request
+	// through its context, with a cause.
+	r, rw.abort, release = p.cuttable(r)
 	if strings.HasPrefix(r.URL.Path, "/api/blobs/") {
 		// Uploads for `ollama create`: spooled, bounded by max_blob (blobs.go).
 		p.serveBlob(rw, r, info)
@@ -105,6 +114,11 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		end()
+		if shuttingDown(r.Context()) {
+			rw.Header().Set("Retry-After", "5")
+			p.fail(rw, r, http.StatusServiceUnavailable, context.Cause(r.Context()).Error(), map[string]string{"host": host, "reason": "shutting down"})
+			return
+		}
 		if r.Context().Err() != nil {
 			// The client left while the host was waking: it leaves the
 			// queue; the wake goes on for the others.
@@ -146,14 +160,18 @@ func (p *Proxy) readBody(w *respWriter, r *http.Request) ([]byte, bool) {
 		buf.Grow(int(r.ContentLength))
 	}
 	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, p.maxBody))
-	_ = rc.SetReadDeadline(time.Time{})
+	if err == nil {
+		// After a failed read the deadline stays: the server's attempt
+		// to drain the rest of the body must not wait for it.
+		_ = rc.SetReadDeadline(time.Time{})
+	}
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):
 		p.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is over serve.max_body (%d bytes)", p.maxBody), nil)
 		return nil, false
 	case err != nil:
-		w.status = 499
+		p.bodyError(w, r, err)
 		return nil, false
 	}
 	return buf.Bytes(), true
@@ -197,9 +215,11 @@ func (p *Proxy) begin(host string) func() {
 
 // forward sends the request to host and streams the answer back.
 func (p *Proxy) forward(w *respWriter, r *http.Request, body []byte, host, model string) {
-	// Streams may run for as long as the model generates: lift the
-	// server's write deadline for this response.
+	// Streams may run for as long as the model generates:
+	// lift the server's write deadline for this response; each write
+	// then has WriteStall to make progress (see progress).
 	_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Time{})
+	w.stall = p.o.WriteStall
 	out := r.WithContext(context.WithValue(r.Context(), targetKey{}, &target{host: host, model: model, learn: p.learnerFor(r.URL.Path, body, host)}))
 	if body != nil {
 		out.Body = io.NopCloser(bytes.NewReader(body))
@@ -250,6 +270,11 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	rw, _ := w.(*respWriter)
 	t := targetOf(r.Context())
+	if shuttingDown(r.Context()) {
+		w.Header().Set("Retry-After", "5")
+		p.fail(w, r, http.StatusServiceUnavailable, context.Cause(r.Context()).Error(), map[string]string{"host": t.host, "reason": "shutting down"})
+		return
+	}
 	if r.Context().Err() != nil {
 		if rw != nil {
 			rw.status = 499
@@ -280,6 +305,9 @@ func (p *Proxy) finish(r *http.Request, w *respWriter, info *reqLog, start time.
 		host = "gpuctl"
 	}
 	p.met.requests.WithLabelValues(host, p.modelLabel(info.model), itoa(status)).Inc()
+	if p.finishHook != nil {
+		p.finishHook(status)
+	}
 	lvl := slog.LevelInfo
 	if status >= 500 || aborted {
 		lvl = slog.LevelWarn
@@ -373,6 +401,12 @@ type respWriter struct {
 	http.ResponseWriter
 	status int
 	bytes  int64
+	// stall, when set, is how long each write may make no progress
+	// (see progress); abort ends the request when a write fails.
+	stall   time.Duration
+	renewed time.Time
+	abort   context.CancelCauseFunc
+	stalled bool
 }
 
 func (w *respWriter) WriteHeader(code int) {
@@ -386,17 +420,26 @@ func (w *respWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
+	w.progress()
 	n, err := w.ResponseWriter.Write(b)
 	w.bytes += int64(n)
+	if err != nil {
+		w.writeFailed(err)
+	}
 	return n, err
 }
 
-func (w *respWriter) Flush() {
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-		return
+func (w *respWriter) Flush() { _ = w.FlushError() }
+
+// FlushError flushes to the client (http.ResponseController uses it), so
+// a failed flush ends the request at once.
+func (w *respWriter) FlushError() error {
+	w.progress()
+	err := http.NewResponseController(w.ResponseWriter).Flush()
+	if err != nil {
+		w.writeFailed(err)
 	}
-	_ = http.NewResponseController(w.ResponseWriter).Flush()
+	return err
 }
 
 func (w *respWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
@@ -498,11 +541,16 @@ func (g *streamGuard) Read(b []byte) (int, error) {
 	if n > 0 {
 		g.last = b[n-1]
 	}
-	if err == nil || err == io.EOF || g.ctx.Err() != nil {
+	cut := shuttingDown(g.ctx)
+	if err == nil || err == io.EOF || g.ctx.Err() != nil && !cut {
 		return n, err
 	}
-	g.log.Warn("backend stream broke off; ending the client's stream with an error", "host", g.host, "model", g.model, "err", err)
 	msg := fmt.Sprintf("gpuctl: the stream from host %q broke off: %v", g.host, err)
+	if cut {
+		msg = "gpuctl: " + context.Cause(g.ctx).Error()
+	} else {
+		g.log.Warn("backend stream broke off; ending the client's stream with an error", "host", g.host, "model", g.model, "err", err)
+	}
 	var tail []byte
 	if g.last != 0 && g.last != '\n' {
 		tail = append(tail, '\n')

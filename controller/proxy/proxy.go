@@ -23,8 +23,11 @@
 // cached copy kept in the state directory.
 //
 // Responses stream through unbuffered (each NDJSON line or SSE event is
-// flushed as it arrives), with no write deadline, and a client that goes
-// away cancels its backend request.
+// flushed as it arrives), with no overall write deadline: each write must
+// make progress within WriteStall, so a client that stops reading loses
+// its stream and slot, and a client that goes away cancels its backend
+// request. Only the methods Ollama's API uses are forwarded, and paths
+// with dot segments are refused, never cleaned.
 package proxy
 
 import (
@@ -43,6 +46,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ollamalive/gpuctl/controller/activity"
@@ -62,7 +66,7 @@ type Backends interface {
 
 // Defaults for Options left zero.
 const (
-	DefaultResponseHeaderTimeout = 5 * time.Minute
+	DefaultResponseHeaderTimeout = 10 * time.Minute
 	DefaultDialTimeout           = 10 * time.Second
 	DefaultStateTTL              = 15 * time.Second
 	DefaultRefreshInterval       = 30 * time.Second
@@ -70,6 +74,9 @@ const (
 	DefaultWakeBackoff           = 30 * time.Second
 	DefaultReplayDelay           = 500 * time.Millisecond
 	DefaultDrainPoll             = 250 * time.Millisecond
+	// DefaultWriteStall is how long a response write may make no progress
+	// (a client that stopped reading) before the stream is ended.
+	DefaultWriteStall = 60 * time.Second
 	// bodyReadTimeout bounds reading one request body from the client.
 	bodyReadTimeout = 2 * time.Minute
 	// listTimeout bounds each backend call made to answer a listing.
@@ -90,7 +97,7 @@ type Options struct {
 	// is used, the activity files; "" keeps nothing on disk.
 	StateDir string
 	// Registry receives the proxy's metrics and is served at /metrics; nil
-	// makes a private one.
+	// makes a private one with the standard Go and process collectors.
 	Registry *prometheus.Registry
 	// Dial dials backends (tests pass in-memory pipes); nil uses a
 	// net.Dialer with DialTimeout.
@@ -115,10 +122,17 @@ type Options struct {
 	// DrainPoll is how often a request held by a shutdown's draining
 	// marker (STATE_DIR/draining/HOST) looks whether it is gone.
 	DrainPoll time.Duration
-	Now       func() time.Time
 	// Page, when set, serves the status page: every path under /gpuctl/
 	// but activity.Path, and /gpuctl itself.
 	Page http.Handler
+	// WriteStall is how long a write to a client may make no progress
+	// (a client that stopped reading) before its stream is ended and its
+	// slot released.
+	WriteStall time.Duration
+	// TrimInterval is how often Run looks whether serve went quiet, to
+	// give memory back after a burst of work (see trimmer).
+	TrimInterval time.Duration
+	Now          func() time.Time
 }
 
 // Proxy is the routing proxy. Its ServeHTTP serves everything `gpuctl
@@ -153,7 +167,11 @@ type Proxy struct {
 
 	baseCtx context.Context
 	cancel  context.CancelFunc
-	bg      sync.WaitGroup
+	// cutCtx ends, with its cause, every request still running when a
+	// shutdown's drain timeout passes (see cutRequests).
+	cutCtx context.Context
+	cut    context.CancelCauseFunc
+	bg     sync.WaitGroup
 
 	mu     sync.Mutex
 	states map[string]hostState
@@ -163,6 +181,11 @@ type Proxy struct {
 	// drainCheckHook, when set (tests), runs between counting a request
 	// and looking for the draining marker.
 	drainCheckHook func(host string)
+	// finishHook, when set (tests), runs as each API request is logged.
+	finishHook func(status int)
+
+	trim       trimmer
+	freeMemory func() // freeOSMemory; tests count calls
 }
 
 type hostState struct {
@@ -206,8 +229,18 @@ func New(o Options) (*Proxy, error) {
 	if o.DrainPoll <= 0 {
 		o.DrainPoll = DefaultDrainPoll
 	}
+	if o.WriteStall <= 0 {
+		o.WriteStall = DefaultWriteStall
+	}
+	if o.TrimInterval <= 0 {
+		o.TrimInterval = DefaultTrimInterval
+	}
 	if o.Registry == nil {
+		// A private registry also carries the standard Go and process
+		// collectors (go_goroutines, go_memstats_*, process_open_fds,
+		// process_resident_memory_bytes…), so a leak can be watched.
 		o.Registry = prometheus.NewRegistry()
+		o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	p := &Proxy{
 		o: o, inv: inv, log: o.Logger, tracker: o.Tracker,
@@ -216,6 +249,8 @@ func New(o Options) (*Proxy, error) {
 		flight: map[string]*upCall{},
 		pulls:  map[string]*pullState{},
 		reg:    o.Registry,
+
+		freeMemory: freeOSMemory,
 	}
 	for i := range inv.Hosts {
 		h := &inv.Hosts[i]
@@ -269,6 +304,7 @@ func New(o Options) (*Proxy, error) {
 		ErrorLog:       slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
 	}
 	p.baseCtx, p.cancel = context.WithCancel(context.Background())
+	p.cutCtx, p.cut = context.WithCancelCause(context.Background())
 	p.cat = newCatalogue(o.StateDir, o.Logger)
 	p.origins = newOriginPolicy(inv.Serve.AllowedOrigins)
 	for _, name := range p.order {
@@ -297,7 +333,8 @@ func (p *Proxy) Close() {
 // Run serves on ln until ctx ends, refreshing model lists in the background
 // and, with a StateDir, publishing activity for idle shutdown. On ctx's end
 // it stops accepting, lets requests and streams finish for up to
-// DrainTimeout, then cuts what is left.
+// DrainTimeout, then cuts what is left: streams end with an error record
+// in their own format, requests not yet answered get 503.
 func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 	srv := p.Server()
 	addr := ln.Addr()
@@ -309,6 +346,8 @@ func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 	bgCtx, bgCancel := context.WithCancel(context.Background())
 	wg.Add(1)
 	go func() { defer wg.Done(); p.refreshLoop(bgCtx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); p.trimLoop(bgCtx) }()
 	pubErr := make(chan error, 1)
 	if p.o.StateDir != "" {
 		wg.Add(1)
@@ -326,13 +365,7 @@ func (p *Proxy) Run(ctx context.Context, ln net.Listener) error {
 	case err = <-pubErr:
 		err = fmt.Errorf("publish activity in %s: %w", p.o.StateDir, err)
 	}
-	p.log.Info("shutting down", "drain", p.o.DrainTimeout)
-	sctx, scancel := context.WithTimeout(context.Background(), p.o.DrainTimeout)
-	if serr := srv.Shutdown(sctx); serr != nil {
-		p.log.Warn("streams still open after the drain timeout; closing them", "err", serr)
-		_ = srv.Close()
-	}
-	scancel()
+	p.shutdown(srv)
 	bgCancel()
 	wg.Wait()
 	p.Close()
@@ -357,6 +390,7 @@ func (p *Proxy) Server() *http.Server {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelWarn),
+		ConnState:         p.trim.connState,
 	}
 }
 
@@ -405,7 +439,9 @@ func (e *dialError) Unwrap() error { return e.err }
 
 // ServeHTTP dispatches one request.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if p.guard(w, r) {
+	// Ollama's Host/Origin guard first (as its middleware runs before
+	// routing), then what serve never forwards (methods, dot segments).
+	if p.guard(w, r) || p.refuseRequest(w, r) {
 		return
 	}
 	switch path := r.URL.Path; {

@@ -207,7 +207,7 @@ func TestColdLoadHeaderTimeout(t *testing.T) {
 	for _, tc := range []struct {
 		load time.Duration
 		want int
-	}{{4*time.Minute + 50*time.Second, 200}, {5*time.Minute + time.Second, 504}} {
+	}{{9*time.Minute + 50*time.Second, 200}, {10*time.Minute + time.Second, 504}} {
 		t.Run(tc.load.String(), func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				server := &fakeOllama{name: "server", handle: func(w http.ResponseWriter, r *http.Request) {

@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // Write replaces path's contents with b atomically. It refuses (with an
@@ -62,6 +64,35 @@ func ReadJSON(path string, v any) error {
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("%s: %w (delete it to start afresh)", path, err)
+	}
+	return nil
+}
+
+// MinFree is the room CheckWritable wants left in the state directory:
+// enough for every file gpuctl keeps there, many times over.
+const MinFree = 1 << 20
+
+// CheckWritable reports, naming dir and what to do, when the state
+// directory cannot be created or written (permissions, a read-only
+// filesystem, a file in its place) or has less than MinFree bytes free:
+// commands that record state (idle shutdown from cron) must say so rather
+// than go on without it.
+func CheckWritable(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("state_dir %s cannot be created: %w (set state_dir or GPUCTL_STATE_DIR to a writable directory)", dir, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil {
+		if free := uint64(st.Bavail) * uint64(st.Bsize); free < MinFree {
+			return fmt.Errorf("state_dir %s is full (%d bytes free): free some space on its filesystem", dir, free)
+		}
+	}
+	probe := filepath.Join(dir, ".write-probe")
+	if err := Write(probe, []byte("gpuctl write probe\n")); err != nil {
+		return fmt.Errorf("state_dir %s is not writable: %w (check its permissions and free space)", dir, err)
+	}
+	if err := os.Remove(probe); err != nil {
+		return fmt.Errorf("state_dir %s: remove %s: %w", dir, probe, err)
 	}
 	return nil
 }

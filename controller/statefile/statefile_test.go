@@ -64,3 +64,20 @@ func TestConcurrentWriters(t *testing.T) {
 		t.Fatalf("left behind: %v", ents)
 	}
 }
+
+func TestCheckWritable(t *testing.T) {
+	dir := t.TempDir()
+	if err := CheckWritable(filepath.Join(dir, "state")); err != nil {
+		t.Fatalf("a fresh directory: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state", ".write-probe")); !os.IsNotExist(err) {
+		t.Errorf("probe left behind: %v", err)
+	}
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckWritable(file); err == nil || !strings.Contains(err.Error(), file) {
+		t.Errorf("a file in the directory's place: %v, want an error naming it", err)
+	}
+}

@@ -9,7 +9,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -78,6 +80,12 @@ type Env struct {
 	// StdinTTY reports whether Stdin is a terminal (confirmation prompts).
 	StdinTTY bool
 	Version  string
+	// Hangup subscribes a long-running command (serve) to SIGHUP: while
+	// subscribed, a hangup (the terminal or SSH session that started it
+	// closed, or `systemctl reload`) is delivered on the channel instead
+	// of killing the process; stop unsubscribes. Nil: no hangups (tests
+	// inject their own).
+	Hangup func() (hup <-chan os.Signal, stop func())
 }
 
 // OSEnv is the environment of the running process.
@@ -96,6 +104,11 @@ func OSEnv(version string) *Env {
 		StdoutTTY: term.IsTerminal(int(os.Stdout.Fd())),
 		StdinTTY:  term.IsTerminal(int(os.Stdin.Fd())),
 		Version:   version,
+		Hangup: func() (<-chan os.Signal, func()) {
+			c := make(chan os.Signal, 1)
+			signal.Notify(c, syscall.SIGHUP)
+			return c, func() { signal.Stop(c) }
+		},
 	}
 }
 

@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/urfave/cli/v2"
 
@@ -26,9 +31,12 @@ func serveCommand(env *Env) *cli.Command {
 			"model: the first matching [[route]], else to an on-demand host when the model is too big for the\n" +
 			"default host's vram, else to the default host. A request for a sleeping host wakes it and is held\n" +
 			"until the host is ready (or its boot_timeout passes: then the route's fallback, or 503). Model\n" +
-			"lists never wake anything. Also serves /metrics, /healthz, " + activity.Path + " and a status page at\n" +
-			dashboard.Prefix + " (read-only unless [serve] page_actions = true, which adds a wake button).\n" +
-			"Runs until SIGINT or SIGTERM, then lets open streams finish for up to --drain.",
+			"lists never wake anything. Also serves /metrics, /healthz, " + activity.Path + ", a status page at\n" +
+			dashboard.Prefix + " (read-only unless [serve] page_actions = true, which adds a wake button) and Go's\n" +
+			"profiler on [serve] debug_listen (loopback only).\n" +
+			"Runs until SIGINT or SIGTERM, then lets open streams finish for up to --drain; streams still open\n" +
+			"then end with an error record. SIGHUP never stops it: it checks the inventory again and logs\n" +
+			"whether it is valid; changes take effect on restart (systemctl restart gpuctl-serve).",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "listen", Usage: "listen on `ADDR` (host:port; default: [serve] listen, else " + inventory.DefaultListen + ")"},
 			&cli.DurationFlag{Name: "drain", Value: proxy.DefaultDrainTimeout, Usage: "on shutdown, how long open streams may take to finish (`DURATION`)"},
@@ -52,7 +60,14 @@ func serveCommand(env *Env) *cli.Command {
 			if c.Duration("drain") <= 0 {
 				return usageError("--drain must be positive")
 			}
-			return runServe(c.Context, env, serveOptions{inv: inv, listen: listen, drain: c.Duration("drain")})
+			return runServe(c.Context, env, serveOptions{inv: inv, listen: listen, drain: c.Duration("drain"),
+				reload: func() (*inventory.Inventory, error) {
+					l, err := loadInventory(c, env)
+					if err != nil {
+						return nil, err
+					}
+					return l.Inventory, nil
+				}})
 		},
 	}
 }
@@ -65,6 +80,8 @@ type serveOptions struct {
 	backends proxy.Backends
 	// ready, when set, receives the bound address once listening (tests).
 	ready func(addr string)
+	// reload reads the inventory again (on SIGHUP); nil skips the check.
+	reload func() (*inventory.Inventory, error)
 }
 
 func runServe(ctx context.Context, env *Env, o serveOptions) error {
@@ -72,6 +89,7 @@ func runServe(ctx context.Context, env *Env, o serveOptions) error {
 	if backends == nil {
 		backends = newControllerBackends(env, o.inv)
 	}
+	log := env.Logger.With("component", "serve")
 	tracker := activity.NewTracker(env.Now)
 	var p *proxy.Proxy
 	page, err := newStatusPage(env, o.inv, tracker, func(ctx context.Context, host string) error { return p.Wake(ctx, host) })
@@ -80,14 +98,15 @@ func runServe(ctx context.Context, env *Env, o serveOptions) error {
 	}
 	defer page.Close()
 	p, err = proxy.New(proxy.Options{
-		Inventory:    o.inv.Inventory,
-		Backends:     backends,
-		Tracker:      tracker,
-		Logger:       env.Logger.With("component", "serve"),
-		StateDir:     o.inv.StateDir,
-		DrainTimeout: o.drain,
-		Now:          env.Now,
-		Page:         page,
+		Inventory:             o.inv.Inventory,
+		Backends:              backends,
+		Tracker:               tracker,
+		Logger:                log,
+		StateDir:              o.inv.StateDir,
+		DrainTimeout:          o.drain,
+		ResponseHeaderTimeout: time.Duration(o.inv.Serve.HeaderTimeout),
+		Now:                   env.Now,
+		Page:                  page,
 	})
 	if err != nil {
 		return withCode(ExitUsage, err)
@@ -102,10 +121,61 @@ func runServe(ctx context.Context, env *Env, o serveOptions) error {
 	if o.ready != nil {
 		o.ready(ln.Addr().String())
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if env.Hangup != nil {
+		hup, stop := env.Hangup()
+		defer stop()
+		wg.Go(func() { watchHangups(ctx, log, hup, o) })
+	}
+	if d := o.inv.Serve.DebugListen; d != (inventory.HostPort{}) {
+		dln, err := lc.Listen(ctx, "tcp", d.String())
+		if err != nil {
+			ln.Close()
+			return exitf(ExitFailure, "listen on %s for serve.debug_listen: %w (change it in %s)", d, err, o.inv.Path)
+		}
+		fmt.Fprintf(env.Stderr, "gpuctl serve: profiler on http://%s/debug/pprof/\n", dln.Addr())
+		dsrv := &http.Server{Handler: proxy.DebugHandler(), ReadHeaderTimeout: 10 * time.Second}
+		wg.Go(func() { _ = dsrv.Serve(dln) })
+		wg.Go(func() { <-ctx.Done(); _ = dsrv.Close() })
+	}
 	if err := p.Run(ctx, ln); err != nil {
 		return err
 	}
 	return nil
+}
+
+// watchHangups answers SIGHUP: serve keeps running (a closed terminal or
+// SSH session must not kill the proxy). Its routing tables, limits and
+// in-flight counts are not swapped under running requests; instead the
+// inventory is read and validated again, and the log says whether it is
+// valid (and so whether a restart would pick it up) or why not.
+func watchHangups(ctx context.Context, log *slog.Logger, hup <-chan os.Signal, o serveOptions) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		if o.reload == nil {
+			log.Warn("SIGHUP: ignored; gpuctl serve keeps running")
+			continue
+		}
+		inv, err := o.reload()
+		if err == nil {
+			var check *proxy.Proxy
+			if check, err = proxy.New(proxy.Options{Inventory: inv, Registry: prometheus.NewRegistry()}); err == nil {
+				check.Close()
+			}
+		}
+		if err != nil {
+			log.Warn("SIGHUP: the inventory has errors; gpuctl serve keeps running with the one it started with", "file", o.inv.Path, "err", err)
+			continue
+		}
+		log.Warn("SIGHUP: the inventory is valid; gpuctl serve keeps running with the one it started with: restart it to apply changes (systemctl restart gpuctl-serve)", "file", o.inv.Path)
+	}
 }
 
 // controllerBackends adapts the controller to the proxy: Up asks the host's

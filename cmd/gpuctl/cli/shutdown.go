@@ -17,6 +17,7 @@ import (
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/models"
+	"github.com/ollamalive/gpuctl/controller/statefile"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -108,6 +109,13 @@ func runShutdown(ctx context.Context, env *Env, o shutdownOptions) error {
 	h := *o.host
 	if o.idleAfter > 0 {
 		h.IdleAfter = inventory.Duration(o.idleAfter)
+	}
+	if !o.opts.DryRun {
+		// Idle clocks, the host lock and the draining marker live there:
+		// without them a cron run would decide blind, and say nothing.
+		if err := statefile.CheckWritable(o.inv.StateDir); err != nil {
+			return withCode(ExitFailure, fmt.Errorf("host %q: %w", h.Name, err))
+		}
 	}
 	out, err := idle.Run(ctx, shutdownDeps(env, o.inv, &h), &h, o.opts)
 	if o.json {
@@ -209,6 +217,10 @@ func shutdownJSON(out idle.Outcome, err error) shutdownOut {
 // the check the decision was made on (r.Checked), not of the printing:
 // after a poweroff that is many seconds later.
 func writeIdleReport(w io.Writer, r idle.Report, ifIdle bool) {
+	if r.Host == "" {
+		// Nothing was checked (the run failed before): no report.
+		return
+	}
 	if r.Box != idle.BoxUp {
 		fmt.Fprintf(w, "%s: %s (%s)\n", r.Host, r.Box, r.BoxDetail)
 		return
