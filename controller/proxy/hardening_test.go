@@ -93,7 +93,7 @@ func TestMethodsNotForwarded(t *testing.T) {
 				if m == "CONNECT" {
 					target = "server:11434"
 				}
-				_, br := rawRequest(t, b, m+" "+target+" HTTP/1.1\r\nHost: proxy\r\nContent-Length: 0\r\n\r\n")
+				_, br := rawRequest(t, b, m+" "+target+" HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n")
 				res, body := readResponse(t, br, time.Minute)
 				if res.StatusCode != http.StatusMethodNotAllowed {
 					t.Errorf("%s: status %d (%s), want 405", m, res.StatusCode, body)
@@ -138,7 +138,7 @@ func TestDotSegmentsRefused(t *testing.T) {
 				server := &fakeOllama{name: "server"}
 				b := newBubble(t, server, nil, newFakeBackends(), nil)
 				defer b.close()
-				_, br := rawRequest(t, b, "GET "+path+" HTTP/1.1\r\nHost: proxy\r\n\r\n")
+				_, br := rawRequest(t, b, "GET "+path+" HTTP/1.1\r\nHost: localhost\r\n\r\n")
 				res, body := readResponse(t, br, time.Minute)
 				if res.StatusCode != http.StatusBadRequest || res.Header.Get("Location") != "" {
 					t.Errorf("status %d Location %q (%s), want 400 and no redirect", res.StatusCode, res.Header.Get("Location"), body)
@@ -168,7 +168,7 @@ func TestMalformedChunkedIs400(t *testing.T) {
 				server := &fakeOllama{name: "server"}
 				b := newBubble(t, server, nil, newFakeBackends(), nil)
 				defer b.close()
-				_, br := rawRequest(t, b, "POST /api/chat HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"+chunk)
+				_, br := rawRequest(t, b, "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"+chunk)
 				res, body := readResponse(t, br, time.Minute)
 				if res.StatusCode != http.StatusBadRequest {
 					t.Errorf("status %d (%q), want 400", res.StatusCode, body)
@@ -192,7 +192,7 @@ func TestTrickledBodyGets408(t *testing.T) {
 		server := &fakeOllama{name: "server"}
 		b := newBubble(t, server, nil, newFakeBackends(), nil)
 		defer b.close()
-		_, br := rawRequest(t, b, "POST /api/chat HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":")
+		_, br := rawRequest(t, b, "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":")
 		start := time.Now()
 		res, body := readResponse(t, br, bodyReadTimeout+time.Minute)
 		if res.StatusCode != http.StatusRequestTimeout {
@@ -259,7 +259,7 @@ func TestClientThatNeverReadsLosesItsSlot(t *testing.T) {
 	}
 	defer c.Close()
 	body := `{"model":"tiny","messages":[{"role":"user","content":"write a long story"}]}`
-	fmt.Fprintf(c, "POST /api/chat HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	fmt.Fprintf(c, "POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 	res, err := http.ReadResponse(bufio.NewReaderSize(c, 4096), nil)
 	if err != nil {
 		t.Fatal(err)
