@@ -45,8 +45,9 @@ func startBrowser(t *testing.T) *browser {
 	}
 	cmd := exec.Command("chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-		"--user-data-dir="+t.TempDir(), "--remote-debugging-pipe", "about:blank")
+		"--disable-crash-reporter", "--user-data-dir="+chromeProfile(t), "--remote-debugging-pipe", "about:blank")
 	cmd.ExtraFiles = []*os.File{chromeIn, chromeOut}
+	inOwnGroup(cmd)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +80,7 @@ func startBrowser(t *testing.T) *browser {
 	}()
 	t.Cleanup(func() {
 		toChrome.Close()
-		_ = cmd.Process.Kill()
+		stopGroup(cmd)
 		_ = cmd.Wait()
 		fromChrome.Close()
 		<-b.done

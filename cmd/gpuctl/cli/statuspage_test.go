@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -246,15 +247,53 @@ func chromium(t *testing.T, u string, extra ...string) string {
 	defer cancel()
 	args := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--disable-dev-shm-usage", "--user-data-dir=" + t.TempDir(), "--hide-scrollbars", "--virtual-time-budget=4000"}
+		"--disable-dev-shm-usage", "--disable-crash-reporter", "--user-data-dir=" + chromeProfile(t), "--hide-scrollbars", "--virtual-time-budget=4000"}
 	cmd := exec.CommandContext(ctx, "chromium", append(append(args, extra...), u)...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
+	inOwnGroup(cmd)
 	b, err := cmd.Output()
+	stopGroup(cmd)
 	if err != nil {
 		t.Fatalf("chromium %s: %v\n%s", strings.Join(extra, " "), err, stderr.String())
 	}
 	return string(b)
+}
+
+// chromeProfile is a fresh, empty Chromium profile directory. It is removed
+// at the end of the test, retrying briefly: Chromium's helper processes
+// (zygote, renderers) can still be closing files in it when the browser
+// itself has exited, and t.TempDir would fail the test for that.
+func chromeProfile(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "gpuctl-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for i := 0; ; i++ {
+			err := os.RemoveAll(dir)
+			if err == nil || i == 40 {
+				if err != nil {
+					t.Logf("leaving Chromium profile %s: %v", dir, err)
+				}
+				return
+			}
+			time.Sleep(50 * time.Millisecond) // a helper process closing its files
+		}
+	})
+	return dir
+}
+
+// inOwnGroup starts cmd in a process group of its own, so that stopGroup
+// ends Chromium's helper processes with it.
+func inOwnGroup(cmd *exec.Cmd) { cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} }
+
+// stopGroup kills what is left of cmd's process group.
+func stopGroup(cmd *exec.Cmd) {
+	if cmd.Process != nil {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
 }
 
 // screenshots saves the page as a desktop (light and dark) and a phone
