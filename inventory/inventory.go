@@ -79,6 +79,9 @@ type Serve struct {
 	MaxBody ByteSize `toml:"max_body"`
 	// MaxInFlight caps concurrent proxied requests; past it clients get 429.
 	MaxInFlight int `toml:"max_in_flight"`
+	// Progress is how streaming requests held for a wake or a pull are shown
+	// what they wait for: "thinking" (the default), "comments" or "off".
+	Progress string `toml:"progress"`
 	// PageActions offers a "wake" button on the status page (/gpuctl/).
 	PageActions bool `toml:"page_actions"`
 	// AllowedOrigins are browser origins allowed besides Ollama's own

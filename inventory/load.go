@@ -473,6 +473,13 @@ func (v *validator) check(env Env) {
 			v.fail(fmt.Sprintf("serve.allowed_origins[%d]", i), "%v", err)
 		}
 	}
+	switch inv.Serve.Progress {
+	case "":
+		inv.Serve.Progress = "thinking"
+	case "thinking", "comments", "off":
+	default:
+		v.fail("serve.progress", "%q: want \"thinking\" (progress in the thinking/reasoning_content field), \"comments\" (SSE comments only) or \"off\"", inv.Serve.Progress)
+	}
 	if inv.Serve.MaxInFlight == 0 {
 		inv.Serve.MaxInFlight = DefaultMaxInFlight
 	} else if inv.Serve.MaxInFlight < 0 {

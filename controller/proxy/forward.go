@@ -93,27 +93,45 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	info.note = d.reason
 
 	host := d.host
+	// A streaming request held for a wake or a pull is shown what it waits
+	// for ([serve] progress), in a form clients never take as the answer.
+	held := p.newHeldStream(rw, r.URL.Path, body, info.model)
 	for {
 		info.host = host
 		// Counted first, then readied: the order the draining interlock
 		// with gpuctl shutdown relies on (see ready).
 		end := p.begin(host)
+		if p.hosts[host].OnDemand {
+			held.watch(host)
+		}
 		err := p.ready(r.Context(), host)
 		if err == nil {
 			// A declared model serve is pulling after a wake: held.
 			err = p.awaitPull(r.Context(), host, info.model, r.URL.Path)
 		}
+		committed := held.stopWatching()
 		if err == nil {
 			// end runs even when the stream is aborted (a panic with
 			// http.ErrAbortHandler from the ReverseProxy).
 			defer end()
+			if committed {
+				held.show("loading " + info.model + " on " + host)
+			}
 			if !p.handOff(rw, r, body, host) {
+				held.finishLate()
 				return
 			}
 			p.forward(rw, r, body, host, info.model)
+			held.finishLate()
 			return
 		}
 		end()
+		if committed && d.fallback == "" || committed && host == d.fallback {
+			if r.Context().Err() == nil || shuttingDown(r.Context()) {
+				held.fail(err.Error(), map[string]string{"host": host, "reason": reasonOf(err)})
+			}
+			return
+		}
 		if shuttingDown(r.Context()) {
 			rw.Header().Set("Retry-After", "5")
 			p.fail(rw, r, http.StatusServiceUnavailable, context.Cause(r.Context()).Error(), map[string]string{"host": host, "reason": "shutting down"})
@@ -407,9 +425,33 @@ type respWriter struct {
 	renewed time.Time
 	abort   context.CancelCauseFunc
 	stalled bool
+	// committed is set once a held stream sent its status and headers with
+	// a progress note (heldStream): the host's own status and headers then
+	// go nowhere, and a non-200 answer's body is kept (lateBody) to end the
+	// stream with an error record.
+	committed  bool
+	sink       http.Header
+	lateStatus int
+	lateBody   bytes.Buffer
+}
+
+func (w *respWriter) Header() http.Header {
+	if w.committed {
+		if w.sink == nil {
+			w.sink = http.Header{}
+		}
+		return w.sink
+	}
+	return w.ResponseWriter.Header()
 }
 
 func (w *respWriter) WriteHeader(code int) {
+	if w.committed {
+		if w.lateStatus == 0 && code >= 200 {
+			w.lateStatus = code
+		}
+		return
+	}
 	if w.status == 0 && code >= 200 {
 		w.status = code
 	}
@@ -417,6 +459,12 @@ func (w *respWriter) WriteHeader(code int) {
 }
 
 func (w *respWriter) Write(b []byte) (int, error) {
+	if w.committed && w.lateStatus != 0 && w.lateStatus != http.StatusOK {
+		if room := 64<<10 - w.lateBody.Len(); room > 0 {
+			w.lateBody.Write(b[:min(len(b), room)])
+		}
+		return len(b), nil
+	}
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}

@@ -176,6 +176,8 @@ type Proxy struct {
 	mu     sync.Mutex
 	states map[string]hostState
 	flight map[string]*upCall
+	// boards carry each host's latest wake or pull note to held streams.
+	boards map[string]*board
 	pulls  map[string]*pullState // declared-model pulls after wakes (pulls.go)
 
 	// drainCheckHook, when set (tests), runs between counting a request
@@ -258,6 +260,10 @@ func New(o Options) (*Proxy, error) {
 			return nil, fmt.Errorf("host %q has no ollama_url: set it (or address) in %s", h.Name, inv.Path)
 		}
 		p.hosts[h.Name] = h
+	}
+	p.boards = make(map[string]*board, len(p.hosts))
+	for name := range p.hosts {
+		p.boards[name] = newBoard()
 	}
 	p.def = inv.Serve.DefaultHost
 	if p.def == "" {

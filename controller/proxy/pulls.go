@@ -93,6 +93,8 @@ func (p *Proxy) startPulls(h *inventory.Host) {
 		// The pulls count as activity: idle shutdown waits for them.
 		end := p.begin(h.Name)
 		defer end()
+		// Held streams for the host show the pulls' progress.
+		defer p.boards[h.Name].begin()()
 		for _, ps := range todo {
 			err := p.pullOne(p.baseCtx, h.Name, ps)
 			ps.mu.Lock()
@@ -156,6 +158,11 @@ func (p *Proxy) pullOne(ctx context.Context, host string, ps *pullState) error {
 		}
 		if line.Status != lastStatus || q > lastQuarter {
 			p.log.Info("pulling a declared model", "host", host, "model", ps.model, "status", line.Status, "completed", line.Completed, "total", line.Total)
+			note := fmt.Sprintf("%s: pulling %s: %s", host, ps.model, line.Status)
+			if line.Total > 0 {
+				note += fmt.Sprintf(" %d %%", 100*line.Completed/line.Total)
+			}
+			p.note(host, note)
 			if line.Status != lastStatus {
 				lastQuarter = -1
 			}

@@ -131,7 +131,15 @@ func (p *Proxy) bringUp(h *inventory.Host, c *upCall) {
 	p.log.Info("waking host for a request", "host", h.Name, "boot_timeout", boot)
 	start := p.o.Now()
 	wctx, cancel := context.WithTimeout(p.baseCtx, boot)
-	werr := p.o.Backends.Wake(wctx, h.Name)
+	b := p.boards[h.Name]
+	defer b.begin()()
+	b.post(fmt.Sprintf("waking %s (boot_timeout %s)", h.Name, boot))
+	var werr error
+	if pw, ok := p.o.Backends.(ProgressWaker); ok {
+		werr = pw.WakeProgress(wctx, h.Name, func(text string) { b.post(h.Name + ": " + text) })
+	} else {
+		werr = p.o.Backends.Wake(wctx, h.Name)
+	}
 	timedOut := wctx.Err() == context.DeadlineExceeded
 	cancel()
 	took := p.o.Now().Sub(start)
@@ -140,6 +148,7 @@ func (p *Proxy) bringUp(h *inventory.Host, c *upCall) {
 		p.met.wakeSeconds.WithLabelValues(h.Name).Observe(took.Seconds())
 		p.setState(h.Name, true)
 		p.log.Info("host is ready", "host", h.Name, "took", took)
+		b.post(fmt.Sprintf("%s is ready after %s", h.Name, took.Round(time.Second)))
 		if len(h.Models) > 0 {
 			// Reads its model list and starts pulling the declared models
 			// it lacks, before the held requests are released.

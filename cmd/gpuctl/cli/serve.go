@@ -213,11 +213,23 @@ func (b *controllerBackends) Up(ctx context.Context, host string) (bool, error) 
 }
 
 func (b *controllerBackends) Wake(ctx context.Context, host string) error {
+	return b.WakeProgress(ctx, host, nil)
+}
+
+// WakeProgress is Wake reporting each phase as `gpuctl wake` prints it
+// ("boot: magic packets sent to …; waiting for SSH at …"), for the
+// streaming requests serve holds meanwhile.
+func (b *controllerBackends) WakeProgress(ctx context.Context, host string, report func(string)) error {
 	h, ok := b.inv.Host(host)
 	if !ok {
 		return fmt.Errorf("no host %q in the inventory", host)
 	}
 	opts := controller.WakeOptions{NoPull: true}
+	if report != nil {
+		opts.Progress = func(pr controller.Progress) {
+			report(fmt.Sprintf("[%4.0fs] %s: %s", pr.Elapsed.Seconds(), pr.Phase, pr.Waiting))
+		}
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		opts.Timeout = time.Until(dl)
 	}
