@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Progress modes ([serve] progress).
@@ -31,6 +32,7 @@ type board struct {
 	seq     int      // number of notes ever posted
 	recent  []string // the last notes, recent[len-1] is note seq
 	active  int      // wakes and pulls under way
+	from    int      // seq when the work under way began
 	changed chan struct{}
 }
 
@@ -56,6 +58,9 @@ func (b *board) post(text string) {
 // begin marks work under way; the returned func ends it.
 func (b *board) begin() func() {
 	b.mu.Lock()
+	if b.active == 0 {
+		b.from = b.seq
+	}
 	b.active++
 	b.mu.Unlock()
 	var once sync.Once
@@ -78,7 +83,7 @@ func (b *board) since(seq int) (notes []string, at int, changed <-chan struct{})
 		if b.active == 0 {
 			return nil, b.seq, b.changed
 		}
-		seq = b.seq - len(b.recent)
+		seq = max(b.from, b.seq-len(b.recent))
 	}
 	if n := b.seq - seq; n > 0 {
 		n = min(n, len(b.recent))
@@ -104,6 +109,9 @@ const (
 	kindOpenAI            // /v1/chat/completions: delta.reasoning_content
 	kindSSE               // other OpenAI streams: SSE comments
 )
+
+// heldGrace is how long a request waits before it is shown progress.
+const heldGrace = time.Second
 
 // heldStream shows a streaming request's client what it waits for, in a
 // form clients display but never take as the answer.
@@ -183,6 +191,15 @@ func (h *heldStream) watch(host string) {
 	h.stop, h.done = make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(h.done)
+		// A request that does not really wait (its host up, its model
+		// there) never shows anything, not even a pull of another model.
+		t := time.NewTimer(heldGrace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-h.stop:
+			return
+		}
 		seq := -1
 		for {
 			notes, at, changed := b.since(seq)

@@ -107,7 +107,7 @@ func TestHeldChatShowsProgressAsThinking(t *testing.T) {
 		for sc.Scan() {
 			var c struct {
 				Message struct{ Content, Thinking string } `json:"message"`
-				Done    bool `json:"done"`
+				Done    bool                               `json:"done"`
 			}
 			if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
 				t.Fatalf("line %d is not JSON: %v: %s", n, err, sc.Bytes())

@@ -99,7 +99,8 @@ func TestPullHoldTimesOut(t *testing.T) {
 		})
 		defer b.close()
 		start := time.Now()
-		res, err := post(t.Context(), b.client, "http://proxy:80/api/chat", `{"model":"want"}`)
+		// Not streamed: a held stream gets 200 and its progress (held_test.go).
+		res, err := post(t.Context(), b.client, "http://proxy:80/api/chat", `{"model":"want","stream":false}`)
 		if err != nil {
 			t.Fatal(err)
 		}

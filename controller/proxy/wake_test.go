@@ -144,7 +144,7 @@ func TestWakeFailure(t *testing.T) {
 				b := newBubble(t, &fakeOllama{name: "server"}, pc, fb, nil)
 				defer b.close()
 				start := time.Now()
-				res, err := post(t.Context(), b.client, "http://proxy:80/api/generate", `{"model":"`+tc.model+`"}`)
+				res, err := post(t.Context(), b.client, "http://proxy:80/api/generate", `{"model":"`+tc.model+`","stream":false}`)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -202,7 +202,9 @@ func TestClientLeavesWakeQueue(t *testing.T) {
 		defer b.close()
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		defer cancel()
-		_, err := post(ctx, b.client, "http://proxy:80/api/generate", `{"model":"big"}`)
+		// Not streamed: a held stream would get its status with the first
+		// progress note (held_test.go); this is about leaving the queue.
+		_, err := post(ctx, b.client, "http://proxy:80/api/generate", `{"model":"big","stream":false}`)
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("err = %v, want the client's deadline", err)
 		}
