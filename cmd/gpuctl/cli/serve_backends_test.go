@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -65,18 +66,29 @@ func TestControllerBackendsUp(t *testing.T) {
 	}
 }
 
-// Wake is the controller's wake: magic packet, SSH, checks; it returns nil
+// Wake (WakeProgress) is the controller's wake: magic packet, SSH, checks; it returns nil
 // once the host is ready, and the proxy's context deadline bounds it.
 func TestControllerBackendsWake(t *testing.T) {
 	pc := newSimPC(t)
 	b := backendsFor(t, pc)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	if err := b.Wake(ctx, "gaming-pc"); err != nil {
+	var mu sync.Mutex
+	var notes []string
+	if err := b.WakeProgress(ctx, "gaming-pc", func(s string) { mu.Lock(); notes = append(notes, s); mu.Unlock() }); err != nil {
 		t.Fatalf("Wake: %v", err)
 	}
 	if pc.packetCount() == 0 {
 		t.Error("Wake sent no magic packet")
+	}
+	// The phases serve shows held streams are the ones `gpuctl wake` prints.
+	mu.Lock()
+	defer mu.Unlock()
+	all := strings.Join(notes, "\n")
+	for _, want := range []string{"boot: magic packets sent to", "checks:"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("progress lacks %q:\n%s", want, all)
+		}
 	}
 }
 
