@@ -471,14 +471,6 @@ func modelIDs(t *testing.T, b []byte) []string {
 	return ids
 }
 
-func mustParse(s string) *url.URL {
-	u, err := url.Parse(s)
-	if err != nil {
-		panic(err)
-	}
-	return u
-}
-
 func fileSize(path string) string {
 	fi, err := os.Stat(path)
 	if err != nil {
