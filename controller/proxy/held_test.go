@@ -11,6 +11,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/ollamalive/gpuctl/inventory"
 )
 
 // progressFake reports the phases of a wake as the controller does, 10 s
@@ -238,6 +240,55 @@ func TestHeldErrorsEndTheStream(t *testing.T) {
 		res, got := postHeld(t, b, "/v1/chat/completions", `{"model":"big","stream":true}`)
 		if res.StatusCode != 200 || !strings.Contains(string(got), "data: {\"error\":{") || !strings.Contains(string(got), "wake_failed") {
 			t.Errorf("status %d, answer:\n%s", res.StatusCode, got)
+		}
+	})
+}
+
+// A streamed chat for a declared model serve is pulling onto the host it
+// woke shows the pull's progress (percent included) until the model is
+// there, then the host's answer.
+func TestHeldShowsPullProgress(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		release := make(chan struct{})
+		pc := &fakeOllama{name: "pc", handle: func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != "/api/pull" {
+				w.Header().Set("Content-Type", "application/x-ndjson")
+				io.WriteString(w, pcNDJSON)
+				return
+			}
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			io.WriteString(w, `{"status":"pulling manifest"}`+"\n")
+			w.(http.Flusher).Flush()
+			time.Sleep(5 * time.Second)
+			io.WriteString(w, `{"status":"pulling 3f5a8c","digest":"sha256:3f5a8c","total":100,"completed":37}`+"\n")
+			w.(http.Flusher).Flush()
+			<-release
+			io.WriteString(w, `{"status":"success"}`+"\n")
+		}}
+		b := newBubble(t, &fakeOllama{name: "server"}, pc, newFakeBackends(), func(o *Options) {
+			o.Inventory.Hosts[1].Models = []inventory.ModelName{"big:want"}
+		})
+		defer b.close()
+		go func() {
+			time.Sleep(30 * time.Second)
+			close(release)
+		}()
+		_, got := postHeld(t, b, "/api/chat", `{"model":"big:want"}`)
+		var thinking strings.Builder
+		for _, l := range strings.Split(strings.TrimSpace(string(got)), "\n") {
+			var c struct {
+				Message struct{ Thinking string } `json:"message"`
+			}
+			_ = json.Unmarshal([]byte(l), &c)
+			thinking.WriteString(c.Message.Thinking)
+		}
+		for _, want := range []string{"pc: pulling big:want: pulling manifest", "pc: pulling big:want: pulling 3f5a8c 37 %", "loading big:want on pc"} {
+			if !strings.Contains(thinking.String(), want) {
+				t.Errorf("progress lacks %q:\n%s", want, thinking.String())
+			}
+		}
+		if !bytes.HasSuffix(got, []byte(pcNDJSON)) {
+			t.Errorf("the answer after the pull is not the host's:\n%s", got)
 		}
 	})
 }
