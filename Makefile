@@ -40,14 +40,14 @@ test-short:
 	$(GO) test -short -count=1 $(PKGS)
 
 # What a public clone gets: HEAD cloned into a temporary directory with no
-# ../shared beside it, then the in-process tier there (CI unset, so the
+# shared folder beside it, then the in-process tier there (CI unset, so the
 # privileged tiers skip as -short asks). Catches tests that read
 # files outside the repository or left untracked.
 fresh:
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	git clone -q --no-local . "$$tmp/gpuctl"; \
-	cd "$$tmp/gpuctl"; test ! -e ../shared; \
-	echo "== fresh clone of $$(git rev-parse --short HEAD) in $$tmp/gpuctl (no ../shared)"; \
+	cd "$$tmp/gpuctl"; test ! -e "$$tmp/shared"; \
+	echo "== fresh clone of $$(git rev-parse --short HEAD) in $$tmp/gpuctl (no shared folder beside it)"; \
 	env -u CI $(MAKE) --no-print-directory test-short
 
 lint:
