@@ -12,7 +12,7 @@ import (
 
 	"github.com/ollama/ollama/api"
 
-	"github.com/ollamalive/gpuctl/controller/models"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -80,11 +80,11 @@ type Ollama struct {
 
 // Report is everything one round of checks learned.
 type Report struct {
-	Checks    []Check    `json:"checks"`
-	GPU       []GPU      `json:"gpu"`
-	Container *Container `json:"container"`
-	Mount     *Mount     `json:"mount"`
-	Ollama    *Ollama    `json:"ollama"`
+	Checks    []Check            `json:"checks"`
+	GPU       []hostcmd.GPU      `json:"gpu"`
+	Container *hostcmd.Container `json:"container"`
+	Mount     *hostcmd.Mount     `json:"mount"`
+	Ollama    *Ollama            `json:"ollama"`
 }
 
 // Failed lists the failing checks.
@@ -231,11 +231,11 @@ func (k *checker) timed(name string, start time.Time, c Check) []Check {
 
 func (k *checker) gpu(ctx context.Context) []Check {
 	start := k.c.now()
-	res, fail := k.exec(ctx, CheckGPU, GPUQueryArgs())
+	res, fail := k.exec(ctx, CheckGPU, hostcmd.GPUQueryArgs())
 	if fail != nil {
 		return k.timed(CheckGPU, start, *fail)
 	}
-	gpus, prob := ClassifyNvidiaSMI(res.Stdout, res.Stderr, res.ExitStatus, k.h.MinDriver)
+	gpus, prob := hostcmd.ClassifyNvidiaSMI(res.Stdout, res.Stderr, res.ExitStatus, k.h.MinDriver)
 	k.mu.Lock()
 	k.rep.GPU = gpus
 	k.mu.Unlock()
@@ -253,41 +253,18 @@ func (k *checker) gpu(ctx context.Context) []Check {
 	return k.timed(CheckGPU, start, Check{OK: true, Detail: strings.Join(parts, "; ")})
 }
 
-// DockerCommand is docker on the generated NixOS system. The gpuctl account
-// is not in the docker group (that is root-equivalent): it runs exactly the
-// two docker command lines below through `sudo -n`, and the box's sudo
-// rules (nixconfig) allow precisely those argv, nothing else.
-const DockerCommand = models.DockerCommand
-
-// InspectArgs is the argv of the container check.
-func InspectArgs(container string) []string { return models.InspectArgs(container) }
-
-// ContainerGPUArgs is the argv of the GPU-in-container check.
-func ContainerGPUArgs(container string) []string {
-	return []string{"sudo", "-n", DockerCommand, "exec", container, "nvidia-smi", "-L"}
-}
-
-// SudoArgv strips the `sudo -n` of a template: the argv the box's sudo rule
-// must allow for it.
-func SudoArgv(args []string) []string {
-	if len(args) > 2 && args[0] == "sudo" && args[1] == "-n" {
-		return args[2:]
-	}
-	return nil
-}
-
 func (k *checker) container(ctx context.Context) []Check {
 	start := k.c.now()
-	res, fail := k.exec(ctx, CheckContainer, InspectArgs(k.h.Container))
+	res, fail := k.exec(ctx, CheckContainer, hostcmd.InspectArgs(k.h.Container))
 	if fail != nil {
 		return k.timed(CheckContainer, start, *fail)
 	}
-	if p := ClassifyDockerError(k.h.Container, res.Stdout, res.Stderr, res.ExitStatus); p != nil {
+	if p := hostcmd.ClassifyDockerError(k.h.Container, res.Stdout, res.Stderr, res.ExitStatus); p != nil {
 		return k.timed(CheckContainer, start, Check{Detail: p.Msg, Transient: p.Transient})
 	}
-	ct, err := ParseDockerInspect(res.Stdout)
+	ct, err := hostcmd.ParseDockerInspect(res.Stdout)
 	if err != nil {
-		if errors.Is(err, errNoSuchContainer) {
+		if errors.Is(err, hostcmd.ErrNoSuchContainer) {
 			return k.timed(CheckContainer, start, Check{Detail: fmt.Sprintf("container %q does not exist on the host", k.h.Container), Transient: true})
 		}
 		return k.timed(CheckContainer, start, Check{Detail: "unexpected docker inspect output: " + err.Error()})
@@ -297,7 +274,7 @@ func (k *checker) container(ctx context.Context) []Check {
 	}
 	// Where the container keeps its models: the same reading (and the
 	// same verdict) as the verification after a pull (models.Manager).
-	store, serr := models.StoreFromInspect(res.Stdout, k.h.Container, k.h.ModelsDir)
+	store, serr := hostcmd.StoreFromInspect(res.Stdout, k.h.Container, k.h.ModelsDir)
 	if serr == nil {
 		ct.Models = &store
 	}
@@ -308,7 +285,7 @@ func (k *checker) container(ctx context.Context) []Check {
 	}
 	k.rep.Container = &stored
 	k.mu.Unlock()
-	if msg, transient := ContainerProblem(ct); msg != "" {
+	if msg, transient := hostcmd.ContainerProblem(ct); msg != "" {
 		return k.timed(CheckContainer, start, Check{Detail: msg, Transient: transient})
 	}
 	if ct.Models != nil && ct.Models.Problem != "" {
@@ -329,24 +306,24 @@ func (k *checker) container(ctx context.Context) []Check {
 
 func (k *checker) containerGPU(ctx context.Context) []Check {
 	start := k.c.now()
-	res, fail := k.exec(ctx, CheckContainerGPU, ContainerGPUArgs(k.h.Container))
+	res, fail := k.exec(ctx, CheckContainerGPU, hostcmd.ContainerGPUArgs(k.h.Container))
 	if fail != nil {
 		return k.timed(CheckContainerGPU, start, *fail)
 	}
 	if res.ExitStatus != 0 {
-		msg, transient := ContainerGPUProblem(k.h.Container, res.Stdout, res.Stderr, res.ExitStatus)
+		msg, transient := hostcmd.ContainerGPUProblem(k.h.Container, res.Stdout, res.Stderr, res.ExitStatus)
 		if msg == "" {
-			msg = fmt.Sprintf("docker exec %s nvidia-smi -L exited %d: %s", k.h.Container, res.ExitStatus, firstLine(res.Stderr, res.Stdout))
+			msg = fmt.Sprintf("docker exec %s nvidia-smi -L exited %d: %s", k.h.Container, res.ExitStatus, hostcmd.FirstLine(res.Stderr, res.Stdout))
 		}
 		return k.timed(CheckContainerGPU, start, Check{Detail: msg, Transient: transient})
 	}
-	gpus, err := ParseNvidiaSMIList(res.Stdout)
+	gpus, err := hostcmd.ParseNvidiaSMIList(res.Stdout)
 	if err != nil {
 		return k.timed(CheckContainerGPU, start, Check{Detail: "unexpected nvidia-smi -L output in the container: " + err.Error()})
 	}
 	k.mu.Lock()
 	if k.rep.Container == nil {
-		k.rep.Container = &Container{Name: k.h.Container}
+		k.rep.Container = &hostcmd.Container{Name: k.h.Container}
 	}
 	k.rep.Container.GPUs = gpus
 	k.mu.Unlock()
@@ -360,27 +337,27 @@ func (k *checker) containerGPU(ctx context.Context) []Check {
 	return k.timed(CheckContainerGPU, start, Check{OK: true, Detail: strings.Join(names, ", ") + " visible in " + k.h.Container})
 }
 
-func (k *checker) mountInfo() *Mount {
+func (k *checker) mountInfo() *hostcmd.Mount {
 	if k.rep.Mount == nil {
-		k.rep.Mount = &Mount{Dir: k.h.ModelsDir}
+		k.rep.Mount = &hostcmd.Mount{Dir: k.h.ModelsDir}
 	}
 	return k.rep.Mount
 }
 
 func (k *checker) mount(ctx context.Context) []Check {
 	start := k.c.now()
-	res, fail := k.exec(ctx, CheckMount, FindmntArgs(k.h.ModelsDir))
+	res, fail := k.exec(ctx, CheckMount, hostcmd.FindmntArgs(k.h.ModelsDir))
 	if fail != nil {
 		return k.timed(CheckMount, start, *fail)
 	}
 	if res.ExitStatus != 0 {
-		msg := fmt.Sprintf("findmnt --target %s exited %d: %s", k.h.ModelsDir, res.ExitStatus, firstLine(res.Stderr, res.Stdout))
-		if h := NTFSHint(string(res.Stderr)); h != "" {
+		msg := fmt.Sprintf("findmnt --target %s exited %d: %s", k.h.ModelsDir, res.ExitStatus, hostcmd.FirstLine(res.Stderr, res.Stdout))
+		if h := hostcmd.NTFSHint(string(res.Stderr)); h != "" {
 			msg += "; " + h
 		}
 		return k.timed(CheckMount, start, Check{Detail: msg, Transient: true})
 	}
-	m, err := ParseFindmnt(res.Stdout)
+	m, err := hostcmd.ParseFindmnt(res.Stdout)
 	if err != nil {
 		return k.timed(CheckMount, start, Check{Detail: "unexpected findmnt output: " + err.Error()})
 	}
@@ -389,7 +366,7 @@ func (k *checker) mount(ctx context.Context) []Check {
 	mi.Target, mi.Source, mi.FSType, mi.Options, mi.ReadOnly = m.Target, m.Source, m.FSType, m.Options, m.ReadOnly
 	m.Dir = mi.Dir
 	k.mu.Unlock()
-	if msg, transient := MountProblem(m); msg != "" {
+	if msg, transient := hostcmd.MountProblem(m); msg != "" {
 		return k.timed(CheckMount, start, Check{Detail: msg, Transient: transient})
 	}
 	kind := m.FSType
@@ -401,14 +378,14 @@ func (k *checker) mount(ctx context.Context) []Check {
 
 func (k *checker) freeSpace(ctx context.Context) []Check {
 	start := k.c.now()
-	res, fail := k.exec(ctx, CheckFreeSpace, DFArgs(k.h.ModelsDir))
+	res, fail := k.exec(ctx, CheckFreeSpace, hostcmd.DFArgs(k.h.ModelsDir))
 	if fail != nil {
 		return k.timed(CheckFreeSpace, start, *fail)
 	}
 	if res.ExitStatus != 0 {
-		return k.timed(CheckFreeSpace, start, Check{Detail: fmt.Sprintf("df %s exited %d: %s", k.h.ModelsDir, res.ExitStatus, firstLine(res.Stderr, res.Stdout)), Transient: true})
+		return k.timed(CheckFreeSpace, start, Check{Detail: fmt.Sprintf("df %s exited %d: %s", k.h.ModelsDir, res.ExitStatus, hostcmd.FirstLine(res.Stderr, res.Stdout)), Transient: true})
 	}
-	row, err := ParseDF(res.Stdout)
+	row, err := hostcmd.ParseDF(res.Stdout)
 	if err != nil {
 		return k.timed(CheckFreeSpace, start, Check{Detail: "unexpected df output: " + err.Error()})
 	}
@@ -425,7 +402,7 @@ func (k *checker) freeSpace(ctx context.Context) []Check {
 
 func (k *checker) writeProbe(ctx context.Context) []Check {
 	start := k.c.now()
-	res, fail := k.exec(ctx, CheckWriteProbe, WriteProbeArgs(k.h.ModelsDir))
+	res, fail := k.exec(ctx, CheckWriteProbe, hostcmd.WriteProbeArgs(k.h.ModelsDir))
 	if fail != nil {
 		return k.timed(CheckWriteProbe, start, *fail)
 	}
@@ -434,7 +411,7 @@ func (k *checker) writeProbe(ctx context.Context) []Check {
 	k.mountInfo().Writable = &ok
 	k.mu.Unlock()
 	if !ok {
-		msg := WriteProbeProblem(k.h.ModelsDir, res.Stdout, res.Stderr, res.ExitStatus)
+		msg := hostcmd.WriteProbeProblem(k.h.ModelsDir, res.Stdout, res.Stderr, res.ExitStatus)
 		return k.timed(CheckWriteProbe, start, Check{Detail: msg, Transient: strings.Contains(msg, "does not exist")})
 	}
 	return k.timed(CheckWriteProbe, start, Check{OK: true, Detail: "created, synced and removed a file in " + k.h.ModelsDir})

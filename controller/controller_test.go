@@ -613,3 +613,13 @@ func TestModelsLocationFromInspect(t *testing.T) {
 		}
 	})
 }
+
+func TestMissingModels(t *testing.T) {
+	present := []string{"llama3.2:latest", "deepseek-r1:latest", "127.0.0.1:15000/library/tiny:latest", "qwen2.5:14b"}
+	declared := toModels("llama3.2", "registry.ollama.ai/library/deepseek-r1:latest", "127.0.0.1:15000/library/tiny",
+		"qwen2.5:32b", "Llama3.2:latest")
+	got := MissingModels(declared, present)
+	if strings.Join(got, ",") != "qwen2.5:32b" {
+		t.Fatalf("missing = %q", got)
+	}
+}

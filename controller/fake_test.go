@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/ollamatest"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
@@ -144,7 +145,7 @@ func (pc *fakePC) Wake(ctx context.Context, h *inventory.Host) error {
 type fakeRunner struct{ pc *fakePC }
 
 func checkOf(args []string) string {
-	if a := SudoArgv(args); a != nil && a[0] == DockerCommand {
+	if a := hostcmd.SudoArgv(args); a != nil && a[0] == hostcmd.DockerCommand {
 		args = append([]string{"docker"}, a[1:]...)
 	}
 	switch {

@@ -1,14 +1,11 @@
 package controller
 
 import (
-	"os/exec"
-
+	"github.com/ollamalive/gpuctl/controller/fixtures"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
-func runLocal(args []string) ([]byte, error) {
-	return exec.Command(args[0], args[1:]...).CombinedOutput()
-}
+func fx(name string) []byte { return fixtures.Must(name) }
 
 func toModels(names ...string) []inventory.ModelName {
 	out := make([]inventory.ModelName, len(names))

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -23,14 +24,14 @@ type HostStatus struct {
 	Since     time.Time `json:"since"`
 	CheckedAt time.Time `json:"checked_at"`
 	// DurationMS is how long finding out took.
-	DurationMS int64       `json:"duration_ms"`
-	Probe      ProbeReport `json:"probe"`
-	Checks     []Check     `json:"checks"`
-	GPU        []GPU       `json:"gpu"`
-	Container  *Container  `json:"container"`
-	Mount      *Mount      `json:"mount"`
-	Ollama     *Ollama     `json:"ollama"`
-	BootETA    *BootETA    `json:"boot_eta"`
+	DurationMS int64              `json:"duration_ms"`
+	Probe      ProbeReport        `json:"probe"`
+	Checks     []Check            `json:"checks"`
+	GPU        []hostcmd.GPU      `json:"gpu"`
+	Container  *hostcmd.Container `json:"container"`
+	Mount      *hostcmd.Mount     `json:"mount"`
+	Ollama     *Ollama            `json:"ollama"`
+	BootETA    *BootETA           `json:"boot_eta"`
 	// Idle is filled by the idle-shutdown package (optional).
 	Idle any `json:"idle,omitempty"`
 }
@@ -107,7 +108,7 @@ func (c *Controller) Status(ctx context.Context, h *inventory.Host) HostStatus {
 	}
 	pctx, cancel := context.WithTimeout(ctx, durOr(c.ProbeTimeout, DefaultProbeTimeout))
 	sshP, conn, other := c.reach(pctx, h)
-	st := HostStatus{Name: h.Name, CheckedAt: start, Checks: []Check{}, GPU: []GPU{},
+	st := HostStatus{Name: h.Name, CheckedAt: start, Checks: []Check{}, GPU: []hostcmd.GPU{},
 		Probe: ProbeReport{SSH: &sshP, OtherOS: other}}
 	var runner sshexec.Runner
 	var closer io.Closer
@@ -178,7 +179,7 @@ func (c *Controller) Status(ctx context.Context, h *inventory.Host) HostStatus {
 // statusHTTP checks a host whose `checks` hold no SSH check (the always-on
 // server, typically): its Ollama alone says whether it is ready.
 func (c *Controller) statusHTTP(ctx context.Context, h *inventory.Host) HostStatus {
-	st := HostStatus{Name: h.Name, CheckedAt: c.now(), Checks: []Check{}, GPU: []GPU{}}
+	st := HostStatus{Name: h.Name, CheckedAt: c.now(), Checks: []Check{}, GPU: []hostcmd.GPU{}}
 	st.fill(c.checkHTTP(ctx, h))
 	return st
 }
@@ -211,7 +212,7 @@ func (s *HostStatus) fill(r Report) {
 	}
 	s.GPU = r.GPU
 	if s.GPU == nil {
-		s.GPU = []GPU{}
+		s.GPU = []hostcmd.GPU{}
 	}
 	s.Container, s.Mount, s.Ollama = r.Container, r.Mount, r.Ollama
 	s.State, s.Reason = stateFromChecks(s.Checks)

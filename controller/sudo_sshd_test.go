@@ -19,6 +19,7 @@ import (
 
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/fixtures"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/ollamatest"
 	"github.com/ollamalive/gpuctl/inventory"
@@ -50,7 +51,7 @@ case "$*" in
   echo "docker stand-in: $* is not simulated" >&2; exit 125 ;;
 esac
 `
-	// The gpu check's own query (controller.GPUQueryArgs), values as in
+	// The gpu check's own query (hostcmd.GPUQueryArgs), values as in
 	// the rtx4080super capture.
 	standinNvidiaSMI = `#!/bin/sh
 echo '0, NVIDIA GeForce RTX 4080 SUPER, GPU-6f0e6c6b-8a4e-4bb4-9d1e-2a3c4b5d6e7f, 595.71.05, 16376, 596, 0, 35, P8'
@@ -210,10 +211,10 @@ checks = ["gpu", "container", "container_gpu", "mount", "free_space", "write_pro
 	pw := []string{"sudo", "-n", idle.PoweroffCommand}
 	for _, refused := range [][]string{
 		{"docker", "inspect", "--type", "container", "ollama"}, // no docker group
-		{"sudo", "-n", controller.DockerCommand, "ps"},
-		{"sudo", "-n", controller.DockerCommand, "inspect", "--type", "container", "other"},
-		{"sudo", "-n", controller.DockerCommand, "exec", "ollama", "sh"},
-		{"sudo", "-n", controller.DockerCommand, "exec", "ollama", "nvidia-smi", "-L", "-x"},
+		{"sudo", "-n", hostcmd.DockerCommand, "ps"},
+		{"sudo", "-n", hostcmd.DockerCommand, "inspect", "--type", "container", "other"},
+		{"sudo", "-n", hostcmd.DockerCommand, "exec", "ollama", "sh"},
+		{"sudo", "-n", hostcmd.DockerCommand, "exec", "ollama", "nvidia-smi", "-L", "-x"},
 		{"sudo", "-n", idle.PoweroffCommand, "--force"},
 		{"sudo", "-n", "/bin/sh", "-c", "id"},
 		{"sudo", "-n", "-u", "root", "true"},

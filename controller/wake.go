@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/statefile"
 
 	"github.com/ollamalive/gpuctl/inventory"
@@ -489,7 +490,7 @@ func (w *wakeRun) stop(err error) *WakeResult {
 func (w *wakeRun) finish(rep *Report, st State, reason string) *WakeResult {
 	c := w.c
 	now := c.now()
-	hs := HostStatus{Name: w.h.Name, CheckedAt: now, Checks: []Check{}, GPU: []GPU{}, State: st, Reason: reason}
+	hs := HostStatus{Name: w.h.Name, CheckedAt: now, Checks: []Check{}, GPU: []hostcmd.GPU{}, State: st, Reason: reason}
 	if rep != nil {
 		hs.fill(*rep)
 	}

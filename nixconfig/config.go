@@ -18,7 +18,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/ollamalive/gpuctl/controller"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/inventory"
 )
@@ -86,8 +86,8 @@ type Config struct {
 func SudoCommands(container string) []string {
 	return []string{
 		PoweroffSudoCommand,
-		strings.Join(controller.SudoArgv(controller.InspectArgs(container)), " "),
-		strings.Join(controller.SudoArgv(controller.ContainerGPUArgs(container)), " "),
+		strings.Join(hostcmd.SudoArgv(hostcmd.InspectArgs(container)), " "),
+		strings.Join(hostcmd.SudoArgv(hostcmd.ContainerGPUArgs(container)), " "),
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/statefile"
 	"github.com/ollamalive/gpuctl/inventory"
@@ -82,7 +83,7 @@ func newWorldWith(t *testing.T, actions, ollama bool) *world {
 			defer w.mu.Unlock()
 			var out []controller.HostStatus
 			for _, h := range hosts {
-				st := controller.HostStatus{Name: h.Name, State: controller.StateReady, Checks: []controller.Check{{Name: "ollama", OK: true}}, GPU: []controller.GPU{}}
+				st := controller.HostStatus{Name: h.Name, State: controller.StateReady, Checks: []controller.Check{{Name: "ollama", OK: true}}, GPU: []hostcmd.GPU{}}
 				if h.Name == "pc" {
 					st.State = w.pcState
 					if w.pcState != controller.StateReady {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/inventory"
 )
@@ -107,7 +108,7 @@ func (d *Dashboard) page(snap *snapshot) Page {
 		st, ok := snap.status[h.Name]
 		if !ok {
 			st = controller.HostStatus{Name: h.Name, State: controller.StateUnknown, Reason: "not checked yet",
-				Checks: []controller.Check{}, GPU: []controller.GPU{}}
+				Checks: []controller.Check{}, GPU: []hostcmd.GPU{}}
 		}
 		out := Host{HostStatus: st, OnDemand: h.OnDemand, Loaded: snap.loaded[h.Name], LoadedError: snap.psErr[h.Name],
 			Wakes: []controller.WakeRecord{}, InFlight: act.Hosts[h.Name].InFlight}

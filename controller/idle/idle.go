@@ -76,6 +76,7 @@ import (
 
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -211,7 +212,7 @@ type Signal struct {
 // WOL is the Wake-on-LAN check of the box's NIC.
 type WOL struct {
 	Interface string `json:"interface,omitempty"`
-	WakeOn
+	hostcmd.WakeOn
 	Armed bool `json:"armed"`
 	// Err is why it could not be read; Fix is how to arm it.
 	Err string `json:"error,omitempty"`
@@ -332,7 +333,7 @@ func connect(ctx context.Context, d *Deps, h *inventory.Host) (sshexec.Runner, i
 // remote is what the script found.
 type remote struct {
 	err   error // the whole round trip failed
-	secs  map[string]section
+	secs  map[string]hostcmd.Section
 	perr  error // the output could not be split into sections
 	local time.Time
 }
@@ -349,7 +350,7 @@ func (r *remote) get(name string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: no output", name)
 	}
 	if s.Exit != 0 {
-		return s.Out, errors.New(describeExit(name, s))
+		return s.Out, errors.New(hostcmd.DescribeExit(name, s))
 	}
 	return s.Out, nil
 }
@@ -367,7 +368,7 @@ func evaluate(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 		IdleAfter: h.IdleAfter.D(), MinUptime: h.MinUptime.D()}
 	ct := cmp.Or(d.CheckTimeout, DefaultCheckTimeout)
 	port := ollamaPort(h)
-	marker := newMarker()
+	marker := hostcmd.NewMarker()
 
 	var (
 		wg    sync.WaitGroup
@@ -396,9 +397,9 @@ func evaluate(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 	}()
 	go func() {
 		defer wg.Done()
-		c, cancel := context.WithTimeout(ctx, ScriptTimeout+5*time.Second)
+		c, cancel := context.WithTimeout(ctx, hostcmd.ScriptTimeout+5*time.Second)
 		defer cancel()
-		res, err := runner.Run(c, scriptCmd(marker, h.ModelsDir, port))
+		res, err := runner.Run(c, hostcmd.IdleScriptCmd(marker, h.ModelsDir, port))
 		rem.local = d.now()
 		switch {
 		case err != nil:
@@ -406,7 +407,7 @@ func evaluate(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 		case res.Truncated:
 			rem.err = errors.New("the idle script's output was cut at its size limit")
 		default:
-			rem.secs, rem.perr = parseSections(res.Stdout, marker)
+			rem.secs, rem.perr = hostcmd.ParseSections(res.Stdout, marker)
 		}
 	}()
 	wg.Wait()
@@ -422,22 +423,22 @@ func evaluate(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 	sigs = append(sigs, ollamaSignal(ps, &rep))
 	// Pulls: gpuctl's markers and Ollama's partial blobs.
 	boxNow, boxErr := func() (time.Time, error) {
-		b, err := rem.get(secNow)
+		b, err := rem.get(hostcmd.SecNow)
 		if err != nil {
 			return time.Time{}, err
 		}
-		return parseEpoch(b)
+		return hostcmd.ParseEpoch(b)
 	}()
 	pullSig, partials := pullSignal(&rem, pulls, pullE, boxNow, boxErr, prev, now)
 	sigs = append(sigs, pullSig)
 	sigs = append(sigs, loginSignal(&rem, h))
 	sigs = append(sigs, gpuSignal(&rem, h))
 	serverIP, connErr := func() (netip.Addr, error) {
-		b, err := rem.get(secConn)
+		b, err := rem.get(hostcmd.SecConn)
 		if err != nil {
 			return netip.Addr{}, err
 		}
-		return parseSSHConnection(b)
+		return hostcmd.ParseSSHConnection(b)
 	}()
 	sigs = append(sigs, clientSignal(&rem, d, port, serverIP, connErr))
 	sigs = append(sigs, uptimeSignal(&rem, h, now, &rep))
@@ -642,7 +643,7 @@ func ollamaSignal(ps psResult, rep *Report) Signal {
 	return s
 }
 
-func pullSignal(rem *remote, marks []string, markErr error, boxNow time.Time, boxErr error, prev State, now time.Time) (Signal, map[string]Partial) {
+func pullSignal(rem *remote, marks []string, markErr error, boxNow time.Time, boxErr error, prev State, now time.Time) (Signal, map[string]hostcmd.Partial) {
 	s := Signal{Name: SigPulls}
 	var busy []string
 	if markErr != nil {
@@ -652,20 +653,20 @@ func pullSignal(rem *remote, marks []string, markErr error, boxNow time.Time, bo
 	for _, m := range marks {
 		busy = append(busy, "gpuctl is pulling "+m)
 	}
-	out, err := rem.get(secPartials)
+	out, err := rem.get(hostcmd.SecPartials)
 	if err == nil && boxErr != nil {
 		err = fmt.Errorf("the box's clock: %w", boxErr)
 	}
-	var parts []Partial
+	var parts []hostcmd.Partial
 	if err == nil {
-		parts, err = parsePartials(out)
+		parts, err = hostcmd.ParsePartials(out)
 	}
 	if err != nil {
 		s.Failed = true
 		s.Value = strings.Join(append(busy, "partial downloads: "+err.Error()), "; ")
 		return s, prev.Partials
 	}
-	sample := make(map[string]Partial, len(parts))
+	sample := make(map[string]hostcmd.Partial, len(parts))
 	var last time.Time
 	stale := 0
 	for _, p := range parts {
@@ -702,10 +703,10 @@ func pullSignal(rem *remote, marks []string, markErr error, boxNow time.Time, bo
 
 func loginSignal(rem *remote, h *inventory.Host) Signal {
 	s := Signal{Name: SigLogins}
-	out, err := rem.get(secWho)
-	var ls []Login
+	out, err := rem.get(hostcmd.SecWho)
+	var ls []hostcmd.Login
 	if err == nil {
-		ls, err = parseWho(out)
+		ls, err = hostcmd.ParseWho(out)
 	}
 	if err != nil {
 		s.Failed, s.Value = true, err.Error()
@@ -733,10 +734,10 @@ func loginSignal(rem *remote, h *inventory.Host) Signal {
 
 func gpuSignal(rem *remote, h *inventory.Host) Signal {
 	s := Signal{Name: SigGPU}
-	out, err := rem.get(secGPU)
-	var us []GPUUtil
+	out, err := rem.get(hostcmd.SecGPU)
+	var us []hostcmd.GPUUtil
 	if err == nil {
-		us, err = parseGPUUtil(out, []string{"utilization.gpu"})
+		us, err = hostcmd.ParseGPUUtil(out, []string{"utilization.gpu"})
 	}
 	if err != nil {
 		s.Failed, s.Value = true, err.Error()
@@ -774,10 +775,10 @@ func clientSignal(rem *remote, d *Deps, port uint16, server netip.Addr, serverEr
 		s.Failed, s.Value = true, "cannot tell the gpuctl server's address: "+serverErr.Error()
 		return s
 	}
-	out, err := rem.get(secClients)
-	var cs []Conn
+	out, err := rem.get(hostcmd.SecClients)
+	var cs []hostcmd.Conn
 	if err == nil {
-		cs, err = parseSS(out, port)
+		cs, err = hostcmd.ParseSS(out, port)
 	}
 	if err != nil {
 		s.Failed, s.Value = true, err.Error()
@@ -802,10 +803,10 @@ func clientSignal(rem *remote, d *Deps, port uint16, server netip.Addr, serverEr
 
 func uptimeSignal(rem *remote, h *inventory.Host, now time.Time, rep *Report) Signal {
 	s := Signal{Name: SigUptime, exact: true}
-	out, err := rem.get(secUptime)
+	out, err := rem.get(hostcmd.SecUptime)
 	var up time.Duration
 	if err == nil {
-		up, err = parseUptime(out)
+		up, err = hostcmd.ParseUptime(out)
 	}
 	if err != nil {
 		s.Failed, s.Value = true, err.Error()
@@ -825,16 +826,16 @@ func wolCheck(rem *remote) WOL {
 		w.Fix = "check on the box that `ethtool IF` shows \"Wake-on: g\" for the interface facing the gpuctl server"
 		return w
 	}
-	rb, err := rem.get(secRoute)
+	rb, err := rem.get(hostcmd.SecRoute)
 	if err != nil {
 		return fail(err)
 	}
-	dev, err := parseRouteDev(rb)
+	dev, err := hostcmd.ParseRouteDev(rb)
 	if err != nil {
 		return fail(err)
 	}
 	w.Interface = dev
-	out, err := rem.get(secWOL)
+	out, err := rem.get(hostcmd.SecWOL)
 	if err != nil {
 		return fail(err)
 	}
@@ -842,7 +843,7 @@ func wolCheck(rem *remote) WOL {
 	if got, ok := strings.CutPrefix(first, "interface "); !ok || got != dev {
 		return fail(fmt.Errorf("the script's interface %q is not the route's %q", first, dev))
 	}
-	wo, err := parseEthtool([]byte(rest))
+	wo, err := hostcmd.ParseEthtool([]byte(rest))
 	if err != nil {
 		return fail(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/activity"
 	"github.com/ollamalive/gpuctl/controller/fixtures"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
@@ -130,7 +131,7 @@ func TestBusySignals(t *testing.T) {
 		{"growing-partial", SigPulls, func(e *env) {
 			e.box.set(func(b *simBox) {
 				p := "/mnt/models/ollama/blobs/sha256-aa-partial"
-				b.partials[p] = Partial{Path: p, Size: 4 << 30, Blocks: 10, MTime: time.Now().Add(-time.Hour)}
+				b.partials[p] = hostcmd.Partial{Path: p, Size: 4 << 30, Blocks: 10, MTime: time.Now().Add(-time.Hour)}
 				b.writing[p] = true
 			})
 		}, "sha256-aa-partial"},
@@ -222,7 +223,7 @@ func TestIdleDespite(t *testing.T) {
 			b.clients = "0      0      192.0.2.20:11434 192.0.2.10:43248"
 			b.gpu = "10\n"
 			p := "/mnt/models/ollama/blobs/sha256-bb-partial"
-			b.partials[p] = Partial{Path: p, Size: 1 << 30, Blocks: 4096, MTime: time.Now().Add(-3 * time.Hour)}
+			b.partials[p] = hostcmd.Partial{Path: p, Size: 1 << 30, Blocks: 4096, MTime: time.Now().Add(-3 * time.Hour)}
 		})
 		out, err := e.cron()
 		wantAction(t, out, err, ActNotYet)
@@ -246,7 +247,7 @@ func TestPartialRestartMidPull(t *testing.T) {
 		e := newEnv(t)
 		p := "/mnt/models/ollama/blobs/sha256-cc-partial-3"
 		e.box.set(func(b *simBox) {
-			b.partials[p] = Partial{Path: p, Size: 312, Blocks: 8, MTime: time.Now().Add(-30 * time.Second)}
+			b.partials[p] = hostcmd.Partial{Path: p, Size: 312, Blocks: 8, MTime: time.Now().Add(-30 * time.Second)}
 		})
 		out, err := e.cron()
 		wantAction(t, out, err, ActBusy)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/ollamalive/gpuctl/controller"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/proxy"
 	"github.com/ollamalive/gpuctl/inventory"
 )
@@ -248,7 +249,7 @@ func interleaving(t *testing.T, seed uint64, st *simStats) {
 				e.pull(path, 1)
 			}
 			e.box.set(func(b *simBox) {
-				b.partials[path] = Partial{Path: path, Size: 1 << 30, MTime: time.Now()}
+				b.partials[path] = hostcmd.Partial{Path: path, Size: 1 << 30, MTime: time.Now()}
 				b.writing[path] = true
 			})
 			l.Unlock()

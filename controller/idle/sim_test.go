@@ -23,6 +23,7 @@ import (
 
 	"github.com/ollamalive/gpuctl/controller/activity"
 	"github.com/ollamalive/gpuctl/controller/fixtures"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/models"
 	"github.com/ollamalive/gpuctl/controller/ollamatest"
 	"github.com/ollamalive/gpuctl/inventory"
@@ -45,7 +46,7 @@ type simBox struct {
 	clients string // ss output
 	// partials: path → sample; writing marks the ones being downloaded
 	// (their mtime and blocks advance on every look).
-	partials map[string]Partial
+	partials map[string]hostcmd.Partial
 	writing  map[string]bool
 	server   string // SSH_CONNECTION client address
 
@@ -63,7 +64,7 @@ func newSimBox() *simBox {
 		up: true, bootAt: time.Now().Add(-time.Hour),
 		wol:      "ethtool_grep-Wake_magic_g.txt",
 		gpu:      "3\n",
-		partials: map[string]Partial{}, writing: map[string]bool{},
+		partials: map[string]hostcmd.Partial{}, writing: map[string]bool{},
 		server: "192.0.2.10",
 	}
 }
@@ -130,7 +131,7 @@ func (b *simBox) Run(ctx context.Context, cmd sshexec.Cmd) (sshexec.Result, erro
 		b.mu.Unlock()
 		return sshexec.Result{}, &sshexec.OpError{Op: "run", Err: io.EOF}
 	}
-	if len(cmd.Args) != 7 || cmd.Args[0] != "sh" || cmd.Args[2] != script {
+	if len(cmd.Args) != 7 || cmd.Args[0] != "sh" || cmd.Args[2] != hostcmd.IdleScript {
 		b.mu.Unlock()
 		return sshexec.Result{ExitStatus: 127, Stderr: []byte("unexpected command " + cmd.String())}, nil
 	}
@@ -160,13 +161,13 @@ func (b *simBox) output(m, port string) []byte {
 	sec := func(name, body string, rc int) {
 		fmt.Fprintf(&out, "%s begin %s\n%s\n%s end %s %d\n", m, name, body, m, name, rc)
 	}
-	sec(secNow, strconv.FormatInt(now.Unix(), 10), 0)
+	sec(hostcmd.SecNow, strconv.FormatInt(now.Unix(), 10), 0)
 	up := now.Sub(b.bootAt).Seconds()
-	sec(secUptime, fmt.Sprintf("%.2f %.2f", up, up*1.5), 0)
-	sec(secConn, b.server+" 50522 192.0.2.20 22", 0)
-	sec(secWho, b.who, 0)
-	sec(secGPU, b.gpu, b.gpuExit)
-	sec(secClients, b.clients, 0)
+	sec(hostcmd.SecUptime, fmt.Sprintf("%.2f %.2f", up, up*1.5), 0)
+	sec(hostcmd.SecConn, b.server+" 50522 192.0.2.20 22", 0)
+	sec(hostcmd.SecWho, b.who, 0)
+	sec(hostcmd.SecGPU, b.gpu, b.gpuExit)
+	sec(hostcmd.SecClients, b.clients, 0)
 	var ps []string
 	paths := make([]string, 0, len(b.partials))
 	for p := range b.partials {
@@ -182,9 +183,9 @@ func (b *simBox) output(m, port string) []byte {
 		}
 		ps = append(ps, fmt.Sprintf("%d %d %d.%09d %s", pt.Size, pt.Blocks, pt.MTime.Unix(), pt.MTime.Nanosecond(), pt.Path))
 	}
-	sec(secPartials, strings.Join(ps, "\n"), 0)
-	sec(secRoute, "192.0.2.10 dev enp40s0 src 192.0.2.20 uid 1000 \\    cache ", 0)
-	sec(secWOL, "interface enp40s0\nSettings for enp40s0:\n"+b.wolText(), 0)
+	sec(hostcmd.SecPartials, strings.Join(ps, "\n"), 0)
+	sec(hostcmd.SecRoute, "192.0.2.10 dev enp40s0 src 192.0.2.20 uid 1000 \\    cache ", 0)
+	sec(hostcmd.SecWOL, "interface enp40s0\nSettings for enp40s0:\n"+b.wolText(), 0)
 	return []byte(out.String())
 }
 

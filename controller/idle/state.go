@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/statefile"
 )
 
@@ -46,8 +47,8 @@ type State struct {
 	// BusyReasons are the last check's busy signals, in words.
 	BusyReasons []string `json:"busy_reasons,omitempty"`
 	// Partials is the last sample of partial downloads, keyed by path.
-	Partials map[string]Partial `json:"partials,omitempty"`
-	Phase    Phase              `json:"phase,omitempty"`
+	Partials map[string]hostcmd.Partial `json:"partials,omitempty"`
+	Phase    Phase                      `json:"phase,omitempty"`
 	// LastPoweroff is when gpuctl last powered the box off.
 	LastPoweroff *time.Time `json:"last_poweroff,omitempty"`
 	// LastError is why the last shutdown attempt failed or was refused.

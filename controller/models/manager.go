@@ -15,6 +15,7 @@ import (
 
 	"github.com/ollama/ollama/api"
 
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -46,19 +47,19 @@ type Manager struct {
 	Now func() time.Time
 	// Store, when set, is where the host's Ollama keeps its models. Unset,
 	// the Manager asks the container once (docker inspect over Runner) and
-	// falls back to DefaultStore, models_dir mounted at /root/.ollama.
-	Store *Store
+	// falls back to hostcmd.DefaultStore, models_dir mounted at /root/.ollama.
+	Store *hostcmd.Store
 
 	storeMu sync.Mutex
 }
 
 // store returns where the host's Ollama keeps its models, reading it from
 // the container the first time.
-func (m *Manager) store(ctx context.Context) Store {
+func (m *Manager) store(ctx context.Context) hostcmd.Store {
 	m.storeMu.Lock()
 	defer m.storeMu.Unlock()
 	if m.Store == nil {
-		s, err := ReadStore(ctx, m.Runner, m.Host.Container, m.Host.ModelsDir)
+		s, err := hostcmd.ReadStore(ctx, m.Runner, m.Host.Container, m.Host.ModelsDir)
 		if err != nil {
 			m.log().Debug("where the container keeps its models is unknown; using the default", "err", err, "dir", s.Dir)
 		}
@@ -362,7 +363,7 @@ func (m *Manager) Verify(ctx context.Context, name inventory.ModelName) (*Verifi
 		return nil, verr
 	}
 	mp := r.ManifestPath(dir)
-	cmd := CatCmd(mp)
+	cmd := hostcmd.CatCmd(mp)
 	res, err := m.Runner.Run(ctx, cmd)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s on %s over SSH: %w", mp, m.Host.Name, err)
@@ -387,12 +388,12 @@ func (m *Manager) Verify(ctx context.Context, name inventory.ModelName) (*Verifi
 	for i, b := range blobs {
 		paths[i] = BlobPath(dir, b.Digest)
 	}
-	cmd = StatCmd(paths...)
+	cmd = hostcmd.StatCmd(paths...)
 	res, err = m.Runner.Run(ctx, cmd)
 	if err != nil {
 		return nil, fmt.Errorf("checking the blobs of %s on %s over SSH: %w", r.Short(), m.Host.Name, err)
 	}
-	sizes := ParseStat(res.Stdout)
+	sizes := hostcmd.ParseStat(res.Stdout)
 	for i, b := range blobs {
 		got, ok := sizes[paths[i]]
 		switch {

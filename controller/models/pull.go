@@ -14,6 +14,7 @@ import (
 
 	"github.com/ollama/ollama/api"
 
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -128,15 +129,15 @@ func (m *Manager) plan(ctx context.Context, refs []Ref, sink ProgressSink) ([]er
 		return nil, fmt.Errorf("pulling on %s: no SSH runner to check the models drive", m.Host.Name)
 	}
 	dir := m.Host.ModelsDir
-	cmd := DFCmd(dir)
+	cmd := hostcmd.DFCmd(dir)
 	res, err := m.Runner.Run(ctx, cmd)
 	if err != nil {
 		return nil, fmt.Errorf("checking free space on %s over SSH: %w", m.Host.Name, err)
 	}
 	if res.ExitStatus != 0 {
-		return nil, fmt.Errorf("checking free space of %s: %w; is the models drive mounted?", dir, remoteError(m.Host.Name, cmd, res))
+		return nil, fmt.Errorf("checking free space of %s: %w; is the models drive mounted?", dir, hostcmd.RemoteError(m.Host.Name, cmd, res))
 	}
-	avail, err := ParseDFAvail(res.Stdout)
+	avail, err := hostcmd.ParseDFAvail(res.Stdout)
 	if err != nil {
 		return nil, fmt.Errorf("checking free space of %s on %s: %w", dir, m.Host.Name, err)
 	}
@@ -201,11 +202,11 @@ func (m *Manager) need(ctx context.Context, man *Manifest, counted map[string]bo
 		}
 		return need, nil
 	}
-	res, err := m.Runner.Run(ctx, StatCmd(paths...))
+	res, err := m.Runner.Run(ctx, hostcmd.StatCmd(paths...))
 	if err != nil {
 		return 0, fmt.Errorf("checking blobs on %s over SSH: %w", m.Host.Name, err)
 	}
-	have := ParseStat(res.Stdout)
+	have := hostcmd.ParseStat(res.Stdout)
 	var need int64
 	for i, b := range blobs {
 		if have[paths[i]] != b.Size {

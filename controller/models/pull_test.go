@@ -400,3 +400,21 @@ func TestPullConcurrencyLimit(t *testing.T) {
 		})
 	}
 }
+
+func TestDriveCheckErrors(t *testing.T) {
+	e := newEnv(t, fakeCfg())
+	e.drive.Remote = "/elsewhere" // models_dir does not exist on the host
+	err := e.mgr.Pull(context.Background(), names("tiny"), nil)
+	if err == nil || !strings.Contains(err.Error(), "df on gpu1 exited 1: df: /mnt/models/ollama: No such file or directory") ||
+		!strings.Contains(err.Error(), "is the models drive mounted?") {
+		t.Errorf("err %v", err)
+	}
+	e.drive.Err = errors.New("ssh: handshake failed")
+	err = e.mgr.Pull(context.Background(), names("tiny"), nil)
+	if err == nil || !strings.Contains(err.Error(), "checking free space on gpu1 over SSH: ssh: handshake failed") {
+		t.Errorf("err %v", err)
+	}
+	if e.srv.Requests("POST /api/pull") != 0 {
+		t.Error("pulled without a space check")
+	}
+}

@@ -22,7 +22,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/ollamalive/gpuctl/controller"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/wake/waketest"
 )
 
@@ -128,8 +128,8 @@ func naiveToReady(b *testing.B) time.Duration {
 		kh, s.KeyFile(), pc.SSHPort())
 	var script strings.Builder
 	fmt.Fprintf(&script, "until %s true 2>/dev/null; do sleep 5; done\n", sshCmd)
-	for _, args := range [][]string{controller.GPUQueryArgs(), controller.InspectArgs("ollama"), controller.ContainerGPUArgs("ollama"),
-		controller.FindmntArgs(pc.ModelsDir()), controller.DFArgs(pc.ModelsDir()), controller.WriteProbeArgs(pc.ModelsDir())} {
+	for _, args := range [][]string{hostcmd.GPUQueryArgs(), hostcmd.InspectArgs("ollama"), hostcmd.ContainerGPUArgs("ollama"),
+		hostcmd.FindmntArgs(pc.ModelsDir()), hostcmd.DFArgs(pc.ModelsDir()), hostcmd.WriteProbeArgs(pc.ModelsDir())} {
 		fmt.Fprintf(&script, "%s %s >/dev/null || exit 1\n", sshCmd, shellQuote(argvLine(args)))
 	}
 	pc.MagicPacket() // the naive script's wakeonlan

@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ollamalive/gpuctl/controller"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
 )
@@ -137,8 +137,8 @@ func notFound(prog string) Result { return fail(127, "sh: 1: %s: not found\n", p
 
 // Exec runs one command line received over SSH, by argv: the exact
 // templates gpuctl's controller, models and idle packages send (see
-// controller.GPUQueryArgs, InspectArgs, ContainerGPUArgs, FindmntArgs,
-// DFArgs, WriteProbeArgs; models.DFCmd, StatCmd, CatCmd; the idle script;
+// hostcmd.GPUQueryArgs, InspectArgs, ContainerGPUArgs, FindmntArgs,
+// DFArgs, WriteProbeArgs; hostcmd.DFCmd, StatCmd, CatCmd; the idle script;
 // idle.PoweroffCommand). Anything else is "not found" (exit 127), so a
 // template that drifts shows up as a failing check, not as silence.
 func (b *Box) Exec(raw string) Result {
@@ -329,7 +329,7 @@ func (b *Box) df(args []string) Result {
 	return okR(out)
 }
 
-var writeProbeScript = controller.WriteProbeArgs("DIR")[2]
+var writeProbeScript = hostcmd.WriteProbeArgs("DIR")[2]
 
 func (b *Box) sh(args []string) Result {
 	if len(args) < 2 || args[0] != "-c" {
@@ -388,7 +388,7 @@ func (b *Box) sudo(args []string) Result {
 	}
 	// The generated sudo rules: docker by its full path, exactly the
 	// controller's two command lines for the configured container.
-	for _, tmpl := range [][]string{controller.InspectArgs(b.Container), controller.ContainerGPUArgs(b.Container)} {
+	for _, tmpl := range [][]string{hostcmd.InspectArgs(b.Container), hostcmd.ContainerGPUArgs(b.Container)} {
 		if slices.Equal(append([]string{"sudo"}, args...), tmpl) {
 			return b.docker(args[2:])
 		}

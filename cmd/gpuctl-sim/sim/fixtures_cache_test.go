@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ollamalive/gpuctl/controller/models"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 )
 
 // dockerInspectRegexp is how dockerInspect adjusted the capture before it
@@ -47,7 +47,7 @@ func TestDockerInspectTemplate(t *testing.T) {
 		t.Errorf("dockerInspect lacks the adjusted values:\n%.600s", got)
 	}
 	// Read as gpuctl reads it: the models are in <models_dir>/models.
-	st, err := models.StoreFromInspect([]byte(got), "ollama", "/mnt/models/ollama")
+	st, err := hostcmd.StoreFromInspect([]byte(got), "ollama", "/mnt/models/ollama")
 	if err != nil || st.Dir != "/mnt/models/ollama/models" || st.Problem != "" {
 		t.Errorf("where the simulated container keeps its models: %+v, %v", st, err)
 	}

@@ -19,8 +19,8 @@ import (
 
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/fixtures"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/idle"
-	"github.com/ollamalive/gpuctl/controller/models"
 	"github.com/ollamalive/gpuctl/controller/ollamatest/realollama"
 	"github.com/ollamalive/gpuctl/inventory"
 )
@@ -69,47 +69,47 @@ func TestTemplatesParse(t *testing.T) {
 		}
 		return r
 	}
-	r := run(controller.GPUQueryArgs())
-	gpus, prob := controller.ClassifyNvidiaSMI([]byte(r.Stdout), nil, 0, "550")
+	r := run(hostcmd.GPUQueryArgs())
+	gpus, prob := hostcmd.ClassifyNvidiaSMI([]byte(r.Stdout), nil, 0, "550")
 	if prob != nil || len(gpus) != 1 || gpus[0].Name != "NVIDIA GeForce RTX 4080 SUPER" || *gpus[0].MemoryTotalMiB != 16376 {
 		t.Fatalf("gpu: %+v %v from %q", gpus, prob, r.Stdout)
 	}
 	if want := "0, NVIDIA GeForce RTX 4080 SUPER, GPU-00000000-0000-0000-0000-000000000000, 595.71.05, 16376, 596, 0, 43, P8\n"; r.Stdout != want {
 		t.Errorf("gpu row %q, want %q", r.Stdout, want)
 	}
-	r = run(controller.InspectArgs("ollama"))
-	ct, err := controller.ParseDockerInspect([]byte(r.Stdout))
+	r = run(hostcmd.InspectArgs("ollama"))
+	ct, err := hostcmd.ParseDockerInspect([]byte(r.Stdout))
 	if err != nil || !ct.Running || !ct.StartedAt.Equal(b.Booted) || ct.Name != "ollama" {
 		t.Fatalf("inspect: %+v %v", ct, err)
 	}
-	r = run(controller.ContainerGPUArgs("ollama"))
-	if l, err := controller.ParseNvidiaSMIList([]byte(r.Stdout)); err != nil || len(l) != 1 {
+	r = run(hostcmd.ContainerGPUArgs("ollama"))
+	if l, err := hostcmd.ParseNvidiaSMIList([]byte(r.Stdout)); err != nil || len(l) != 1 {
 		t.Fatalf("nvidia-smi -L: %v %v", l, err)
 	}
-	r = run(controller.FindmntArgs(b.ModelsDir))
-	m, err := controller.ParseFindmnt([]byte(r.Stdout))
+	r = run(hostcmd.FindmntArgs(b.ModelsDir))
+	m, err := hostcmd.ParseFindmnt([]byte(r.Stdout))
 	if err != nil || m.Target != b.ModelsDir || m.FSType != "fuseblk" || m.ReadOnly {
 		t.Fatalf("findmnt: %+v %v", m, err)
 	}
-	r = run(controller.DFArgs(b.ModelsDir))
-	row, err := controller.ParseDF([]byte(r.Stdout))
+	r = run(hostcmd.DFArgs(b.ModelsDir))
+	row, err := hostcmd.ParseDF([]byte(r.Stdout))
 	if err != nil || row.Target != b.ModelsDir || row.Size <= 0 || row.FSType != "fuseblk" {
 		t.Fatalf("df: %+v %v", row, err)
 	}
-	run(controller.WriteProbeArgs(b.ModelsDir))
+	run(hostcmd.WriteProbeArgs(b.ModelsDir))
 	if ents, _ := os.ReadDir(b.LocalDir); len(ents) != 0 {
 		t.Errorf("the write probe left %v behind", ents)
 	}
-	r = run(models.DFCmd(b.ModelsDir).Args)
-	if n, err := models.ParseDFAvail([]byte(r.Stdout)); err != nil || n <= 0 {
+	r = run(hostcmd.DFCmd(b.ModelsDir).Args)
+	if n, err := hostcmd.ParseDFAvail([]byte(r.Stdout)); err != nil || n <= 0 {
 		t.Fatalf("df avail: %d %v", n, err)
 	}
 	os.WriteFile(filepath.Join(b.LocalDir, "m"), []byte("abc"), 0o644)
-	r = run(models.StatCmd(b.ModelsDir + "/m").Args)
+	r = run(hostcmd.StatCmd(b.ModelsDir + "/m").Args)
 	if r.Stdout != "3 /mnt/models/ollama/m\n" {
 		t.Errorf("stat: %q", r.Stdout)
 	}
-	if r = b.Exec(argvLine(models.CatCmd("/etc/passwd").Args)); r.Exit == 0 {
+	if r = b.Exec(argvLine(hostcmd.CatCmd("/etc/passwd").Args)); r.Exit == 0 {
 		t.Errorf("cat outside the models dir succeeded: %q", r.Stdout)
 	}
 	if r = b.Exec(argvLine([]string{"sudo", "-n", "systemctl", "poweroff"})); r.Exit == 0 {
@@ -138,15 +138,15 @@ func TestDFMatchesCapture(t *testing.T) {
 func TestFaults(t *testing.T) {
 	b := testBox(t)
 	b.Faults = Faults{DriverNotLoaded: true, ReadOnlyDrive: true}
-	r := b.Exec(argvLine(controller.GPUQueryArgs()))
-	if _, p := controller.ClassifyNvidiaSMI([]byte(r.Stdout), []byte(r.Stderr), r.Exit, ""); p == nil || p.Kind != "driver-not-loaded" {
+	r := b.Exec(argvLine(hostcmd.GPUQueryArgs()))
+	if _, p := hostcmd.ClassifyNvidiaSMI([]byte(r.Stdout), []byte(r.Stderr), r.Exit, ""); p == nil || p.Kind != "driver-not-loaded" {
 		t.Errorf("driver fault: %+v", p)
 	}
-	r = b.Exec(argvLine(controller.WriteProbeArgs(b.ModelsDir)))
-	if r.Exit == 0 || !strings.Contains(controller.WriteProbeProblem(b.ModelsDir, nil, []byte(r.Stderr), r.Exit), "read-only") {
+	r = b.Exec(argvLine(hostcmd.WriteProbeArgs(b.ModelsDir)))
+	if r.Exit == 0 || !strings.Contains(hostcmd.WriteProbeProblem(b.ModelsDir, nil, []byte(r.Stderr), r.Exit), "read-only") {
 		t.Errorf("read-only probe: %+v", r)
 	}
-	m, _ := controller.ParseFindmnt([]byte(b.Exec(argvLine(controller.FindmntArgs(b.ModelsDir))).Stdout))
+	m, _ := hostcmd.ParseFindmnt([]byte(b.Exec(argvLine(hostcmd.FindmntArgs(b.ModelsDir))).Stdout))
 	if !m.ReadOnly {
 		t.Error("findmnt does not show the read-only mount")
 	}
@@ -205,7 +205,7 @@ func TestPCPowerCycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := sess.Output(argvLine(controller.GPUQueryArgs()))
+	out, err := sess.Output(argvLine(hostcmd.GPUQueryArgs()))
 	cl.Close()
 	if err != nil || !strings.Contains(string(out), "RTX 4080 SUPER") {
 		t.Fatalf("gpu query over SSH: %q %v", out, err)

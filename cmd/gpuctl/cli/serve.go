@@ -247,7 +247,7 @@ func (b *controllerBackends) WakeProgress(ctx context.Context, host string, repo
 			return nil
 		}
 	}
-	reason := controller.Clean(res.Status.Reason)
+	reason := Clean(res.Status.Reason)
 	if reason == "" {
 		reason = "no reason given"
 	}

@@ -75,9 +75,9 @@ func runStatus(ctx context.Context, env *Env, o statusOptions) error {
 	}
 	var err error
 	if o.json {
-		err = controller.WriteJSON(env.Stdout, sts)
+		err = WriteJSON(env.Stdout, sts)
 	} else {
-		err = controller.WriteTable(env.Stdout, sts, now, o.details)
+		err = WriteTable(env.Stdout, sts, now, o.details)
 		if err == nil {
 			err = writeIdleTable(env.Stdout, o.hosts, idles, now)
 		}
@@ -130,9 +130,9 @@ func writeIdleTable(w io.Writer, hosts []*inventory.Host, idles map[string]idle.
 		}
 		checked := "-"
 		if sum.LastCheck != nil {
-			checked = controller.Ago(now, *sum.LastCheck) + " ago"
+			checked = Ago(now, *sum.LastCheck) + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", controller.Clean(h.Name), clipRunes(controller.Clean(sum.Line(now)), 100), checked)
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", Clean(h.Name), clipRunes(Clean(sum.Line(now)), 100), checked)
 	}
 	return tw.Flush()
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/activity"
 	"github.com/ollamalive/gpuctl/controller/dashboard"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/wake/waketest"
@@ -353,12 +354,12 @@ func TestStatusPageEveryState(t *testing.T) {
 			var out []controller.HostStatus
 			for i, h := range hs {
 				st := controller.HostStatus{Name: h.Name, State: states[i], Reason: "because " + string(states[i]),
-					Since: now.Add(-time.Duration(i) * time.Hour), Checks: []controller.Check{}, GPU: []controller.GPU{}}
+					Since: now.Add(-time.Duration(i) * time.Hour), Checks: []controller.Check{}, GPU: []hostcmd.GPU{}}
 				if i < 2 {
 					st.Checks = []controller.Check{{Name: "gpu", OK: true, Detail: "RTX 3090"},
 						{Name: "container", OK: i == 0, Transient: true, Detail: "starting"},
 						{Name: "mount", OK: i == 0, Detail: "read-only <b>NTFS</b>"}}
-					st.GPU = []controller.GPU{{Name: "NVIDIA GeForce RTX 3090", MemoryTotalMiB: mib(24576), MemoryUsedMiB: mib(20000),
+					st.GPU = []hostcmd.GPU{{Name: "NVIDIA GeForce RTX 3090", MemoryTotalMiB: mib(24576), MemoryUsedMiB: mib(20000),
 						UtilizationPct: mib(42)}}
 				}
 				out = append(out, st)

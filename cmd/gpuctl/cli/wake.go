@@ -79,9 +79,9 @@ func runWake(ctx context.Context, env *Env, o wakeOptions) error {
 		fmt.Fprintf(env.Stderr, "another wake of %s was in progress; this is its result\n", o.host.Name)
 	}
 	if o.json {
-		err = controller.WriteJSON(env.Stdout, res)
+		err = WriteJSON(env.Stdout, res)
 	} else {
-		err = controller.WriteTable(env.Stdout, []controller.HostStatus{res.Status}, env.Now(), res.Status.State != controller.StateReady)
+		err = WriteTable(env.Stdout, []controller.HostStatus{res.Status}, env.Now(), res.Status.State != controller.StateReady)
 	}
 	if err != nil {
 		return fmt.Errorf("write result: %w", err)
@@ -97,14 +97,14 @@ func runWake(ctx context.Context, env *Env, o wakeOptions) error {
 		return exitf(code, "host %s is up but degraded: failing checks: %s; the table above says why (gpuctl status %s checks again)",
 			o.host.Name, strings.Join(st.Failing(), ", "), o.host.Name)
 	case ExitOff:
-		return exitf(code, "host %s: %s", o.host.Name, controller.Clean(st.Reason))
+		return exitf(code, "host %s: %s", o.host.Name, Clean(st.Reason))
 	default:
 		timeout := o.timeout
 		if timeout == 0 {
 			timeout = o.host.BootTimeout.D()
 		}
 		return exitf(code, "host %s is not ready after %s (%s): %s%s", o.host.Name, timeout, st.State,
-			controller.Clean(st.Reason), notReadyHint(o, res, timeout))
+			Clean(st.Reason), notReadyHint(o, res, timeout))
 	}
 }
 
@@ -149,7 +149,7 @@ func stoppedError(host string, res *controller.WakeResult) error {
 		case hk.Hint != "":
 			fmt.Fprintf(&b, "; if it matches, %s", hk.Hint)
 		}
-		return errors.New(controller.Clean(b.String()))
+		return errors.New(Clean(b.String()))
 	case errors.As(res.Err, &ae) && len(ae.Offered) > 0:
 		var b strings.Builder
 		fmt.Fprintf(&b, "wake %s stopped: %s refused the login as %q with every key offered (%s)", host, ae.Addr, ae.User, strings.Join(ae.Offered, "; "))
@@ -158,12 +158,12 @@ func stoppedError(host string, res *controller.WakeResult) error {
 			b.WriteString(n)
 		}
 		fmt.Fprintf(&b, "; add one of these public keys to %s's ~/.ssh/authorized_keys on the host, or set [ssh].identity_files to the key it accepts", ae.User)
-		return errors.New(controller.Clean(b.String()))
+		return errors.New(Clean(b.String()))
 	case res.Err != nil:
-		return fmt.Errorf("wake %s stopped: %s", host, controller.Clean(res.Err.Error()))
+		return fmt.Errorf("wake %s stopped: %s", host, Clean(res.Err.Error()))
 	}
 	// A result recorded by another gpuctl: only its text.
-	return fmt.Errorf("wake %s stopped: %s", host, controller.Clean(res.Status.Reason))
+	return fmt.Errorf("wake %s stopped: %s", host, Clean(res.Status.Reason))
 }
 
 // knownKeySource says where a recorded key comes from: file:line, or the
@@ -213,7 +213,7 @@ func (p *progressPrinter) update(pr controller.Progress) {
 		p.draw()
 		return
 	}
-	fmt.Fprintf(p.w, "%s: [%6.1fs] %s: %s\n", controller.Clean(pr.Host), pr.Elapsed.Seconds(), pr.Phase, controller.Clean(pr.Waiting))
+	fmt.Fprintf(p.w, "%s: [%6.1fs] %s: %s\n", Clean(pr.Host), pr.Elapsed.Seconds(), pr.Phase, Clean(pr.Waiting))
 }
 
 // draw rewrites the terminal line; p.mu is held.
@@ -222,7 +222,7 @@ func (p *progressPrinter) draw() {
 		return
 	}
 	el := p.last.Elapsed + p.now().Sub(p.at)
-	line := fmt.Sprintf("%s: %s %5.1fs  %s", controller.Clean(p.last.Host), p.last.Phase, el.Seconds(), controller.Clean(p.last.Waiting))
+	line := fmt.Sprintf("%s: %s %5.1fs  %s", Clean(p.last.Host), p.last.Phase, el.Seconds(), Clean(p.last.Waiting))
 	if len(line) > 160 {
 		line = line[:159] + "…"
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/fixtures"
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/ollamatest"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
@@ -204,9 +205,9 @@ func (pc *simPC) boot() {
 			return len(argv) == len(t) && slices.Equal(argv[:4], t[:4])
 		}
 	}
-	srv.HandleMatch(tmpl(controller.InspectArgs("c")),
+	srv.HandleMatch(tmpl(hostcmd.InspectArgs("c")),
 		sshtest.Reply{Stdout: string(must(ollamatest.ContainerInspect(fixtures.Must("docker_inspect_running_nginx_20.10.5.json"), "/mnt/models/ollama")))})
-	srv.HandleMatch(tmpl(controller.ContainerGPUArgs("c")),
+	srv.HandleMatch(tmpl(hostcmd.ContainerGPUArgs("c")),
 		sshtest.Reply{Stdout: string(fixtures.Must("nvidia-smi_L_rtx4080super.txt"))})
 	srv.HandleArgv("findmnt", sshtest.Reply{Stdout: string(fixtures.Must("findmnt_json_ntfs-3g_fuseblk_LOCAL.json"))})
 	srv.HandleArgv("df", sshtest.Reply{Stdout: string(fixtures.Must("df_B1_output_ntfs-3g_LOCAL.txt"))})

@@ -1,4 +1,4 @@
-package idle
+package hostcmd
 
 import (
 	"crypto/rand"
@@ -26,7 +26,9 @@ import (
 // MARKER is "@@gpuctl-" and 16 random hex digits chosen per run, so no
 // output (a user name, a file name) can forge a section boundary. A section
 // that is missing, or whose command exited non-zero, is a failed check.
-const script = `export LC_ALL=C
+//
+// IdleScript is that script.
+const IdleScript = `export LC_ALL=C
 PATH="$PATH:/run/current-system/sw/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 m=$1 models=$2 port=$3
 run() {
@@ -59,47 +61,47 @@ run route route
 run wol wol
 `
 
-// Section names, in script order.
+// Sec* are the section names, in script order.
 const (
-	secNow      = "now"
-	secUptime   = "uptime"
-	secConn     = "conn"
-	secWho      = "who"
-	secGPU      = "gpu"
-	secClients  = "clients"
-	secPartials = "partials"
-	secRoute    = "route"
-	secWOL      = "wol"
+	SecNow      = "now"
+	SecUptime   = "uptime"
+	SecConn     = "conn"
+	SecWho      = "who"
+	SecGPU      = "gpu"
+	SecClients  = "clients"
+	SecPartials = "partials"
+	SecRoute    = "route"
+	SecWOL      = "wol"
 )
 
 // ScriptTimeout bounds the whole remote script.
 const ScriptTimeout = 45 * time.Second
 
-// scriptCmd builds the command for one run.
-func scriptCmd(marker, modelsDir string, port uint16) sshexec.Cmd {
+// IdleScriptCmd builds the command for one run.
+func IdleScriptCmd(marker, modelsDir string, port uint16) sshexec.Cmd {
 	return sshexec.Cmd{
-		Args:      []string{"sh", "-c", script, "gpuctl-idle", marker, modelsDir, strconv.Itoa(int(port))},
+		Args:      []string{"sh", "-c", IdleScript, "gpuctl-idle", marker, modelsDir, strconv.Itoa(int(port))},
 		Timeout:   ScriptTimeout,
 		MaxOutput: 256 << 10,
 	}
 }
 
-func newMarker() string {
+func NewMarker() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return "@@gpuctl-" + hex.EncodeToString(b[:])
 }
 
-// section is one command's output and exit status.
-type section struct {
+// Section is one command's output and exit status.
+type Section struct {
 	Out  []byte
 	Exit int
 }
 
-// parseSections splits the script's stdout by marker. Text outside
+// ParseSections splits the script's stdout by marker. Text outside
 // sections (a login banner, an rc file's echo) is ignored.
-func parseSections(out []byte, marker string) (map[string]section, error) {
-	secs := map[string]section{}
+func ParseSections(out []byte, marker string) (map[string]Section, error) {
+	secs := map[string]Section{}
 	var cur string
 	var body strings.Builder
 	open := false
@@ -116,32 +118,32 @@ func parseSections(out []byte, marker string) (map[string]section, error) {
 		switch {
 		case len(f) == 2 && f[0] == "begin":
 			if open {
-				return nil, fmt.Errorf("section %q never ended", cur)
+				return nil, fmt.Errorf("Section %q never ended", cur)
 			}
 			cur, open = f[1], true
 			body.Reset()
 		case len(f) == 3 && f[0] == "end" && open && f[1] == cur:
 			rc, err := strconv.Atoi(f[2])
 			if err != nil {
-				return nil, fmt.Errorf("section %q: bad exit status %q", cur, f[2])
+				return nil, fmt.Errorf("Section %q: bad exit status %q", cur, f[2])
 			}
 			b := body.String()
 			// run() prints a newline before the end marker.
 			b = strings.TrimSuffix(b, "\n")
-			secs[cur] = section{Out: []byte(b), Exit: rc}
+			secs[cur] = Section{Out: []byte(b), Exit: rc}
 			open = false
 		default:
 			return nil, fmt.Errorf("unexpected marker line %.80q", t)
 		}
 	}
 	if open {
-		return secs, fmt.Errorf("section %q cut short (the script stopped or timed out)", cur)
+		return secs, fmt.Errorf("Section %q cut short (the script stopped or timed out)", cur)
 	}
 	return secs, nil
 }
 
-// describeExit explains a section's failure.
-func describeExit(name string, s section) string {
+// DescribeExit explains a section's failure.
+func DescribeExit(name string, s Section) string {
 	msg := strings.TrimSpace(string(s.Out))
 	if len(msg) > 200 {
 		msg = msg[:200] + "…"

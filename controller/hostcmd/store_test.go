@@ -1,4 +1,4 @@
-package models
+package hostcmd
 
 import (
 	"context"
@@ -66,9 +66,9 @@ func TestStoreFromInspect(t *testing.T) {
 // A host whose docker cannot be asked gets the documented default, and the
 // reason.
 func TestReadStoreFallback(t *testing.T) {
-	d := &ollamatest.DriveRunner{Remote: remoteDir, Local: t.TempDir()}
-	s, err := ReadStore(context.Background(), d, "ollama", remoteDir)
-	if err == nil || s != DefaultStore(remoteDir) || s.Dir != remoteDir+"/models" {
+	d := &ollamatest.DriveRunner{Remote: "/mnt/models/ollama", Local: t.TempDir()}
+	s, err := ReadStore(context.Background(), d, "ollama", "/mnt/models/ollama")
+	if err == nil || s != DefaultStore("/mnt/models/ollama") || s.Dir != "/mnt/models/ollama"+"/models" {
 		t.Fatalf("got %+v, %v", s, err)
 	}
 }

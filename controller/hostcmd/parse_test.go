@@ -1,7 +1,8 @@
-package controller
+package hostcmd
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -383,12 +384,6 @@ func TestWriteProbeScript(t *testing.T) {
 	}
 }
 
-func TestMissingModels(t *testing.T) {
-	present := []string{"llama3.2:latest", "deepseek-r1:latest", "127.0.0.1:15000/library/tiny:latest", "qwen2.5:14b"}
-	declared := toModels("llama3.2", "registry.ollama.ai/library/deepseek-r1:latest", "127.0.0.1:15000/library/tiny",
-		"qwen2.5:32b", "Llama3.2:latest")
-	got := MissingModels(declared, present)
-	if strings.Join(got, ",") != "qwen2.5:32b" {
-		t.Fatalf("missing = %q", got)
-	}
+func runLocal(args []string) ([]byte, error) {
+	return exec.Command(args[0], args[1:]...).CombinedOutput()
 }

@@ -1,4 +1,4 @@
-package controller
+package hostcmd
 
 import (
 	"encoding/json"
@@ -162,5 +162,5 @@ func WriteProbeProblem(dir string, stdout, stderr []byte, exit int) string {
 	case strings.Contains(all, "No space left on device"):
 		return "cannot write to " + dir + ": the drive is full"
 	}
-	return fmt.Sprintf("write probe in %s failed (exit %d): %s", dir, exit, firstLine(stderr, stdout))
+	return fmt.Sprintf("write probe in %s failed (exit %d): %s", dir, exit, FirstLine(stderr, stdout))
 }

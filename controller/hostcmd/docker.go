@@ -1,12 +1,10 @@
-package controller
+package hostcmd
 
 import (
 	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
-
-	"github.com/ollamalive/gpuctl/controller/models"
 )
 
 // Container is what the container check learned about the Ollama container.
@@ -26,7 +24,7 @@ type Container struct {
 	GPUs []ListedGPU `json:"gpus"`
 	// Models is where the container keeps its models (its OLLAMA_MODELS
 	// and the mount holding it), read from docker inspect.
-	Models *models.Store `json:"models,omitempty"`
+	Models *Store `json:"models,omitempty"`
 }
 
 // ContainerState is docker inspect's .State object.
@@ -67,7 +65,7 @@ func ParseDockerInspect(data []byte) (Container, error) {
 		return Container{}, fmt.Errorf("docker inspect output is not a JSON array: %w", err)
 	}
 	if len(arr) == 0 {
-		return Container{}, errNoSuchContainer
+		return Container{}, ErrNoSuchContainer
 	}
 	e := arr[0]
 	if e.State == nil {
@@ -107,7 +105,8 @@ func ContainerFromState(s ContainerState) Container {
 	return c
 }
 
-var errNoSuchContainer = fmt.Errorf("no such container")
+// ErrNoSuchContainer is what ParseDockerInspect returns when docker found no container of that name.
+var ErrNoSuchContainer = fmt.Errorf("no such container")
 
 // DockerProblem classifies docker CLI errors.
 type DockerProblem struct {
@@ -140,7 +139,7 @@ func ClassifyDockerError(container string, stdout, stderr []byte, exit int) *Doc
 	case exit == 127 || strings.Contains(all, "command not found"):
 		return &DockerProblem{Kind: "not-installed", Msg: "docker is not installed on the host"}
 	case exit != 0:
-		return &DockerProblem{Kind: "failed", Transient: true, Msg: fmt.Sprintf("docker exited %d: %s", exit, firstLine(stderr, stdout))}
+		return &DockerProblem{Kind: "failed", Transient: true, Msg: fmt.Sprintf("docker exited %d: %s", exit, FirstLine(stderr, stdout))}
 	}
 	return nil
 }
@@ -204,4 +203,18 @@ func ContainerGPUProblem(container string, stdout, stderr []byte, exit int) (msg
 		return p.Msg, p.Transient
 	}
 	return "", false
+}
+
+// ContainerGPUArgs is the argv of the GPU-in-container check.
+func ContainerGPUArgs(container string) []string {
+	return []string{"sudo", "-n", DockerCommand, "exec", container, "nvidia-smi", "-L"}
+}
+
+// SudoArgv strips the `sudo -n` of a template: the argv the box's sudo rule
+// must allow for it.
+func SudoArgv(args []string) []string {
+	if len(args) > 2 && args[0] == "sudo" && args[1] == "-n" {
+		return args[2:]
+	}
+	return nil
 }

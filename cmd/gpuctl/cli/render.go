@@ -1,4 +1,4 @@
-package controller
+package cli
 
 import (
 	"encoding/json"
@@ -8,6 +8,8 @@ import (
 	"text/tabwriter"
 	"time"
 	"unicode"
+
+	"github.com/ollamalive/gpuctl/controller"
 )
 
 // Clean makes text from remote hosts safe for a terminal or a log: control
@@ -62,7 +64,7 @@ func Ago(now, t time.Time) string {
 // WriteTable writes statuses as an aligned plain-text table (no colours, no
 // control characters, fit for `ssh server gpuctl status`). Each host's checks
 // follow when details is set, and for every host that is not ready.
-func WriteTable(w io.Writer, sts []HostStatus, now time.Time, details bool) error {
+func WriteTable(w io.Writer, sts []controller.HostStatus, now time.Time, details bool) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tSTATE\tSINCE\tBOOT ETA\tDETAIL")
 	for _, s := range sts {
@@ -76,7 +78,7 @@ func WriteTable(w io.Writer, sts []HostStatus, now time.Time, details bool) erro
 		return err
 	}
 	for _, s := range sts {
-		if len(s.Checks) == 0 || (!details && s.State == StateReady) {
+		if len(s.Checks) == 0 || (!details && s.State == controller.StateReady) {
 			continue
 		}
 		fmt.Fprintf(w, "\n%s:\n", Clean(s.Name))
@@ -100,8 +102,8 @@ func WriteTable(w io.Writer, sts []HostStatus, now time.Time, details bool) erro
 }
 
 // summary is the one-line detail of a host in the table.
-func summary(s HostStatus) string {
-	if s.State != StateReady {
+func summary(s controller.HostStatus) string {
+	if s.State != controller.StateReady {
 		return s.Reason
 	}
 	var parts []string

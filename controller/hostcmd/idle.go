@@ -1,4 +1,4 @@
-package idle
+package hostcmd
 
 import (
 	"errors"
@@ -9,16 +9,14 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/ollamalive/gpuctl/controller"
 )
 
 // Parsers for the outputs the idle script gathers. Each is strict: a line it
 // does not recognise is an error, and the caller counts an error as busy
 // (a check that cannot be read proves nothing about the box being idle).
 
-// parseUptime reads /proc/uptime ("12345.67 23456.78"): seconds since boot.
-func parseUptime(b []byte) (time.Duration, error) {
+// ParseUptime reads /proc/uptime ("12345.67 23456.78"): seconds since boot.
+func ParseUptime(b []byte) (time.Duration, error) {
 	f := strings.Fields(string(b))
 	if len(f) != 2 {
 		return 0, fmt.Errorf("/proc/uptime: want 2 numbers, got %.60q", string(b))
@@ -30,8 +28,8 @@ func parseUptime(b []byte) (time.Duration, error) {
 	return time.Duration(s * float64(time.Second)), nil
 }
 
-// parseEpoch reads `date +%s`.
-func parseEpoch(b []byte) (time.Time, error) {
+// ParseEpoch reads `date +%s`.
+func ParseEpoch(b []byte) (time.Time, error) {
 	s := strings.TrimSpace(string(b))
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n <= 0 {
@@ -40,10 +38,10 @@ func parseEpoch(b []byte) (time.Time, error) {
 	return time.Unix(n, 0), nil
 }
 
-// parseSSHConnection reads $SSH_CONNECTION: "client_ip client_port
+// ParseSSHConnection reads $SSH_CONNECTION: "client_ip client_port
 // server_ip server_port". It returns the client's address, which is how the
 // box sees the gpuctl server.
-func parseSSHConnection(b []byte) (netip.Addr, error) {
+func ParseSSHConnection(b []byte) (netip.Addr, error) {
 	f := strings.Fields(string(b))
 	if len(f) != 4 {
 		return netip.Addr{}, fmt.Errorf("SSH_CONNECTION: want 4 fields, got %.80q", string(b))
@@ -78,8 +76,8 @@ func (l Login) String() string {
 // which may itself hold parentheses.
 var whoLine = regexp.MustCompile(`^(\S+)\s+(\S+)\s+(\d{4}-\d\d-\d\d \d\d:\d\d|[A-Z][a-z]{2} [ 1-3]\d \d\d:\d\d)(?:\s+\((.*)\))?\s*$`)
 
-// parseWho parses `who` output. Empty output means nobody is logged in.
-func parseWho(b []byte) ([]Login, error) {
+// ParseWho parses `who` output. Empty output means nobody is logged in.
+func ParseWho(b []byte) ([]Login, error) {
 	var out []Login
 	for i, line := range lines(b) {
 		if strings.TrimSpace(line) == "" {
@@ -100,12 +98,12 @@ type Conn struct {
 	Peer  netip.AddrPort `json:"peer"`
 }
 
-// parseSS parses `ss -Htn state established '( sport = :PORT )'`. With -H
+// ParseSS parses `ss -Htn state established '( sport = :PORT )'`. With -H
 // there is no header and, with one state selected, no State column: each
 // line is "Recv-Q Send-Q LOCAL:PORT PEER:PORT" (see the LOCAL captures). A
 // fifth leading "ESTAB" column, as printed when more states are selected, is
 // accepted; anything else is an error. Every local port must be port.
-func parseSS(b []byte, port uint16) ([]Conn, error) {
+func ParseSS(b []byte, port uint16) ([]Conn, error) {
 	var out []Conn
 	for i, line := range lines(b) {
 		f := strings.Fields(line)
@@ -168,10 +166,10 @@ func parseSSAddr(s string) (netip.AddrPort, error) {
 
 var ifaceName = regexp.MustCompile(`^[A-Za-z0-9_.:@-]{1,15}$`)
 
-// parseRouteDev finds the interface in `ip -o route get ADDR` output
+// ParseRouteDev finds the interface in `ip -o route get ADDR` output
 // ("192.0.2.1 dev eth0 src 192.0.2.2 uid 0 \    cache"): the word after
 // "dev". The keyword scan does not depend on the order of the other fields.
-func parseRouteDev(b []byte) (string, error) {
+func ParseRouteDev(b []byte) (string, error) {
 	f := strings.Fields(string(b))
 	for i := 0; i+1 < len(f); i++ {
 		if f[i] == "dev" {
@@ -195,11 +193,11 @@ type WakeOn struct {
 // Armed reports whether a magic packet wakes the box.
 func (w WakeOn) Armed() bool { return strings.ContainsRune(w.Mode, 'g') }
 
-// parseEthtool reads the two Wake-on lines of `ethtool IF` (each indented by
+// ParseEthtool reads the two Wake-on lines of `ethtool IF` (each indented by
 // one tab, like every field; see the ethtool_grep-Wake_* fixtures). Other
 // lines are ignored; a missing or repeated Wake-on line is an error (ethtool
 // run without the right to read WoL settings prints none).
-func parseEthtool(b []byte) (WakeOn, error) {
+func ParseEthtool(b []byte) (WakeOn, error) {
 	var w WakeOn
 	seen := 0
 	for _, line := range lines(b) {
@@ -231,12 +229,12 @@ type Partial struct {
 	MTime  time.Time `json:"mtime"`
 }
 
-// parsePartials reads `find DIR -name 'sha256-*-partial*' -printf '%s %b
+// ParsePartials reads `find DIR -name 'sha256-*-partial*' -printf '%s %b
 // %T@ %p\n'`: apparent size, 512-byte blocks allocated, mtime in seconds
 // with a fraction, path. Ollama truncates `<blob>-partial` to the full size
 // before writing (sparse), so a download shows as blocks and mtime growing,
 // not size; the `-partial-N` part files are small JSON rewritten as it goes.
-func parsePartials(b []byte) ([]Partial, error) {
+func ParsePartials(b []byte) ([]Partial, error) {
 	var out []Partial
 	for i, line := range lines(b) {
 		if line == "" {
@@ -289,12 +287,12 @@ type GPUUtil struct {
 	Percent *int64 `json:"percent"`
 }
 
-// parseGPUUtil reads `nvidia-smi --query-gpu=utilization.gpu
+// ParseGPUUtil reads `nvidia-smi --query-gpu=utilization.gpu
 // --format=csv,noheader,nounits` (one line per GPU), using the controller's
 // nvidia-smi CSV parser. fields nil means the output has a header line
 // (the --format=csv form), which the tests use to read more fixtures.
-func parseGPUUtil(b []byte, fields []string) ([]GPUUtil, error) {
-	rows, err := controller.ParseQueryCSV(b, fields)
+func ParseGPUUtil(b []byte, fields []string) ([]GPUUtil, error) {
+	rows, err := ParseQueryCSV(b, fields)
 	if err != nil {
 		return nil, fmt.Errorf("nvidia-smi: %w", err)
 	}
@@ -307,7 +305,7 @@ func parseGPUUtil(b []byte, fields []string) ([]GPUUtil, error) {
 		if !ok {
 			return nil, errors.New("nvidia-smi: no utilization.gpu column")
 		}
-		f, err := controller.NumValue(v)
+		f, err := NumValue(v)
 		if err != nil {
 			return nil, fmt.Errorf("nvidia-smi gpu %d: utilization.gpu %w", i, err)
 		}

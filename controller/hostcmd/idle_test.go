@@ -1,4 +1,4 @@
-package idle
+package hostcmd
 
 import (
 	"net/netip"
@@ -27,7 +27,7 @@ func TestParseEthtoolFixtures(t *testing.T) {
 		{"ethtool_grep-Wake_disabled_d.txt", "d", "pumbg", false, false},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
-			w, err := parseEthtool(readTestdata(t, tc.file))
+			w, err := ParseEthtool(readTestdata(t, tc.file))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -39,8 +39,8 @@ func TestParseEthtoolFixtures(t *testing.T) {
 	// Lines ethtool prints without the right to read WoL settings, or for
 	// a NIC without WoL: no Wake-on line at all.
 	for _, in := range []string{"Settings for lo:\n\tLink detected: yes\n", "", "\tWake-on: g\n\tWake-on: d\n", "\tWake-on: xyz\n", "\tWake-on:\n"} {
-		if w, err := parseEthtool([]byte(in)); err == nil {
-			t.Errorf("parseEthtool(%q) = %+v, want an error", in, w)
+		if w, err := ParseEthtool([]byte(in)); err == nil {
+			t.Errorf("ParseEthtool(%q) = %+v, want an error", in, w)
 		}
 	}
 }
@@ -56,7 +56,7 @@ func TestParseWhoLocalCaptures(t *testing.T) {
 		"who_utmp-4-sessions_C-locale_LOCAL.txt":      {"Jun  4 21:58", "Jun  4 21:59", "Jun  4 22:00", "Jun  4 22:01"},
 		"who_utmp-4-sessions_C.utf8-locale_LOCAL.txt": {"2024-06-04 21:58", "2024-06-04 21:59", "2024-06-04 22:00", "2024-06-04 22:01"},
 	} {
-		ls, err := parseWho(readTestdata(t, file))
+		ls, err := ParseWho(readTestdata(t, file))
 		if err != nil {
 			t.Fatalf("%s: %v", file, err)
 		}
@@ -78,22 +78,22 @@ func TestParseWhoLocalCaptures(t *testing.T) {
 		"alice    pts/0        yesterday (x)\n",
 		"Last login: Tue Jun  4 21:58:00 2024\n",
 	} {
-		if ls, err := parseWho([]byte(in)); err == nil {
-			t.Errorf("parseWho(%q) = %+v, want an error", in, ls)
+		if ls, err := ParseWho([]byte(in)); err == nil {
+			t.Errorf("ParseWho(%q) = %+v, want an error", in, ls)
 		}
 	}
-	if ls, err := parseWho(nil); err != nil || len(ls) != 0 {
+	if ls, err := ParseWho(nil); err != nil || len(ls) != 0 {
 		t.Errorf("empty who: %v %v", ls, err)
 	}
 	// tmux's comment holds parentheses.
-	ls, err := parseWho([]byte("dave     pts/3        2024-06-04 22:05 (tmux(1234).%0)\n"))
+	ls, err := ParseWho([]byte("dave     pts/3        2024-06-04 22:05 (tmux(1234).%0)\n"))
 	if err != nil || len(ls) != 1 || ls[0].From != "tmux(1234).%0" {
 		t.Errorf("tmux line: %+v %v", ls, err)
 	}
 }
 
 func TestParseSSLocalCaptures(t *testing.T) {
-	cs, err := parseSS(readTestdata(t, "ss_Htn_state-established_sport-11434_v4-v6_LOCAL.txt"), 11434)
+	cs, err := ParseSS(readTestdata(t, "ss_Htn_state-established_sport-11434_v4-v6_LOCAL.txt"), 11434)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,19 +101,19 @@ func TestParseSSLocalCaptures(t *testing.T) {
 		cs[0].Peer.Port() != 43268 || cs[1].Local.Port() != 11434 {
 		t.Errorf("v4-v6: %+v", cs)
 	}
-	cs, err = parseSS(readTestdata(t, "ss_Htn_state-established_sport-11434_v4mapped_LOCAL.txt"), 11434)
+	cs, err = ParseSS(readTestdata(t, "ss_Htn_state-established_sport-11434_v4mapped_LOCAL.txt"), 11434)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(cs) != 2 || cs[0].Peer.Addr() != netip.MustParseAddr("192.0.2.2") || cs[1].Peer.Addr() != netip.MustParseAddr("127.0.0.1") {
 		t.Errorf("v4-mapped peers must be unmapped: %+v", cs)
 	}
-	cs, err = parseSS(readTestdata(t, "ss_Htn_state-established_sport-11434_none_LOCAL.txt"), 11434)
+	cs, err = ParseSS(readTestdata(t, "ss_Htn_state-established_sport-11434_none_LOCAL.txt"), 11434)
 	if err != nil || len(cs) != 0 {
 		t.Errorf("none: %+v %v", cs, err)
 	}
 	// ESTAB column (more than one state selected) and scoped addresses.
-	cs, err = parseSS([]byte("ESTAB 0      0      [fe80::1%eth0]:11434 [fe80::2]%eth0:5000\n"), 11434)
+	cs, err = ParseSS([]byte("ESTAB 0      0      [fe80::1%eth0]:11434 [fe80::2]%eth0:5000\n"), 11434)
 	if err != nil || len(cs) != 1 || cs[0].Peer.Addr() != netip.MustParseAddr("fe80::2") {
 		t.Errorf("scoped: %+v %v", cs, err)
 	}
@@ -126,8 +126,8 @@ func TestParseSSLocalCaptures(t *testing.T) {
 		"LISTEN 0 0 127.0.0.1:11434 0.0.0.0:*\n",
 		"0 0 127.0.0.1:11434 127.0.0.1:5000 users:((\"ollama\",pid=1,fd=3))\n",
 	} {
-		if cs, err := parseSS([]byte(in), 11434); err == nil {
-			t.Errorf("parseSS(%q) = %+v, want an error", in, cs)
+		if cs, err := ParseSS([]byte(in), 11434); err == nil {
+			t.Errorf("ParseSS(%q) = %+v, want an error", in, cs)
 		}
 	}
 }
@@ -138,26 +138,26 @@ func TestParseRouteLocalCaptures(t *testing.T) {
 		"ip_o_route_get_via-gateway_LOCAL.txt": "eth0",
 		"ip_o_route_get_local_LOCAL.txt":       "lo",
 	} {
-		got, err := parseRouteDev(readTestdata(t, file))
+		got, err := ParseRouteDev(readTestdata(t, file))
 		if err != nil || got != want {
 			t.Errorf("%s: %q %v, want %q", file, got, err, want)
 		}
 	}
 	for _, in := range []string{"", "RTNETLINK answers: Network is unreachable\n", "1.2.3.4 dev\n", "1.2.3.4 dev $(reboot)\n"} {
-		if got, err := parseRouteDev([]byte(in)); err == nil {
-			t.Errorf("parseRouteDev(%q) = %q, want an error", in, got)
+		if got, err := ParseRouteDev([]byte(in)); err == nil {
+			t.Errorf("ParseRouteDev(%q) = %q, want an error", in, got)
 		}
 	}
 }
 
 func TestParseUptime(t *testing.T) {
-	d, err := parseUptime(readTestdata(t, "proc_uptime_LOCAL.txt"))
+	d, err := ParseUptime(readTestdata(t, "proc_uptime_LOCAL.txt"))
 	if err != nil || d != 600040*time.Millisecond {
 		t.Errorf("LOCAL capture: %v %v", d, err)
 	}
 	for _, in := range []string{"", "12\n", "a b\n", "-1 2\n", "NaN 1\n", "1 2 3\n"} {
-		if d, err := parseUptime([]byte(in)); err == nil {
-			t.Errorf("parseUptime(%q) = %v, want an error", in, d)
+		if d, err := ParseUptime([]byte(in)); err == nil {
+			t.Errorf("ParseUptime(%q) = %v, want an error", in, d)
 		}
 	}
 }
@@ -191,7 +191,7 @@ func TestParseGPUUtilFixtures(t *testing.T) {
 		// value the GPU cannot give.
 		{"nvidia-smi_query-gpu_fan-speed_noheader-nounits_not-supported.txt", []string{"utilization.gpu"}, "n/a"},
 	} {
-		us, err := parseGPUUtil(readTestdata(t, tc.file), tc.fields)
+		us, err := ParseGPUUtil(readTestdata(t, tc.file), tc.fields)
 		if err != nil {
 			t.Errorf("%s: %v", tc.file, err)
 			continue
@@ -200,18 +200,18 @@ func TestParseGPUUtilFixtures(t *testing.T) {
 			t.Errorf("%s: %q, want %q", tc.file, got, tc.want)
 		}
 	}
-	us, err := parseGPUUtil([]byte("90\n3\n"), []string{"utilization.gpu"})
+	us, err := ParseGPUUtil([]byte("90\n3\n"), []string{"utilization.gpu"})
 	if err != nil || len(us) != 2 || *us[0].Percent != 90 || *us[1].Percent != 3 {
 		t.Errorf("two GPUs: %+v %v", us, err)
 	}
 	for _, file := range []string{"nvidia-smi_error_driver-not-loaded.txt", "nvidia-smi_error_driver-library-mismatch_exit18.txt"} {
-		if us, err := parseGPUUtil(readTestdata(t, file), []string{"utilization.gpu"}); err == nil {
+		if us, err := ParseGPUUtil(readTestdata(t, file), []string{"utilization.gpu"}); err == nil {
 			t.Errorf("%s parsed as %+v, want an error", file, us)
 		}
 	}
 	for _, in := range []string{"", "150\n", "-3\n", "90, 1\n"} {
-		if us, err := parseGPUUtil([]byte(in), []string{"utilization.gpu"}); err == nil {
-			t.Errorf("parseGPUUtil(%q) = %+v, want an error", in, us)
+		if us, err := ParseGPUUtil([]byte(in), []string{"utilization.gpu"}); err == nil {
+			t.Errorf("ParseGPUUtil(%q) = %+v, want an error", in, us)
 		}
 	}
 }
@@ -220,7 +220,7 @@ func TestParsePartials(t *testing.T) {
 	in := "4294967296 1048576 1717538311.1234567890 /mnt/models/ollama/blobs/sha256-aa-partial\n" +
 		"312 8 1717538312.5 /mnt/models/ollama/blobs/sha256-aa-partial-0\n" +
 		"0 0 1717538313 /mnt/models/with space/blobs/sha256-bb-partial\n"
-	ps, err := parsePartials([]byte(in))
+	ps, err := ParsePartials([]byte(in))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,8 +229,8 @@ func TestParsePartials(t *testing.T) {
 		t.Errorf("%+v", ps)
 	}
 	for _, in := range []string{"x 1 2 /a-partial\n", "1 2 3\n", "1 2 3 relative-partial\n", "1 2 3 /not-a-blob\n", "find: '/x': Permission denied\n"} {
-		if ps, err := parsePartials([]byte(in)); err == nil {
-			t.Errorf("parsePartials(%q) = %+v, want an error", in, ps)
+		if ps, err := ParsePartials([]byte(in)); err == nil {
+			t.Errorf("ParsePartials(%q) = %+v, want an error", in, ps)
 		}
 	}
 }
@@ -242,7 +242,7 @@ func TestParseSections(t *testing.T) {
 		m + " begin who\n\n" + m + " end who 0\n" +
 		m + " begin gpu\nNVIDIA-SMI has failed\n\n" + m + " end gpu 9\n" +
 		m + " begin partials\nno trailing newline\n" + m + " end partials 0\n"
-	secs, err := parseSections([]byte(out), m)
+	secs, err := ParseSections([]byte(out), m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,13 +259,13 @@ func TestParseSections(t *testing.T) {
 		t.Errorf("partials: %q", secs["partials"].Out)
 	}
 	// A forged marker with another nonce is just output.
-	secs, err = parseSections([]byte(m+" begin who\n@@gpuctl-ffffffffffffffff end who 0\nalice pts/0 2024-06-04 21:58\n\n"+m+" end who 0\n"), m)
+	secs, err = ParseSections([]byte(m+" begin who\n@@gpuctl-ffffffffffffffff end who 0\nalice pts/0 2024-06-04 21:58\n\n"+m+" end who 0\n"), m)
 	if err != nil || !strings.Contains(string(secs["who"].Out), "alice") {
 		t.Errorf("forged marker: %+v %v", secs, err)
 	}
 	// Cut short.
-	if _, err := parseSections([]byte(m+" begin who\nalice\n"), m); err == nil {
-		t.Error("a section without its end must be an error")
+	if _, err := ParseSections([]byte(m+" begin who\nalice\n"), m); err == nil {
+		t.Error("a Section without its end must be an error")
 	}
 }
 
@@ -276,17 +276,17 @@ func FuzzParsers(f *testing.F) {
 		f.Add(readTestdata(f, name))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		_, _ = parseWho(b)
-		_, _ = parseSS(b, 11434)
-		_, _ = parseRouteDev(b)
-		if w, err := parseEthtool(b); err == nil && w.Mode == "" {
+		_, _ = ParseWho(b)
+		_, _ = ParseSS(b, 11434)
+		_, _ = ParseRouteDev(b)
+		if w, err := ParseEthtool(b); err == nil && w.Mode == "" {
 			t.Fatal("ethtool: no error and no mode")
 		}
-		_, _ = parseUptime(b)
-		_, _ = parsePartials(b)
-		_, _ = parseGPUUtil(b, []string{"utilization.gpu"})
-		_, _ = parseEpoch(b)
-		_, _ = parseSSHConnection(b)
-		_, _ = parseSections(b, "@@gpuctl-0123456789abcdef")
+		_, _ = ParseUptime(b)
+		_, _ = ParsePartials(b)
+		_, _ = ParseGPUUtil(b, []string{"utilization.gpu"})
+		_, _ = ParseEpoch(b)
+		_, _ = ParseSSHConnection(b)
+		_, _ = ParseSections(b, "@@gpuctl-0123456789abcdef")
 	})
 }

@@ -1,10 +1,10 @@
-package models
+package hostcmd
 
 import (
-	"context"
-	"errors"
 	"strings"
 	"testing"
+
+	"github.com/ollamalive/gpuctl/controller/fixtures"
 )
 
 func TestParseDFAvail(t *testing.T) {
@@ -13,7 +13,7 @@ func TestParseDFAvail(t *testing.T) {
 		want int64
 		err  string
 	}{
-		{in: string(readFixture(t, "df_B1_output_ntfs-3g_LOCAL.txt")), want: 266575872},
+		{in: string(fixtures.Read(t, "df_B1_output_ntfs-3g_LOCAL.txt")), want: 266575872},
 		{in: "    Avail\n266575872\n", want: 266575872},
 		{in: "Avail\n0\n", want: 0},
 		{in: "  Avail\n", err: "want a header and a row"},
@@ -36,7 +36,7 @@ func TestParseDFAvail(t *testing.T) {
 }
 
 func FuzzParseDFAvail(f *testing.F) {
-	f.Add(readFixture(f, "df_B1_output_ntfs-3g_LOCAL.txt"))
+	f.Add(fixtures.Read(f, "df_B1_output_ntfs-3g_LOCAL.txt"))
 	f.Add([]byte("Avail\n12\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		n, err := ParseDFAvail(b)
@@ -50,23 +50,5 @@ func TestParseStat(t *testing.T) {
 	got := ParseStat([]byte("5 /mnt/m/blobs/a b\nstat: junk\n12 /x\n-3 /neg\n\n"))
 	if len(got) != 2 || got["/mnt/m/blobs/a b"] != 5 || got["/x"] != 12 {
 		t.Errorf("%v", got)
-	}
-}
-
-func TestDriveCheckErrors(t *testing.T) {
-	e := newEnv(t, fakeCfg())
-	e.drive.Remote = "/elsewhere" // models_dir does not exist on the host
-	err := e.mgr.Pull(context.Background(), names("tiny"), nil)
-	if err == nil || !strings.Contains(err.Error(), "df on gpu1 exited 1: df: /mnt/models/ollama: No such file or directory") ||
-		!strings.Contains(err.Error(), "is the models drive mounted?") {
-		t.Errorf("err %v", err)
-	}
-	e.drive.Err = errors.New("ssh: handshake failed")
-	err = e.mgr.Pull(context.Background(), names("tiny"), nil)
-	if err == nil || !strings.Contains(err.Error(), "checking free space on gpu1 over SSH: ssh: handshake failed") {
-		t.Errorf("err %v", err)
-	}
-	if e.srv.Requests("POST /api/pull") != 0 {
-		t.Error("pulled without a space check")
 	}
 }

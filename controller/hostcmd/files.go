@@ -1,4 +1,4 @@
-package models
+package hostcmd
 
 import (
 	"bytes"
@@ -79,8 +79,8 @@ func ParseStat(out []byte) map[string]int64 {
 	return m
 }
 
-// remoteError describes a remote command that ran and failed.
-func remoteError(host string, cmd sshexec.Cmd, res sshexec.Result) error {
+// RemoteError describes a remote command that ran and failed.
+func RemoteError(host string, cmd sshexec.Cmd, res sshexec.Result) error {
 	msg := strings.TrimSpace(string(res.Stderr))
 	if msg == "" {
 		msg = "no error output"

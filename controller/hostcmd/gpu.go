@@ -1,4 +1,4 @@
-package controller
+package hostcmd
 
 import (
 	"bufio"
@@ -242,7 +242,7 @@ func ClassifyNvidiaSMI(stdout, stderr []byte, exit int, minDriver string) ([]GPU
 	case exit == 127 || strings.Contains(all, "command not found") || strings.Contains(all, "not found in $PATH"):
 		return nil, &GPUProblem{Kind: "not-installed", Msg: "nvidia-smi is not installed on the host (is the NVIDIA driver enabled in its NixOS config?)"}
 	case exit != 0:
-		return nil, &GPUProblem{Kind: "failed", Msg: fmt.Sprintf("nvidia-smi exited %d: %s", exit, firstLine(stderr, stdout))}
+		return nil, &GPUProblem{Kind: "failed", Msg: fmt.Sprintf("nvidia-smi exited %d: %s", exit, FirstLine(stderr, stdout))}
 	}
 	gpus, err := ParseGPUs(stdout, GPUFields)
 	if err != nil {
@@ -360,8 +360,8 @@ func lineValue(text, prefix string) string {
 	return ""
 }
 
-// firstLine returns the first non-empty line of the first non-empty text.
-func firstLine(texts ...[]byte) string {
+// FirstLine returns the first non-empty line of the first non-empty text.
+func FirstLine(texts ...[]byte) string {
 	for _, t := range texts {
 		for _, l := range strings.Split(string(t), "\n") {
 			if l = strings.TrimSpace(l); l != "" {
