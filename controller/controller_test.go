@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
@@ -487,7 +488,7 @@ func TestWakeCoalescesAcrossProcesses(t *testing.T) {
 			}
 		}()
 		time.Sleep(5 * time.Second) // a is waiting for the boot
-		if !wakeInProgress(dir, "gaming-pc") {
+		if !statedir.WakeInProgress(dir, "gaming-pc") {
 			t.Error("status cannot see the wake in progress")
 		}
 		if st := b.Status(t.Context(), pc.host()); st.State != StateBooting {
@@ -519,15 +520,15 @@ func TestWakeCancelled(t *testing.T) {
 func TestLockHost(t *testing.T) {
 	dir := t.TempDir()
 	ctx := t.Context()
-	l, err := LockHost(ctx, dir, "pc", LockTry)
+	l, err := statedir.LockHost(ctx, dir, "pc", statedir.LockTry)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = LockHost(ctx, dir, "pc", LockTry)
-	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "pid") {
+	_, err = statedir.LockHost(ctx, dir, "pc", statedir.LockTry)
+	if !errors.Is(err, statedir.ErrLocked) || !strings.Contains(err.Error(), "pid") {
 		t.Fatalf("second try: %v", err)
 	}
-	other, err := LockHost(ctx, dir, "other-pc", LockTry)
+	other, err := statedir.LockHost(ctx, dir, "other-pc", statedir.LockTry)
 	if err != nil {
 		t.Fatalf("another host's lock: %v", err)
 	}
@@ -535,13 +536,13 @@ func TestLockHost(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		wctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
-		if _, err := LockHost(wctx, dir, "pc", LockWait); !errors.Is(err, context.DeadlineExceeded) {
+		if _, err := statedir.LockHost(wctx, dir, "pc", statedir.LockWait); !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("wait on a held lock: %v", err)
 		}
 	})
 	got := make(chan error)
 	go func() {
-		l2, err := LockHost(ctx, dir, "pc", LockWait)
+		l2, err := statedir.LockHost(ctx, dir, "pc", statedir.LockWait)
 		if err == nil {
 			l2.Unlock()
 		}
@@ -552,7 +553,7 @@ func TestLockHost(t *testing.T) {
 	if err := <-got; err != nil {
 		t.Fatalf("wait after unlock: %v", err)
 	}
-	if _, err := LockHost(ctx, "", "pc", LockTry); err == nil {
+	if _, err := statedir.LockHost(ctx, "", "pc", statedir.LockTry); err == nil {
 		t.Error("empty state dir accepted")
 	}
 }

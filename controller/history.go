@@ -2,11 +2,10 @@ package controller
 
 import (
 	"os"
-	"path/filepath"
 	"sort"
 	"time"
 
-	"github.com/ollamalive/gpuctl/controller/statefile"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 )
 
 // PhaseTiming is how long one phase of a wake took.
@@ -45,25 +44,13 @@ type historyFile struct {
 	Wakes []WakeRecord `json:"wakes"`
 }
 
-func historyPath(stateDir, host string) string {
-	return filepath.Join(stateDir, "wakes", host+".history.json")
-}
-
-func lastWakePath(stateDir, host string) string {
-	return filepath.Join(stateDir, "wakes", host+".last.json")
-}
-
-func statePath(stateDir, host string) string {
-	return filepath.Join(stateDir, "status", host+".json")
-}
-
 // WakeHistory returns host's recorded wakes, oldest first.
 func (c *Controller) WakeHistory(host string) ([]WakeRecord, error) {
 	if c.StateDir == "" {
 		return nil, nil
 	}
 	var h historyFile
-	if err := statefile.ReadJSON(historyPath(c.StateDir, host), &h); err != nil {
+	if err := statedir.ReadJSON(statedir.WakeHistoryFile(c.StateDir, host), &h); err != nil {
 		if os.IsNotExist(err) {
 			return nil, nil
 		}
@@ -86,7 +73,7 @@ func (c *Controller) appendHistory(rec WakeRecord) error {
 	if n := max(1, intOr(c.History, DefaultHistory)); len(old) > n {
 		old = old[len(old)-n:]
 	}
-	return statefile.WriteJSON(historyPath(c.StateDir, rec.Host), historyFile{Wakes: old})
+	return statedir.WriteJSON(statedir.WakeHistoryFile(c.StateDir, rec.Host), historyFile{Wakes: old})
 }
 
 func intOr(n, def int) int {
@@ -133,12 +120,12 @@ func (c *Controller) noteState(host string, st State, now time.Time) time.Time {
 	if c.StateDir == "" {
 		return now
 	}
-	p := statePath(c.StateDir, host)
+	p := statedir.StatusFile(c.StateDir, host)
 	var old stateRecord
-	if err := statefile.ReadJSON(p, &old); err == nil && old.State == st && !old.Since.IsZero() && !old.Since.After(now) {
+	if err := statedir.ReadJSON(p, &old); err == nil && old.State == st && !old.Since.IsZero() && !old.Since.After(now) {
 		return old.Since
 	}
-	if err := statefile.WriteJSON(p, stateRecord{State: st, Since: now}); err != nil {
+	if err := statedir.WriteJSON(p, stateRecord{State: st, Since: now}); err != nil {
 		c.logger().Warn("cannot record host state", "host", host, "err", err)
 	}
 	return now

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -168,7 +169,7 @@ func (c *Controller) Status(ctx context.Context, h *inventory.Host) HostStatus {
 		st.Reason = fmt.Sprintf("port %d answers while SSH does not: the PC runs its other OS; gpuctl will not wake or power it off", h.OtherOSProbe)
 	default:
 		st.State, st.Reason = stateFromProbe(sshP)
-		if (st.State == StateOff || st.State == StateUnknown) && wakeInProgress(c.StateDir, h.Name) {
+		if (st.State == StateOff || st.State == StateUnknown) && statedir.WakeInProgress(c.StateDir, h.Name) {
 			st.State, st.Reason = StateBooting, "a wake is in progress; "+st.Reason
 		}
 	}

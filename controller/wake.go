@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
-	"github.com/ollamalive/gpuctl/controller/statefile"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
@@ -268,11 +268,11 @@ func (c *Controller) wake(ctx context.Context, h *inventory.Host, opts WakeOptio
 
 	// One wake (or shutdown) of a host at a time, across processes.
 	if c.StateDir != "" {
-		lock, err := LockHost(bctx, c.StateDir, h.Name, LockTry)
-		if errors.Is(err, ErrLocked) {
+		lock, err := statedir.LockHost(bctx, c.StateDir, h.Name, statedir.LockTry)
+		if errors.Is(err, statedir.ErrLocked) {
 			w.enter(PhaseLock, "another gpuctl is waking or shutting down "+h.Name+"; waiting for it")
 			waitStart := c.now()
-			lock, err = LockHost(bctx, c.StateDir, h.Name, LockWait)
+			lock, err = statedir.LockHost(bctx, c.StateDir, h.Name, statedir.LockWait)
 			if err == nil {
 				if last, ok := c.lastWake(h.Name); ok && !last.Record.Finished.Before(waitStart) {
 					lock.Unlock()
@@ -288,7 +288,7 @@ func (c *Controller) wake(ctx context.Context, h *inventory.Host, opts WakeOptio
 			return nil, err
 		}
 		defer lock.Unlock()
-		if m, err := holdMarker(c.StateDir, h.Name); err == nil {
+		if m, err := statedir.HoldWaking(c.StateDir, h.Name); err == nil {
 			defer m.Unlock()
 		}
 	}
@@ -516,7 +516,7 @@ func (w *wakeRun) finish(rep *Report, st State, reason string) *WakeResult {
 		res.Stopped, res.Err = stopKind(w.stopErr), w.stopErr
 	}
 	if c.StateDir != "" {
-		if err := statefile.WriteJSON(lastWakePath(c.StateDir, w.h.Name), res); err != nil {
+		if err := statedir.WriteJSON(statedir.LastWakeFile(c.StateDir, w.h.Name), res); err != nil {
 			c.logger().Warn("cannot record wake result", "host", w.h.Name, "err", err)
 		}
 	}
@@ -526,7 +526,7 @@ func (w *wakeRun) finish(rep *Report, st State, reason string) *WakeResult {
 // lastWake reads the result of the host's last wake.
 func (c *Controller) lastWake(host string) (*WakeResult, bool) {
 	var r WakeResult
-	if err := statefile.ReadJSON(lastWakePath(c.StateDir, host), &r); err != nil {
+	if err := statedir.ReadJSON(statedir.LastWakeFile(c.StateDir, host), &r); err != nil {
 		return nil, false
 	}
 	return &r, true

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/ollamalive/gpuctl/controller/statedir"
 )
 
 // Defaults applied to keys left out of the inventory.
@@ -301,7 +303,7 @@ func (inv *Inventory) HostNames() []string {
 
 // KnownHostsFile is gpuctl's own known_hosts, where `gpuctl trust` enrolls keys.
 func (inv *Inventory) KnownHostsFile() string {
-	return filepath.Join(inv.StateDir, "known_hosts")
+	return statedir.KnownHosts(inv.StateDir)
 }
 
 // SSHAddr is the host:port gpuctl dials for SSH.

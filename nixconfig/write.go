@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/pmezard/go-difflib/difflib"
 )
 
@@ -193,32 +194,10 @@ func Write(dir string, c *Config, files []File, opt WriteOptions) (*WriteResult,
 	return res, nil
 }
 
-// writeAtomic writes data to p through a temporary file and a rename, so a
-// crash never leaves a half-written file.
+// writeAtomic writes one generated file (0644, directories 0755) through
+// gpuctl's one atomic writer, so a crash never leaves a half-written file.
 func writeAtomic(p string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", filepath.Dir(p), err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(p), "."+filepath.Base(p)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	if err := os.Rename(tmp.Name(), p); err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	return nil
+	return statedir.WriteFile(p, data, 0o644, 0o755)
 }
 
 // UnifiedDiff returns a unified diff (3 lines of context) from a to b.

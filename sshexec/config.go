@@ -17,6 +17,7 @@ import (
 	"github.com/kevinburke/ssh_config"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -159,7 +160,7 @@ func DefaultIdentityFiles(stateDir, home string) []string {
 	var out []string
 	cands := []string{}
 	if stateDir != "" {
-		cands = append(cands, filepath.Join(stateDir, "id_ed25519"))
+		cands = append(cands, statedir.IdentityFile(stateDir))
 	}
 	if home != "" {
 		for _, n := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {

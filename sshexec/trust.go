@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
@@ -82,26 +83,7 @@ func AddKnownHost(file, addr string, key ssh.PublicKey, replace bool) error {
 	}
 	out.WriteString(knownhosts.Line([]string{addr}, key))
 	out.WriteByte('\n')
-	tmp, err := os.CreateTemp(filepath.Dir(file), ".known_hosts-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", file, err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", file, err)
-	}
-	if _, err := tmp.Write(out.Bytes()); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", file, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", file, err)
-	}
-	if err := os.Rename(tmp.Name(), file); err != nil {
-		return fmt.Errorf("write %s: %w", file, err)
-	}
-	return nil
+	return statedir.WriteFile(file, out.Bytes(), 0o600, 0o700)
 }
 
 // lineNames reports whether a known_hosts line lists host (normalized) among

@@ -23,12 +23,11 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/ollamalive/gpuctl/controller/statefile"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 )
 
 // Path is where the proxy serves its live snapshot.
@@ -161,31 +160,29 @@ type announcement struct {
 	Started time.Time `json:"started"`
 }
 
-func servePath(stateDir string) string    { return filepath.Join(stateDir, "serve.json") }
-func activityPath(stateDir string) string { return filepath.Join(stateDir, "activity.json") }
-
 // Publish announces the proxy listening on listen (host:port) and saves the
 // tracker's snapshot every interval (and on each change, at most once per
 // interval) until ctx ends; it then saves once more and removes the
 // announcement. It restores saved last-end times first.
 func Publish(ctx context.Context, stateDir, listen string, t *Tracker, interval time.Duration) error {
-	if err := statefile.CheckOwner(stateDir); err != nil {
+	if err := statedir.CheckOwner(stateDir); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
-	if s, err := load(activityPath(stateDir)); err == nil {
-		t.Restore(s)
+	var saved Snapshot
+	if err := statedir.ReadJSON(statedir.ActivityFile(stateDir), &saved); err == nil {
+		t.Restore(saved)
 	}
 	a := announcement{PID: os.Getpid(), Listen: listen, Started: t.started}
-	if err := statefile.WriteJSON(servePath(stateDir), a); err != nil {
+	if err := statedir.WriteJSON(statedir.ServeFile(stateDir), a); err != nil {
 		return err
 	}
 	save := func() error {
 		s := t.Snapshot()
 		s.Listen = listen
-		return statefile.WriteJSON(activityPath(stateDir), s)
+		return statedir.WriteJSON(statedir.ActivityFile(stateDir), s)
 	}
 	if interval <= 0 {
 		interval = time.Second
@@ -216,28 +213,16 @@ func Publish(ctx context.Context, stateDir, listen string, t *Tracker, interval 
 
 func removeIfOurs(stateDir string) error {
 	var a announcement
-	b, err := os.ReadFile(servePath(stateDir))
+	b, err := os.ReadFile(statedir.ServeFile(stateDir))
 	if err != nil {
 		return nil
 	}
 	if json.Unmarshal(b, &a) == nil && a.PID == os.Getpid() {
-		if err := os.Remove(servePath(stateDir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("remove %s: %w", servePath(stateDir), err)
+		if err := os.Remove(statedir.ServeFile(stateDir)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove %s: %w", statedir.ServeFile(stateDir), err)
 		}
 	}
 	return nil
-}
-
-func load(path string) (Snapshot, error) {
-	var s Snapshot
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return s, err
-	}
-	if err := json.Unmarshal(b, &s); err != nil {
-		return s, fmt.Errorf("%s: %w", path, err)
-	}
-	return s, nil
 }
 
 // State says whether the proxy was found running.
@@ -272,8 +257,9 @@ var Alive = func(pid int) bool {
 
 // Read reports the proxy's activity. The context bounds the HTTP request.
 func Read(ctx context.Context, stateDir string, client *http.Client) (Reading, error) {
-	saved, _ := load(activityPath(stateDir))
-	b, err := os.ReadFile(servePath(stateDir))
+	var saved Snapshot
+	_ = statedir.ReadJSON(statedir.ActivityFile(stateDir), &saved) // none saved yet, or unreadable: no last-end times
+	b, err := os.ReadFile(statedir.ServeFile(stateDir))
 	if errors.Is(err, fs.ErrNotExist) {
 		return Reading{State: Stopped, Snapshot: saved}, nil
 	}
@@ -282,9 +268,9 @@ func Read(ctx context.Context, stateDir string, client *http.Client) (Reading, e
 	}
 	var a announcement
 	if err := json.Unmarshal(b, &a); err != nil {
-		return Reading{State: Running}, fmt.Errorf("%w: %s: %v", ErrUnreadable, servePath(stateDir), err)
+		return Reading{State: Running}, fmt.Errorf("%w: %s: %v", ErrUnreadable, statedir.ServeFile(stateDir), err)
 	}
-	if !Alive(a.PID) {
+	if !statedir.Alive(a.PID) {
 		return Reading{State: Stopped, Snapshot: saved}, nil
 	}
 	if client == nil {

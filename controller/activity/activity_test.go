@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ollamalive/gpuctl/controller/statefile"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"go.uber.org/goleak"
 )
 
@@ -67,11 +67,11 @@ func TestReadStoppedWhenNoAnnouncement(t *testing.T) {
 func TestReadStoppedWhenPIDGoneKeepsSavedLastEnd(t *testing.T) {
 	dir := t.TempDir()
 	last := time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)
-	statefile.WriteJSON(servePath(dir), announcement{PID: 1 << 22, Listen: "127.0.0.1:1"})
-	statefile.WriteJSON(activityPath(dir), Snapshot{Hosts: map[string]Host{"pc": {LastEnd: last}}})
-	old := Alive
-	Alive = func(int) bool { return false }
-	t.Cleanup(func() { Alive = old })
+	statedir.WriteJSON(statedir.ServeFile(dir), announcement{PID: 1 << 22, Listen: "127.0.0.1:1"})
+	statedir.WriteJSON(statedir.ActivityFile(dir), Snapshot{Hosts: map[string]Host{"pc": {LastEnd: last}}})
+	old := statedir.Alive
+	statedir.Alive = func(int) bool { return false }
+	t.Cleanup(func() { statedir.Alive = old })
 	r, err := Read(context.Background(), dir, nil)
 	if err != nil || r.State != Stopped {
 		t.Fatalf("Read = %+v, %v; want stopped", r, err)
@@ -88,7 +88,7 @@ func TestReadRunningLiveSnapshot(t *testing.T) {
 	defer end()
 	srv := httptest.NewServer(tr)
 	defer srv.Close()
-	statefile.WriteJSON(servePath(dir), announcement{PID: os.Getpid(), Listen: strings.TrimPrefix(srv.URL, "http://")})
+	statedir.WriteJSON(statedir.ServeFile(dir), announcement{PID: os.Getpid(), Listen: strings.TrimPrefix(srv.URL, "http://")})
 	r, err := Read(context.Background(), dir, srv.Client())
 	if err != nil || r.State != Running {
 		t.Fatalf("Read = %+v, %v", r, err)
@@ -117,7 +117,7 @@ func TestReadRunningButUnreadableIsAnError(t *testing.T) {
 			go func() { <-done; c.Close() }()
 		}
 	}()
-	statefile.WriteJSON(servePath(dir), announcement{PID: os.Getpid(), Listen: ln.Addr().String()})
+	statedir.WriteJSON(statedir.ServeFile(dir), announcement{PID: os.Getpid(), Listen: ln.Addr().String()})
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	r, err := Read(ctx, dir, nil)
@@ -128,14 +128,14 @@ func TestReadRunningButUnreadableIsAnError(t *testing.T) {
 
 func TestPublishAnnouncesSavesAndWithdraws(t *testing.T) {
 	dir := t.TempDir()
-	statefile.WriteJSON(activityPath(dir), Snapshot{Hosts: map[string]Host{"pc": {LastEnd: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Requests: 3}}})
+	statedir.WriteJSON(statedir.ActivityFile(dir), Snapshot{Hosts: map[string]Host{"pc": {LastEnd: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Requests: 3}}})
 	tr := NewTracker(nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- Publish(ctx, dir, "127.0.0.1:11435", tr, 10*time.Millisecond) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if _, err := os.Stat(servePath(dir)); err == nil {
+		if _, err := os.Stat(statedir.ServeFile(dir)); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -148,7 +148,7 @@ func TestPublishAnnouncesSavesAndWithdraws(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(servePath(dir)); !os.IsNotExist(err) {
+	if _, err := os.Stat(statedir.ServeFile(dir)); !os.IsNotExist(err) {
 		t.Fatalf("serve.json left behind after stop: %v", err)
 	}
 	var s Snapshot

@@ -21,7 +21,7 @@ import (
 	"github.com/ollamalive/gpuctl/controller/activity"
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/idle"
-	"github.com/ollamalive/gpuctl/controller/statefile"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -335,7 +335,7 @@ func TestIdleView(t *testing.T) {
 	boot := now.Add(-6 * time.Minute)
 	st := idle.State{Host: "pc", IdleSince: &since, LastCheck: now.Add(-time.Minute), Phase: idle.PhaseReady,
 		Since: map[string]time.Time{idle.SigProxy: since, idle.SigUptime: boot}, Failed: []string{idle.SigGPU}}
-	if err := statefile.WriteJSON(idle.StatePath(w.stateDir, "pc"), st); err != nil {
+	if err := statedir.WriteJSON(statedir.IdleFile(w.stateDir, "pc"), st); err != nil {
 		t.Fatal(err)
 	}
 	p, _ := status(t, w.d)

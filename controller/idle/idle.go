@@ -37,11 +37,11 @@
 // the gpuctl server (`ip -o route get <address the SSH connection comes
 // from>`) has Wake-on-LAN armed (`ethtool IF` shows "Wake-on: g"; otherwise
 // it refuses and says how to arm it), writes the draining marker
-// STATE_DIR/draining/HOST (activity.MarkDraining), unloads the loaded models
+// STATE_DIR/draining/HOST (statedir.MarkDraining), unloads the loaded models
 // (keep_alive 0), re-reads the proxy's in-flight count, runs exactly
 // `sudo -n /run/current-system/sw/bin/poweroff`, and waits until the SSH
 // port stops answering (two probes in a row, within OffTimeout). Any
-// failure puts the host back to ready and records the reason. All of it runs under controller.LockHost, the lock
+// failure puts the host back to ready and records the reason. All of it runs under statedir.LockHost, the lock
 // wake takes, so a wake and a shutdown never interleave and a second cron
 // run exits on the lock.
 //
@@ -77,6 +77,7 @@ import (
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/activity"
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -187,7 +188,7 @@ func (d *Deps) pulls(ctx context.Context, host string) ([]string, error) {
 	if d.Pulls != nil {
 		return d.Pulls(ctx, host)
 	}
-	return ActivePulls(d.StateDir, host)
+	return statedir.ActivePulls(d.StateDir, host)
 }
 
 // Signal is one idle signal as one check saw it.

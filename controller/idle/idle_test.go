@@ -16,10 +16,9 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/ollamalive/gpuctl/controller"
-	"github.com/ollamalive/gpuctl/controller/activity"
 	"github.com/ollamalive/gpuctl/controller/fixtures"
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
@@ -375,7 +374,7 @@ func TestConcurrentCronRuns(t *testing.T) {
 		got := map[Action]int{}
 		for i, o := range outs {
 			got[o.Action]++
-			if o.Action == ActLocked && !errors.Is(errs[i], controller.ErrLocked) {
+			if o.Action == ActLocked && !errors.Is(errs[i], statedir.ErrLocked) {
 				t.Errorf("locked run: %v", errs[i])
 			}
 		}
@@ -389,7 +388,7 @@ func TestConcurrentCronRuns(t *testing.T) {
 func TestWakeHoldsLock(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		e := idleEnv(t)
-		lock, err := controller.LockHost(context.Background(), e.deps.StateDir, e.host.Name, controller.LockTry)
+		lock, err := statedir.LockHost(context.Background(), e.deps.StateDir, e.host.Name, statedir.LockTry)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -507,7 +506,7 @@ func TestRequestWhileDraining(t *testing.T) {
 				if st.Phase != PhaseReady || st.IdleSince != nil || len(st.BusyReasons) != 1 || !strings.Contains(st.BusyReasons[0], why) {
 					t.Errorf("state %+v", st)
 				}
-				if _, draining, _ := activity.Draining(e.deps.StateDir, e.host.Name); draining {
+				if _, draining, _ := statedir.Draining(e.deps.StateDir, e.host.Name); draining {
 					t.Error("the aborted shutdown left its draining marker")
 				}
 			})
@@ -519,10 +518,10 @@ func TestRequestWhileDraining(t *testing.T) {
 func TestDryRun(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		e := idleEnv(t)
-		before, _ := os.ReadFile(StatePath(e.deps.StateDir, e.host.Name))
+		before, _ := os.ReadFile(statedir.IdleFile(e.deps.StateDir, e.host.Name))
 		out, err := Run(context.Background(), e.deps, e.host, Options{IfIdle: true, DryRun: true})
 		wantAction(t, out, err, ActWouldPower)
-		after, _ := os.ReadFile(StatePath(e.deps.StateDir, e.host.Name))
+		after, _ := os.ReadFile(statedir.IdleFile(e.deps.StateDir, e.host.Name))
 		if string(before) != string(after) {
 			t.Error("dry run wrote the state")
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 )
 
 // interlockEnv is an idle env whose proxy read can run a request at the
@@ -31,7 +32,7 @@ func newInterlockEnv(t *testing.T) *interlockEnv {
 	e := &interlockEnv{env: idleEnv(t)}
 	read := e.deps.Activity
 	e.deps.Activity = func(ctx context.Context) (activity.Reading, error) {
-		_, draining, err := activity.Draining(e.deps.StateDir, e.host.Name)
+		_, draining, err := statedir.Draining(e.deps.StateDir, e.host.Name)
 		if err != nil {
 			t.Errorf("draining marker: %v", err)
 		}
@@ -65,14 +66,14 @@ func newInterlockEnv(t *testing.T) *interlockEnv {
 func (e *interlockEnv) request(t *testing.T, begun chan<- bool) {
 	end := e.tracker.Begin(e.host.Name)
 	defer end()
-	_, draining, err := activity.Draining(e.deps.StateDir, e.host.Name)
+	_, draining, err := statedir.Draining(e.deps.StateDir, e.host.Name)
 	if err != nil {
 		t.Error(err)
 	}
 	begun <- draining
 	for draining {
 		time.Sleep(250 * time.Millisecond)
-		_, draining, _ = activity.Draining(e.deps.StateDir, e.host.Name)
+		_, draining, _ = statedir.Draining(e.deps.StateDir, e.host.Name)
 	}
 	if !e.box.isUp() {
 		time.Sleep(90 * time.Second) // the wake
@@ -112,7 +113,7 @@ func TestInterlockRequestBeforeLastRead(t *testing.T) {
 		if e.lastReads.Load() != 1 {
 			t.Fatalf("%d reads with the marker down, want 1", e.lastReads.Load())
 		}
-		if _, draining, _ := activity.Draining(e.deps.StateDir, e.host.Name); draining {
+		if _, draining, _ := statedir.Draining(e.deps.StateDir, e.host.Name); draining {
 			t.Error("the aborted shutdown left its draining marker")
 		}
 		if st := e.state(); st.Phase != PhaseReady {
@@ -148,7 +149,7 @@ func TestInterlockMarkerBeforeRequest(t *testing.T) {
 		start := time.Now()
 		out, err := e.cron()
 		wantAction(t, out, err, ActPoweredOff)
-		if _, draining, _ := activity.Draining(e.deps.StateDir, e.host.Name); draining {
+		if _, draining, _ := statedir.Draining(e.deps.StateDir, e.host.Name); draining {
 			t.Error("the draining marker outlived the confirmed poweroff")
 		}
 		offAt := time.Now()
@@ -183,7 +184,7 @@ func TestInterlockMarkerRemovedOnFailure(t *testing.T) {
 		if !saw {
 			t.Fatal("the final read did not happen with the marker down")
 		}
-		if _, draining, _ := activity.Draining(e.deps.StateDir, e.host.Name); draining {
+		if _, draining, _ := statedir.Draining(e.deps.StateDir, e.host.Name); draining {
 			t.Error("the failed shutdown left its draining marker")
 		}
 	})

@@ -19,9 +19,9 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/proxy"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -124,8 +124,8 @@ func interleaving(t *testing.T, seed uint64, st *simStats) {
 
 	// lockAndWake takes the host lock as a wake does, boots the box if it
 	// is off (45 s during which SSH refuses), and returns the lock held.
-	lockAndWake := func() *controller.Lock {
-		l, err := controller.LockHost(context.Background(), e.deps.StateDir, e.host.Name, controller.LockWait)
+	lockAndWake := func() *statedir.Lock {
+		l, err := statedir.LockHost(context.Background(), e.deps.StateDir, e.host.Name, statedir.LockWait)
 		if err != nil {
 			t.Errorf("seed %d: lock: %v", seed, err)
 			return nil

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 )
 
 // A `gpuctl pull` takes no host lock, so one can start after the shutdown
@@ -45,7 +46,7 @@ func TestPullStartedWhileDraining(t *testing.T) {
 		if _, ok := st.Since[SigPulls]; ok {
 			t.Errorf("the pulls clock survived the abort: %+v", st.Since)
 		}
-		if _, draining, _ := activity.Draining(e.deps.StateDir, e.host.Name); draining {
+		if _, draining, _ := statedir.Draining(e.deps.StateDir, e.host.Name); draining {
 			t.Error("the aborted shutdown left its draining marker")
 		}
 	})
@@ -55,29 +56,29 @@ func TestPullStartedWhileDraining(t *testing.T) {
 // the host, and leaves no marker behind.
 func TestMarkPullRefusesWhileDraining(t *testing.T) {
 	dir := t.TempDir()
-	clear, err := activity.MarkDraining(dir, "gaming-pc", time.Now())
+	clear, err := statedir.MarkDraining(dir, "gaming-pc", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	done, err := MarkPull(dir, "gaming-pc", "tiny")
-	if !errors.Is(err, ErrDraining) || done != nil {
+	done, err := statedir.MarkPull(dir, "gaming-pc", "tiny")
+	if !errors.Is(err, statedir.ErrDraining) || done != nil {
 		t.Fatalf("MarkPull while draining: %v", err)
 	}
 	if !strings.Contains(err.Error(), "gaming-pc") || !strings.Contains(err.Error(), "gpuctl wake gaming-pc") {
 		t.Errorf("error %q does not name the host and what to do", err)
 	}
-	if ps, err := ActivePulls(dir, "gaming-pc"); err != nil || len(ps) != 0 {
+	if ps, err := statedir.ActivePulls(dir, "gaming-pc"); err != nil || len(ps) != 0 {
 		t.Fatalf("refused pull left a marker: %v %v", ps, err)
 	}
 	if err := clear(); err != nil {
 		t.Fatal(err)
 	}
-	done, err = MarkPull(dir, "gaming-pc", "tiny")
+	done, err = statedir.MarkPull(dir, "gaming-pc", "tiny")
 	if err != nil {
 		t.Fatalf("MarkPull after the drain: %v", err)
 	}
 	defer done()
-	if ps, _ := ActivePulls(dir, "gaming-pc"); len(ps) != 1 {
+	if ps, _ := statedir.ActivePulls(dir, "gaming-pc"); len(ps) != 1 {
 		t.Fatalf("pulls %v", ps)
 	}
 }
@@ -87,7 +88,7 @@ func TestMarkPullRefusesWhileDraining(t *testing.T) {
 // forever. One whose process lives still counts.
 func TestEmptyPullMarkerOfDeadProcess(t *testing.T) {
 	dir := t.TempDir()
-	pd := pullDir(dir, "gaming-pc")
+	pd := statedir.PullsDir(dir, "gaming-pc")
 	if err := os.MkdirAll(pd, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +99,7 @@ func TestEmptyPullMarkerOfDeadProcess(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ps, err := ActivePulls(dir, "gaming-pc")
+	ps, err := statedir.ActivePulls(dir, "gaming-pc")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/ollamalive/gpuctl/controller"
-	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -58,7 +58,7 @@ var (
 	// ErrNotOnDemand: the host is always-on; idle shutdown never touches it.
 	ErrNotOnDemand = errors.New("not an on_demand host")
 	// ErrLocked: another gpuctl holds the host lock (a wake or a shutdown).
-	ErrLocked = controller.ErrLocked
+	ErrLocked = statedir.ErrLocked
 	// ErrRefused: the shutdown was refused (requests in flight, WoL not
 	// armed, the PC in its other OS).
 	ErrRefused = errors.New("shutdown refused")
@@ -80,9 +80,9 @@ func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome
 			fmt.Errorf("host %q: %w: gpuctl powers off only on_demand hosts (set on_demand = true in the inventory if it can be woken)", h.Name, ErrNotOnDemand)
 	}
 	if !opts.DryRun {
-		lock, err := controller.LockHost(ctx, d.StateDir, h.Name, controller.LockTry)
+		lock, err := statedir.LockHost(ctx, d.StateDir, h.Name, statedir.LockTry)
 		if err != nil {
-			if errors.Is(err, controller.ErrLocked) {
+			if errors.Is(err, statedir.ErrLocked) {
 				return Outcome{Action: ActLocked, Reason: err.Error() + "; another wake or shutdown of this host is running, so this run does nothing"}, err
 			}
 			return Outcome{Action: ActFailed, Reason: err.Error()}, err
@@ -270,7 +270,7 @@ func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 	// shows in that read (and the shutdown aborts) or finds the marker
 	// (and is held until the box is off). The marker stays until this
 	// shutdown aborts or the box is confirmed off.
-	clearDrain, err := activity.MarkDraining(d.StateDir, h.Name, d.now())
+	clearDrain, err := statedir.MarkDraining(d.StateDir, h.Name, d.now())
 	if err != nil {
 		return fail(d, h, st, out, fmt.Errorf("%w; without it a request arriving now could be sent to a box going down", err))
 	}

@@ -1,17 +1,14 @@
 package idle
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
-	"github.com/ollamalive/gpuctl/controller/statefile"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 )
 
 // Phase is where the idle-shutdown machinery left a host.
@@ -56,32 +53,24 @@ type State struct {
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 }
 
-// StatePath is where a host's idle state lives.
-func StatePath(stateDir, host string) string {
-	return filepath.Join(stateDir, "idle", host+".json")
-}
-
 // LoadState reads a host's idle state; a missing file is an empty state.
 func LoadState(stateDir, host string) (State, error) {
 	st := State{Host: host}
-	b, err := os.ReadFile(StatePath(stateDir, host))
+	err := statedir.ReadJSON(statedir.IdleFile(stateDir, host), &st)
 	if errors.Is(err, fs.ErrNotExist) {
-		return st, nil
+		return State{Host: host}, nil
 	}
 	if err != nil {
-		return st, fmt.Errorf("read idle state of %s: %w", host, err)
-	}
-	if err := json.Unmarshal(b, &st); err != nil {
-		return State{Host: host}, fmt.Errorf("%s: %w (delete the file to start the idle clock afresh)", StatePath(stateDir, host), err)
+		return State{Host: host}, fmt.Errorf("idle state of %s: %w", host, err)
 	}
 	st.Host = host
 	return st, nil
 }
 
 // SaveState writes a host's idle state atomically. Callers hold the host
-// lock (controller.LockHost).
+// lock (statedir.LockHost).
 func SaveState(stateDir string, st State) error {
-	if err := statefile.WriteJSON(StatePath(stateDir, st.Host), st); err != nil {
+	if err := statedir.WriteJSON(statedir.IdleFile(stateDir, st.Host), st); err != nil {
 		return fmt.Errorf("idle state of %s: %w", st.Host, err)
 	}
 	return nil

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -42,7 +43,7 @@ var digestRE = regexp.MustCompile(`^sha256[:-][0-9a-fA-F]{64}$`)
 func (p *Proxy) blobDir() (string, error) {
 	p.blobOnce.Do(func() {
 		if p.o.StateDir != "" {
-			p.blobPath = filepath.Join(p.o.StateDir, "blobs")
+			p.blobPath = statedir.BlobsDir(p.o.StateDir)
 			p.blobErr = os.MkdirAll(p.blobPath, 0o700)
 		} else {
 			p.blobPath, p.blobErr = os.MkdirTemp("", "gpuctl-serve-blobs-")

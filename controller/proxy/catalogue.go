@@ -11,14 +11,12 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/ollama/ollama/types/model"
-
-	"github.com/ollamalive/gpuctl/controller/statefile"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 )
 
 // catEntry is one model in a host's list.
@@ -55,7 +53,7 @@ func newCatalogue(stateDir string, log *slog.Logger) *catalogue {
 	if stateDir == "" {
 		return c
 	}
-	c.path = filepath.Join(stateDir, "catalogue.json")
+	c.path = statedir.CatalogueFile(stateDir)
 	b, err := os.ReadFile(c.path)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
@@ -130,7 +128,7 @@ func (c *catalogue) save() {
 	b, err := json.MarshalIndent(catFile{Hosts: c.hosts}, "", " ")
 	c.mu.RUnlock()
 	if err == nil {
-		err = statefile.Write(c.path, append(b, '\n'))
+		err = statedir.Write(c.path, append(b, '\n'))
 	}
 	if err != nil {
 		c.log.Warn("cannot save the model catalogue; a restart will not list sleeping hosts' models until they wake", "err", err)

@@ -13,7 +13,7 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 )
 
 // shutdownSim is gpuctl shutdown's side of the draining interlock, against
@@ -33,7 +33,7 @@ type shutdownSim struct {
 // begin writes the marker and makes the last read; it reports whether the
 // shutdown goes ahead (nothing in flight).
 func (s *shutdownSim) begin() bool {
-	clear, err := activity.MarkDraining(s.stateDir, "pc", time.Now())
+	clear, err := statedir.MarkDraining(s.stateDir, "pc", time.Now())
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -250,13 +250,13 @@ func TestDrainDeadMarkerIgnored(t *testing.T) {
 		fb := newFakeBackends("server", "pc")
 		b, s := drainBubble(t, fb)
 		defer b.close()
-		p := activity.DrainingPath(s.stateDir, "pc")
+		p := statedir.DrainingPath(s.stateDir, "pc")
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 			t.Fatal(err)
 		}
-		old := activity.Alive
-		t.Cleanup(func() { activity.Alive = old })
-		activity.Alive = func(pid int) bool { return pid != 4242 && old(pid) }
+		old := statedir.Alive
+		t.Cleanup(func() { statedir.Alive = old })
+		statedir.Alive = func(pid int) bool { return pid != 4242 && old(pid) }
 		if err := os.WriteFile(p, []byte(`{"host":"pc","pid":4242,"started":"2026-01-01T00:00:00Z"}`), 0o600); err != nil {
 			t.Fatal(err)
 		}

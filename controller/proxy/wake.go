@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -259,15 +259,15 @@ func (p *Proxy) ready(ctx context.Context, host string) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return &WakeError{Host: host, Reason: "powering_off", Err: fmt.Errorf("gpuctl shutdown (pid %d) still held its draining marker %s after %s", d.PID, activity.DrainingPath(p.o.StateDir, host), boot), RetryAfter: p.o.WakeBackoff}
+			return &WakeError{Host: host, Reason: "powering_off", Err: fmt.Errorf("gpuctl shutdown (pid %d) still held its draining marker %s after %s", d.PID, statedir.DrainingPath(p.o.StateDir, host), boot), RetryAfter: p.o.WakeBackoff}
 		}
 		_ = p.forgetUp(wctx, host, gone) // on error, ensureUp reports the context's end
 	}
 }
 
 // draining looks for host's draining marker (one stat when there is none).
-func (p *Proxy) draining(host string) (activity.Drain, bool) {
-	d, draining, err := activity.Draining(p.o.StateDir, host)
+func (p *Proxy) draining(host string) (statedir.Drain, bool) {
+	d, draining, err := statedir.Draining(p.o.StateDir, host)
 	if err != nil {
 		// The shutdown's own last read of the in-flight count still sees
 		// this request; only the interlock's second half is lost.

@@ -17,7 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
-	"github.com/ollamalive/gpuctl/controller/statefile"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -160,7 +160,7 @@ func Run(ctx context.Context, env *Env, args []string) int {
 		code = ExitInterrupted
 	}
 	msg := err.Error()
-	var oe *statefile.OwnerError
+	var oe *statedir.OwnerError
 	if errors.As(err, &oe) && oe.Command == "" {
 		// Suggest this very command, as the state directory's owner. (The
 		// wrapping errors formatted their text already: replace it there.)

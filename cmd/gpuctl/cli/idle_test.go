@@ -18,6 +18,7 @@ import (
 
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/ollamatest"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -231,7 +232,7 @@ func TestStatusShowsIdleState(t *testing.T) {
 	}
 
 	// A host that was never checked: no idle object, "not checked yet".
-	if err := os.Remove(idle.StatePath(stateDir, "gaming-pc")); err != nil {
+	if err := os.Remove(statedir.IdleFile(stateDir, "gaming-pc")); err != nil {
 		t.Fatal(err)
 	}
 	_, out, _ = pc.run(t, "status", "--json", "--timeout", "300ms")

@@ -13,8 +13,8 @@ import (
 	"github.com/ollama/ollama/api"
 	"github.com/urfave/cli/v2"
 
-	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/models"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -150,7 +150,7 @@ func runPull(ctx context.Context, env *Env, inv *loadedInventory, h *inventory.H
 }
 
 // markPull records, for idle shutdown, that this process pulls names onto
-// host until the returned func is called (idle.MarkPull): a `gpuctl
+// host until the returned func is called (statedir.MarkPull): a `gpuctl
 // shutdown --if-idle` from cron then reports the pull as busy instead of
 // powering the box off under it. It fails rather than pull unmarked.
 func markPull(stateDir, host string, names []inventory.ModelName) (func(), error) {
@@ -161,9 +161,9 @@ func markPull(stateDir, host string, names []inventory.ModelName) (func(), error
 	for i, n := range names {
 		what[i] = string(n)
 	}
-	done, err := idle.MarkPull(stateDir, host, strings.Join(what, ", "))
+	done, err := statedir.MarkPull(stateDir, host, strings.Join(what, ", "))
 	switch {
-	case errors.Is(err, idle.ErrDraining):
+	case errors.Is(err, statedir.ErrDraining):
 		return nil, err // says what is happening and what to do
 	case err != nil:
 		return nil, fmt.Errorf("%w; not pulling, since idle shutdown could power %s off mid-pull", err, host)

@@ -17,7 +17,7 @@ import (
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/models"
-	"github.com/ollamalive/gpuctl/controller/statefile"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -113,7 +113,7 @@ func runShutdown(ctx context.Context, env *Env, o shutdownOptions) error {
 	if !o.opts.DryRun {
 		// Idle clocks, the host lock and the draining marker live there:
 		// without them a cron run would decide blind, and say nothing.
-		if err := statefile.CheckWritable(o.inv.StateDir); err != nil {
+		if err := statedir.CheckWritable(o.inv.StateDir); err != nil {
 			return withCode(ExitFailure, fmt.Errorf("host %q: %w", h.Name, err))
 		}
 	}

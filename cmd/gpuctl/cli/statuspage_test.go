@@ -26,6 +26,7 @@ import (
 	"github.com/ollamalive/gpuctl/controller/dashboard"
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/idle"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/wake/waketest"
 )
@@ -343,7 +344,7 @@ func TestStatusPageEveryState(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(idle.StatePath(stateDir, "pc-unknown"), []byte("{not json"), 0o600); err != nil {
+	if err := os.WriteFile(statedir.IdleFile(stateDir, "pc-unknown"), []byte("{not json"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	mib := func(v int64) *int64 { return &v }

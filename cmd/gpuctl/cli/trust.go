@@ -14,7 +14,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
-	"github.com/ollamalive/gpuctl/controller/statefile"
+	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
@@ -74,7 +74,7 @@ type trustOptions struct {
 func runTrust(ctx context.Context, env *Env, o trustOptions) error {
 	h := o.host
 	// Refuse before scanning and asking, not after the user said yes.
-	if err := statefile.CheckOwner(filepath.Dir(o.inv.KnownHostsFile())); err != nil {
+	if err := statedir.CheckOwner(filepath.Dir(o.inv.KnownHostsFile())); err != nil {
 		return err
 	}
 	cfg, err := sshexec.ConfigFor(o.inv.Inventory, h, sshexec.WithEnv(env.Getenv, env.Getenv("HOME")), sshexec.WithLogger(env.Logger))

@@ -261,7 +261,7 @@ func (p *progressPrinter) close() {
 }
 
 // modelsPuller pulls missing models during a wake with package models,
-// marked for idle shutdown (idle.MarkPull in stateDir) while it runs.
+// marked for idle shutdown (statedir.MarkPull in stateDir) while it runs.
 type modelsPuller struct {
 	http     *http.Client
 	logger   *slog.Logger

@@ -1,4 +1,4 @@
-package controller
+package statedir
 
 import (
 	"context"
@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/ollamalive/gpuctl/controller/statefile"
 )
 
 // LockMode says what LockHost does when another process holds the lock.
@@ -37,11 +35,6 @@ type Lock struct {
 	path string
 }
 
-// LockPath is the lock file of host in stateDir.
-func LockPath(stateDir, host string) string {
-	return filepath.Join(stateDir, "locks", host+".lock")
-}
-
 // LockHost takes the exclusive lock of host under stateDir
 // (state_dir/locks/HOST.lock, flock(2)), so that wakes and shutdowns of one
 // host, from any process, never interleave. The lock is released by Unlock or
@@ -52,7 +45,7 @@ func LockHost(ctx context.Context, stateDir, host string, mode LockMode) (*Lock,
 		return nil, fmt.Errorf("lock host %q: no state_dir configured", host)
 	}
 	p := LockPath(stateDir, host)
-	if err := statefile.CheckOwner(filepath.Dir(p)); err != nil {
+	if err := CheckOwner(filepath.Dir(p)); err != nil {
 		return nil, fmt.Errorf("lock host %q: %w", host, err)
 	}
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
@@ -112,15 +105,11 @@ func (l *Lock) Unlock() error {
 	return err
 }
 
-// markerPath is held (flock) for the whole of a wake, so status can tell a
-// host being woken from one that is simply off.
-func markerPath(stateDir, host string) string {
-	return filepath.Join(stateDir, "locks", host+".waking")
-}
-
-func holdMarker(stateDir, host string) (*Lock, error) {
-	p := markerPath(stateDir, host)
-	if err := statefile.CheckOwner(filepath.Dir(p)); err != nil {
+// HoldWaking takes host's waking marker (WakingPath) for the whole of a
+// wake; Unlock releases it.
+func HoldWaking(stateDir, host string) (*Lock, error) {
+	p := WakingPath(stateDir, host)
+	if err := CheckOwner(filepath.Dir(p)); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
@@ -137,12 +126,12 @@ func holdMarker(stateDir, host string) (*Lock, error) {
 	return &Lock{f: f, path: p}, nil
 }
 
-// wakeInProgress reports whether some process is waking host right now.
-func wakeInProgress(stateDir, host string) bool {
+// WakeInProgress reports whether some process is waking host right now.
+func WakeInProgress(stateDir, host string) bool {
 	if stateDir == "" {
 		return false
 	}
-	f, err := os.Open(markerPath(stateDir, host))
+	f, err := os.Open(WakingPath(stateDir, host))
 	if err != nil {
 		return false
 	}

@@ -1,35 +1,33 @@
-// Package statefile writes and reads the small JSON files gpuctl keeps in its
-// state directory (wake history, idle clocks, the proxy's activity and model
-// catalogue, draining markers). Writes are atomic: a temporary file in the
-// same directory, synced, then renamed over the old one, so a reader (another
-// gpuctl process, a cron run) never sees half a file, and concurrent writers
-// never share a temporary name. Files are 0600 in 0700 directories.
-package statefile
+package statedir
 
 import (
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
 
-// Write replaces path's contents with b atomically. It refuses (with an
-// *OwnerError) to write into a directory another user owns (see CheckOwner).
-func Write(path string, b []byte) error {
+// WriteFile replaces path's contents with data atomically, the one way
+// gpuctl writes a file: a temporary file in the same directory (a unique
+// name, so concurrent writers never share one), written, given perm, synced,
+// then renamed over path. A reader never sees half a file and a crash never
+// leaves one. Missing directories are created with dirPerm.
+func WriteFile(path string, data []byte, perm, dirPerm fs.FileMode) error {
 	dir := filepath.Dir(path)
-	if err := CheckOwner(dir); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create %s: %w (check state_dir's permissions)", dir, err)
+	if err := os.MkdirAll(dir, dirPerm); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
 	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	_, err = f.Write(b)
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -44,6 +42,20 @@ func Write(path string, b []byte) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// Write replaces a state file's contents with b atomically (WriteFile, 0600
+// in 0700 directories). It refuses (with an *OwnerError) to write into a
+// directory another user owns (see CheckOwner).
+func Write(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	if err := CheckOwner(dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w (check state_dir's permissions)", dir, err)
+	}
+	return WriteFile(path, b, 0o600, 0o700)
 }
 
 // WriteJSON writes v as indented JSON with a final newline, atomically.
@@ -87,7 +99,7 @@ func CheckWritable(dir string) error {
 			return fmt.Errorf("state_dir %s is full (%d bytes free): free some space on its filesystem", dir, free)
 		}
 	}
-	probe := filepath.Join(dir, ".write-probe")
+	probe := filepath.Join(dir, writeProbeName)
 	if err := Write(probe, []byte("gpuctl write probe\n")); err != nil {
 		return fmt.Errorf("state_dir %s is not writable: %w (check its permissions and free space)", dir, err)
 	}

@@ -1,4 +1,4 @@
-package activity
+package statedir
 
 import (
 	"encoding/json"
@@ -6,27 +6,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
-
-	"github.com/ollamalive/gpuctl/controller/statefile"
 )
 
-// The draining interlock closes the last-instant race between a request
-// reaching the routing proxy and `gpuctl shutdown` powering the box off.
-// Each side writes before it reads:
-//
-//   - the shutdown writes STATE_DIR/draining/HOST (MarkDraining) and only
-//     then reads the proxy's in-flight count for the last time; it aborts
-//     when that count is above zero, and removes the marker when it aborts
-//     or once the box is confirmed off;
-//   - the proxy counts a request for an on-demand host as in flight
-//     (Tracker.Begin) and only then looks for the marker (Draining); while
-//     it is there the request is held, not forwarded.
-//
-// So at least one side sees the other: either the shutdown reads an
-// in-flight count above zero and aborts, or the proxy finds the marker and
-// holds the request until the box is off (then wakes it again).
+// The draining interlock is described in the package comment.
 
 // StaleDrain is how old a marker that cannot be parsed may get before
 // Draining ignores it (and removes it). A shutdown's drain (unload, the
@@ -40,11 +23,6 @@ type Drain struct {
 	Started time.Time `json:"started"`
 }
 
-// DrainingPath is the draining marker of host.
-func DrainingPath(stateDir, host string) string {
-	return filepath.Join(stateDir, "draining", host)
-}
-
 // MarkDraining writes host's draining marker atomically (a temporary file
 // renamed into place), naming this process. The returned clear removes it
 // if it is still this process's marker; call it when the shutdown aborts or
@@ -54,7 +32,7 @@ func MarkDraining(stateDir, host string, now time.Time) (clear func() error, err
 		return nil, fmt.Errorf("draining marker for %s: no state_dir configured", host)
 	}
 	p := DrainingPath(stateDir, host)
-	if err := statefile.WriteJSON(p, Drain{Host: host, PID: os.Getpid(), Started: now}); err != nil {
+	if err := WriteJSON(p, Drain{Host: host, PID: os.Getpid(), Started: now}); err != nil {
 		return nil, fmt.Errorf("draining marker for %s: %w", host, err)
 	}
 	return func() error {

@@ -1,4 +1,4 @@
-package idle
+package statedir
 
 import (
 	"encoding/json"
@@ -11,9 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/ollamalive/gpuctl/controller/activity"
-	"github.com/ollamalive/gpuctl/controller/statefile"
 )
 
 // Pull markers: whoever pulls models onto a host through gpuctl (gpuctl
@@ -29,13 +26,11 @@ type pullMarker struct {
 	Started time.Time `json:"started"`
 }
 
-func pullDir(stateDir, host string) string { return filepath.Join(stateDir, "pulls", host) }
-
 // MarkPull records that this process is pulling what onto host until done
 // is called.
 func MarkPull(stateDir, host, what string) (done func(), err error) {
-	dir := pullDir(stateDir, host)
-	if err := statefile.CheckOwner(dir); err != nil {
+	dir := PullsDir(stateDir, host)
+	if err := CheckOwner(dir); err != nil {
 		return nil, fmt.Errorf("pull marker for %s: %w", host, err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -61,7 +56,7 @@ func MarkPull(stateDir, host, what string) (done func(), err error) {
 	// aborts, or this pull sees its draining marker and does not start on
 	// a box about to go down. An unreadable draining marker is no reason
 	// to refuse: the shutdown still sees this pull's marker.
-	if dr, draining, _ := activity.Draining(stateDir, host); draining {
+	if dr, draining, _ := Draining(stateDir, host); draining {
 		_ = os.Remove(name)
 		return nil, fmt.Errorf("pull onto %s: %w (gpuctl shutdown, pid %d, since %s); once it is off, run `gpuctl wake %s` and pull again",
 			host, ErrDraining, dr.PID, dr.Started.Format(time.RFC3339), host)
@@ -76,7 +71,7 @@ var ErrDraining = errors.New("the host is being powered off")
 // ActivePulls lists the pulls gpuctl processes are running onto host, from
 // the markers in stateDir.
 func ActivePulls(stateDir, host string) ([]string, error) {
-	ents, err := os.ReadDir(pullDir(stateDir, host))
+	ents, err := os.ReadDir(PullsDir(stateDir, host))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -88,7 +83,7 @@ func ActivePulls(stateDir, host string) ([]string, error) {
 		if !strings.HasSuffix(e.Name(), ".json") {
 			continue
 		}
-		p := filepath.Join(pullDir(stateDir, host), e.Name())
+		p := filepath.Join(PullsDir(stateDir, host), e.Name())
 		b, err := os.ReadFile(p)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -103,14 +98,14 @@ func ActivePulls(stateDir, host string) ([]string, error) {
 			// writes PID-*.json) is gone: a pull that crashed between
 			// creating and writing its marker must not block idle
 			// shutdown forever.
-			if pid, ok := namePID(e.Name()); ok && !activity.Alive(pid) {
+			if pid, ok := namePID(e.Name()); ok && !Alive(pid) {
 				_ = os.Remove(p)
 				continue
 			}
 			out = append(out, e.Name())
 			continue
 		}
-		if !activity.Alive(m.PID) {
+		if !Alive(m.PID) {
 			_ = os.Remove(p)
 			continue
 		}
