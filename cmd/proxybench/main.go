@@ -158,102 +158,34 @@ func run(gpuctl, nginx string, phase time.Duration, streams int, jsonOut string,
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 
-	self, err := os.Executable()
+	be, backendAddr, err := startBackend(ctx)
 	if err != nil {
 		return err
-	}
-	be := exec.CommandContext(ctx, self, "-backend")
-	be.Stderr = os.Stderr
-	out, _ := be.StdoutPipe()
-	if err := be.Start(); err != nil {
-		return fmt.Errorf("start backend: %w", err)
 	}
 	defer stop(be)
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("backend did not report its address: %w", err)
-	}
-	backendAddr := strings.TrimSpace(line)
 	if soakOnly {
-		if so.requests <= 0 {
-			return errors.New("-soak-only with -soak-requests 0: nothing to run")
-		}
-		f, err := soak(ctx, gpuctl, backendAddr, tmp, so)
-		if err != nil {
-			return fmt.Errorf("soak: %w", err)
-		}
-		reportSoak(os.Stdout, f)
-		return writeJSON(jsonOut, results{Soak: &f})
+		return runSoakOnly(ctx, gpuctl, backendAddr, tmp, jsonOut, so)
 	}
-
-	// gpuctl serve, with a one-host inventory pointing at the backend.
-	gport, err := freePort()
+	gs, gURL, err := startBenchServe(ctx, gpuctl, backendAddr, tmp)
 	if err != nil {
 		return err
-	}
-	inv := fmt.Sprintf("state_dir = %q\n[serve]\nlisten = \"127.0.0.1:%d\"\nmax_in_flight = 1024\n"+
-		"[[host]]\nname = \"server\"\naddress = \"127.0.0.1\"\nollama_url = \"http://%s\"\n", filepath.Join(tmp, "state"), gport, backendAddr)
-	if err := os.WriteFile(filepath.Join(tmp, "gpuctl.toml"), []byte(inv), 0o600); err != nil {
-		return err
-	}
-	gs := exec.CommandContext(ctx, gpuctl, "--config", filepath.Join(tmp, "gpuctl.toml"), "serve")
-	gs.Env = append(os.Environ(), "GPUCTL_LOG=warn", "GPUCTL_STATE_DIR="+filepath.Join(tmp, "state"))
-	gs.Stderr = os.Stderr
-	if err := gs.Start(); err != nil {
-		return fmt.Errorf("start gpuctl serve: %w", err)
 	}
 	defer stop(gs)
-	gURL := fmt.Sprintf("http://127.0.0.1:%d", gport)
-	if err := waitHTTP(ctx, gURL+"/healthz"); err != nil {
-		return fmt.Errorf("gpuctl serve did not come up: %w", err)
+	ngx, ngxCmd, err := nginxColumn(ctx, nginx, tmp, backendAddr)
+	if err != nil {
+		return err
 	}
-
-	cols := []column{{Name: "direct", base: "http://" + backendAddr}}
-	ngx := column{Name: "nginx"}
-	if nginx == "" {
-		ngx.skipped = "skipped (-nginx \"\")"
-	} else if path, err := exec.LookPath(nginx); err != nil {
-		ngx.skipped = "nginx not installed (apt-get install nginx-light)"
-	} else {
-		nport, err := freePort()
-		if err != nil {
-			return err
-		}
-		cmd, err := startNginx(ctx, path, tmp, backendAddr, nport)
-		if err != nil {
-			ngx.skipped = err.Error()
-		} else {
-			defer stop(cmd)
-			ngx.base = fmt.Sprintf("http://127.0.0.1:%d", nport)
-			if err := waitHTTP(ctx, ngx.base+"/api/generate"); err != nil {
-				ngx.skipped = "nginx did not come up: " + err.Error()
-			}
-		}
+	if ngxCmd != nil {
+		defer stop(ngxCmd)
 	}
-	cols = append(cols, ngx, column{Name: "gpuctl serve", base: gURL})
+	cols := []column{{Name: "direct", base: "http://" + backendAddr}, ngx, {Name: "gpuctl serve", base: gURL}}
 
 	res := results{Streams: streams, CPUs: numCPU()}
 	time.Sleep(300 * time.Millisecond)
 	res.RSSIdleMiB = rssMiB(gs.Process.Pid)
-
-	for i := range cols {
-		c := &cols[i]
-		if c.skipped != "" {
-			continue
-		}
-		var sampler func() float64
-		if c.Name == "gpuctl serve" {
-			pid := gs.Process.Pid
-			sampler = func() float64 { return rssMiB(pid) }
-		}
-		if err := measure(ctx, c, phase, streams, sampler); err != nil {
-			return fmt.Errorf("%s: %w", c.Name, err)
-		}
-		if c.Name == "gpuctl serve" {
-			res.RSSPeakMiB = c.peakRSSMiB
-		}
+	if err := measureColumns(ctx, &res, cols, phase, streams, gs.Process.Pid); err != nil {
+		return err
 	}
-	res.Columns = cols
 	report(os.Stdout, res)
 	stop(gs)
 	if so.requests > 0 {
@@ -267,6 +199,127 @@ func run(gpuctl, nginx string, phase time.Duration, streams int, jsonOut string,
 	return writeJSON(jsonOut, res)
 }
 
+// startBackend starts this program as the backend (-backend) and reads the
+// address it listens on.
+func startBackend(ctx context.Context) (*exec.Cmd, string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, "", err
+	}
+	be := exec.CommandContext(ctx, self, "-backend")
+	be.Stderr = os.Stderr
+	out, _ := be.StdoutPipe()
+	if err := be.Start(); err != nil {
+		return nil, "", fmt.Errorf("start backend: %w", err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		stop(be)
+		return nil, "", fmt.Errorf("backend did not report its address: %w", err)
+	}
+	return be, strings.TrimSpace(line), nil
+}
+
+func runSoakOnly(ctx context.Context, gpuctl, backendAddr, tmp, jsonOut string, so soakOptions) error {
+	if so.requests <= 0 {
+		return errors.New("-soak-only with -soak-requests 0: nothing to run")
+	}
+	f, err := soak(ctx, gpuctl, backendAddr, tmp, so)
+	if err != nil {
+		return fmt.Errorf("soak: %w", err)
+	}
+	reportSoak(os.Stdout, f)
+	return writeJSON(jsonOut, results{Soak: &f})
+}
+
+// startBenchServe starts gpuctl serve, with a one-host inventory pointing at
+// the backend, and returns it with its base URL.
+func startBenchServe(ctx context.Context, gpuctl, backendAddr, tmp string) (*exec.Cmd, string, error) {
+	gport, err := freePort()
+	if err != nil {
+		return nil, "", err
+	}
+	inv := fmt.Sprintf("state_dir = %q\n[serve]\nlisten = \"127.0.0.1:%d\"\nmax_in_flight = 1024\n"+
+		"[[host]]\nname = \"server\"\naddress = \"127.0.0.1\"\nollama_url = \"http://%s\"\n", filepath.Join(tmp, "state"), gport, backendAddr)
+	gURL := fmt.Sprintf("http://127.0.0.1:%d", gport)
+	gs, err := startServe(ctx, gpuctl, tmp, inv, gURL)
+	return gs, gURL, err
+}
+
+// startServe writes inv as dir/gpuctl.toml, starts gpuctl serve on it (its
+// state in dir/state, logging warnings only) and waits until base answers
+// /healthz.
+func startServe(ctx context.Context, gpuctl, dir, inv, base string) (*exec.Cmd, error) {
+	cfg := filepath.Join(dir, "gpuctl.toml")
+	if err := os.WriteFile(cfg, []byte(inv), 0o600); err != nil {
+		return nil, err
+	}
+	gs := exec.CommandContext(ctx, gpuctl, "--config", cfg, "serve")
+	gs.Env = append(os.Environ(), "GPUCTL_LOG=warn", "GPUCTL_STATE_DIR="+filepath.Join(dir, "state"))
+	gs.Stderr = os.Stderr
+	if err := gs.Start(); err != nil {
+		return nil, fmt.Errorf("start gpuctl serve: %w", err)
+	}
+	if err := waitHTTP(ctx, base+"/healthz"); err != nil {
+		stop(gs)
+		return nil, fmt.Errorf("gpuctl serve did not come up: %w", err)
+	}
+	return gs, nil
+}
+
+// nginxColumn is the nginx baseline column: nginx started in front of the
+// backend (its command returned, to stop), or the reason it is skipped.
+func nginxColumn(ctx context.Context, nginx, tmp, backendAddr string) (column, *exec.Cmd, error) {
+	ngx := column{Name: "nginx"}
+	if nginx == "" {
+		ngx.skipped = "skipped (-nginx \"\")"
+		return ngx, nil, nil
+	}
+	path, err := exec.LookPath(nginx)
+	if err != nil {
+		ngx.skipped = "nginx not installed (apt-get install nginx-light)"
+		return ngx, nil, nil
+	}
+	nport, err := freePort()
+	if err != nil {
+		return ngx, nil, err
+	}
+	cmd, err := startNginx(ctx, path, tmp, backendAddr, nport)
+	if err != nil {
+		ngx.skipped = err.Error()
+		return ngx, nil, nil
+	}
+	ngx.base = fmt.Sprintf("http://127.0.0.1:%d", nport)
+	if err := waitHTTP(ctx, ngx.base+"/api/generate"); err != nil {
+		ngx.skipped = "nginx did not come up: " + err.Error()
+	}
+	return ngx, cmd, nil
+}
+
+// measureColumns measures every column not skipped, sampling gpuctl
+// serve's (servePid's) RSS during its many-streams phase, and stores them
+// in res.
+func measureColumns(ctx context.Context, res *results, cols []column, phase time.Duration, streams, servePid int) error {
+	for i := range cols {
+		c := &cols[i]
+		if c.skipped != "" {
+			continue
+		}
+		var sampler func() float64
+		if c.Name == "gpuctl serve" {
+			sampler = func() float64 { return rssMiB(servePid) }
+		}
+		if err := measure(ctx, c, phase, streams, sampler); err != nil {
+			return fmt.Errorf("%s: %w", c.Name, err)
+		}
+		if c.Name == "gpuctl serve" {
+			res.RSSPeakMiB = c.peakRSSMiB
+		}
+	}
+	res.Columns = cols
+	return nil
+}
+
 func writeJSON(path string, res results) error {
 	if path == "" {
 		return nil
@@ -278,52 +331,97 @@ func writeJSON(path string, res results) error {
 func measure(ctx context.Context, c *column, phase time.Duration, streams int, rss func() float64) error {
 	tr := &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}
 	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	body := []byte(`{"model":"tiny","prompt":"hello","stream":true}`)
-	do := func(q string) (*http.Response, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/api/generate"+q, bytes.NewReader(body))
-		if err != nil {
-			return nil, err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		return client.Do(req)
-	}
+	p := prober{ctx: ctx, client: &http.Client{Transport: tr, Timeout: 30 * time.Second}, base: c.base}
 	// Warm up connections and code paths.
-	for range 200 {
-		res, err := do("")
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, res.Body)
-		res.Body.Close()
+	if err := p.warmUp(200); err != nil {
+		return err
 	}
 
-	// Request latency: sequential small requests on a kept-alive conn.
-	var lat []time.Duration
-	end := time.Now().Add(phase)
-	for time.Now().Before(end) {
-		t0 := time.Now()
-		res, err := do("")
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, res.Body)
-		res.Body.Close()
-		if res.StatusCode != 200 {
-			return fmt.Errorf("HTTP %s", res.Status)
-		}
-		lat = append(lat, time.Since(t0))
+	lat, err := p.requestLatency(phase)
+	if err != nil {
+		return err
 	}
 	c.Requests = len(lat)
 	c.ReqP50, c.ReqP99 = pct(lat, 50), pct(lat, 99)
 
-	// Chunk latency: paced streams, each chunk timed from its write.
-	var clat []time.Duration
-	end = time.Now().Add(phase)
-	for time.Now().Before(end) {
-		res, err := do("?n=50&gap=2ms")
+	clat, err := p.chunkLatency(phase)
+	if err != nil {
+		return err
+	}
+	c.Chunks = len(clat)
+	c.ChunkP50, c.ChunkP99 = pct(clat, 50), pct(clat, 99)
+
+	var errs atomic.Int64
+	c.Thr1 = p.throughput(phase, 1, &errs)
+	peak := samplePeak(rss)
+	c.ThrN = p.throughput(phase, streams, &errs)
+	c.peakRSSMiB = peak()
+	c.Errors = errs.Load()
+	return nil
+}
+
+// prober sends the measured requests to one column.
+type prober struct {
+	ctx    context.Context
+	client *http.Client
+	base   string
+}
+
+var probeBody = []byte(`{"model":"tiny","prompt":"hello","stream":true}`)
+
+// do posts the probe to base/api/generate with the query q.
+func (p prober) do(q string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(p.ctx, http.MethodPost, p.base+"/api/generate"+q, bytes.NewReader(probeBody))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	return p.client.Do(req)
+}
+
+// warmUp sends n small requests.
+func (p prober) warmUp(n int) error {
+	for range n {
+		res, err := p.do("")
 		if err != nil {
 			return err
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	return nil
+}
+
+// requestLatency times sequential small requests on a kept-alive conn for
+// phase.
+func (p prober) requestLatency(phase time.Duration) ([]time.Duration, error) {
+	var lat []time.Duration
+	end := time.Now().Add(phase)
+	for time.Now().Before(end) {
+		t0 := time.Now()
+		res, err := p.do("")
+		if err != nil {
+			return nil, err
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			return nil, fmt.Errorf("HTTP %s", res.Status)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	return lat, nil
+}
+
+// chunkLatency reads paced streams for phase, each chunk timed from its
+// write.
+func (p prober) chunkLatency(phase time.Duration) ([]time.Duration, error) {
+	var clat []time.Duration
+	end := time.Now().Add(phase)
+	for time.Now().Before(end) {
+		res, err := p.do("?n=50&gap=2ms")
+		if err != nil {
+			return nil, err
 		}
 		sc := bufio.NewScanner(res.Body)
 		for sc.Scan() {
@@ -335,47 +433,57 @@ func measure(ctx context.Context, c *column, phase time.Duration, streams int, r
 		}
 		res.Body.Close()
 	}
-	c.Chunks = len(clat)
-	c.ChunkP50, c.ChunkP99 = pct(clat, 50), pct(clat, 99)
+	return clat, nil
+}
 
-	// Throughput: unpaced streams of 2000 chunks, back to back.
-	var errs atomic.Int64
-	thr := func(n int) float64 {
-		var chunks atomic.Int64
-		var wg sync.WaitGroup
-		stopAt := time.Now().Add(phase)
-		start := time.Now()
-		for range n {
-			wg.Go(func() {
-				for time.Now().Before(stopAt) {
-					res, err := do("?n=2000")
-					if err != nil {
-						errs.Add(1)
-						return
-					}
-					br := bufio.NewReaderSize(res.Body, 64<<10)
-					var k int64
-					for {
-						l, err := br.ReadSlice('\n')
-						if len(l) > 0 && l[len(l)-1] == '\n' {
-							k++
-						}
-						if err != nil {
-							if !errors.Is(err, io.EOF) {
-								errs.Add(1)
-							}
-							break
-						}
-					}
-					res.Body.Close()
-					chunks.Add(k)
+// throughput reads unpaced streams of 2000 chunks, back to back, on n
+// concurrent streams for phase, and returns the chunks read per second;
+// failures count in errs.
+func (p prober) throughput(phase time.Duration, n int, errs *atomic.Int64) float64 {
+	var chunks atomic.Int64
+	var wg sync.WaitGroup
+	stopAt := time.Now().Add(phase)
+	start := time.Now()
+	for range n {
+		wg.Go(func() {
+			for time.Now().Before(stopAt) {
+				res, err := p.do("?n=2000")
+				if err != nil {
+					errs.Add(1)
+					return
 				}
-			})
-		}
-		wg.Wait()
-		return float64(chunks.Load()) / time.Since(start).Seconds()
+				k := countLines(res.Body, errs)
+				res.Body.Close()
+				chunks.Add(k)
+			}
+		})
 	}
-	c.Thr1 = thr(1)
+	wg.Wait()
+	return float64(chunks.Load()) / time.Since(start).Seconds()
+}
+
+// countLines reads r to its end and returns the complete lines it held; a
+// read error other than EOF counts in errs.
+func countLines(r io.Reader, errs *atomic.Int64) int64 {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var k int64
+	for {
+		l, err := br.ReadSlice('\n')
+		if len(l) > 0 && l[len(l)-1] == '\n' {
+			k++
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				errs.Add(1)
+			}
+			return k
+		}
+	}
+}
+
+// samplePeak samples rss every 50 ms until the returned func is called,
+// which returns the highest sample (0 when rss is nil).
+func samplePeak(rss func() float64) func() float64 {
 	var peak float64
 	done := make(chan struct{})
 	var sw sync.WaitGroup
@@ -393,12 +501,11 @@ func measure(ctx context.Context, c *column, phase time.Duration, streams int, r
 			}
 		})
 	}
-	c.ThrN = thr(streams)
-	close(done)
-	sw.Wait()
-	c.peakRSSMiB = peak
-	c.Errors = errs.Load()
-	return nil
+	return func() float64 {
+		close(done)
+		sw.Wait()
+		return peak
+	}
 }
 
 func pct(d []time.Duration, p int) float64 {

@@ -56,49 +56,104 @@ type soakOptions struct {
 // All load is on loopback, bounded in count and time.
 func soak(ctx context.Context, gpuctl, backendAddr, tmp string, o soakOptions) (soakFigures, error) {
 	f := soakFigures{IdleWait: o.idle.String()}
-	gport, err := freePort()
+	gs, base, gport, err := startSoakServe(ctx, gpuctl, backendAddr, tmp)
 	if err != nil {
 		return f, err
-	}
-	dport, err := freePort()
-	if err != nil {
-		return f, err
-	}
-	dir := filepath.Join(tmp, "soak")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return f, err
-	}
-	inv := fmt.Sprintf("state_dir = %q\n[serve]\nlisten = \"127.0.0.1:%d\"\ndebug_listen = \"127.0.0.1:%d\"\nmax_in_flight = 1024\n"+
-		"[[host]]\nname = \"server\"\naddress = \"127.0.0.1\"\nollama_url = \"http://%s\"\n", filepath.Join(dir, "state"), gport, dport, backendAddr)
-	cfg := filepath.Join(dir, "gpuctl.toml")
-	if err := os.WriteFile(cfg, []byte(inv), 0o600); err != nil {
-		return f, err
-	}
-	gs := exec.CommandContext(ctx, gpuctl, "--config", cfg, "serve")
-	gs.Env = append(os.Environ(), "GPUCTL_LOG=warn", "GPUCTL_STATE_DIR="+filepath.Join(dir, "state"))
-	gs.Stderr = os.Stderr
-	if err := gs.Start(); err != nil {
-		return f, fmt.Errorf("start gpuctl serve: %w", err)
 	}
 	defer stop(gs)
-	base := fmt.Sprintf("http://127.0.0.1:%d", gport)
-	if err := waitHTTP(ctx, base+"/healthz"); err != nil {
-		return f, fmt.Errorf("gpuctl serve did not come up: %w", err)
-	}
 	pid := gs.Process.Pid
-	scrape := func() (map[string]float64, error) { return scrapeMetrics(ctx, base+"/metrics") }
 	settle(ctx, 2*time.Second)
-	m, err := scrape()
+	r, err := readSoak(ctx, base, pid)
 	if err != nil {
 		return f, err
 	}
-	f.RSSIdleMiB, f.GoroutinesIdle, f.FDsIdle = rssMiB(pid), int(m["go_goroutines"]), int(m["process_open_fds"])
+	f.RSSIdleMiB, f.GoroutinesIdle, f.FDsIdle = r.rss, r.goroutines, r.fds
 
 	// Load: small non-streamed requests from kept-alive clients.
 	tr := &http.Transport{MaxIdleConnsPerHost: o.workers, DisableCompression: true}
-	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	var errs atomic.Int64
+	f.Requests, f.LoadSeconds = soakLoad(ctx, &http.Client{Transport: tr, Timeout: 30 * time.Second}, base, o, &errs)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	conns = holdIdleConns(ctx, fmt.Sprintf("127.0.0.1:%d", gport), o.conns, &errs)
+	f.IdleConns = len(conns)
+	f.Errors = errs.Load()
+	settle(ctx, time.Second)
+	if r, err = readSoak(ctx, base, pid); err != nil {
+		return f, err
+	}
+	f.RSSLoadedMiB, f.GoroutinesLoad, f.FDsLoaded = r.rss, r.goroutines, r.fds
+	f.HeapInuseLoaded = r.m["go_memstats_heap_inuse_bytes"] / (1 << 20)
+
+	// Idle again: every client connection closed.
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	tr.CloseIdleConnections()
+	fmt.Fprintf(os.Stderr, "proxybench: soak: %d requests and %d idle connections done; waiting %s idle\n", f.Requests, f.IdleConns, o.idle)
+	settle(ctx, o.idle)
+	if ctx.Err() != nil {
+		return f, ctx.Err()
+	}
+	if r, err = readSoak(ctx, base, pid); err != nil {
+		return f, err
+	}
+	f.RSSAfterMiB, f.GoroutinesAfter, f.FDsAfter = r.rss, r.goroutines, r.fds
+	f.HeapInuseAfter = r.m["go_memstats_heap_inuse_bytes"] / (1 << 20)
+	f.HeapReleased = r.m["go_memstats_heap_released_bytes"] / (1 << 20)
+	return f, nil
+}
+
+// startSoakServe starts a fresh gpuctl serve in front of backendAddr, with
+// its /metrics on a debug listener, and returns it with its base URL and
+// port.
+func startSoakServe(ctx context.Context, gpuctl, backendAddr, tmp string) (*exec.Cmd, string, int, error) {
+	gport, err := freePort()
+	if err != nil {
+		return nil, "", 0, err
+	}
+	dport, err := freePort()
+	if err != nil {
+		return nil, "", 0, err
+	}
+	dir := filepath.Join(tmp, "soak")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, "", 0, err
+	}
+	inv := fmt.Sprintf("state_dir = %q\n[serve]\nlisten = \"127.0.0.1:%d\"\ndebug_listen = \"127.0.0.1:%d\"\nmax_in_flight = 1024\n"+
+		"[[host]]\nname = \"server\"\naddress = \"127.0.0.1\"\nollama_url = \"http://%s\"\n", filepath.Join(dir, "state"), gport, dport, backendAddr)
+	base := fmt.Sprintf("http://127.0.0.1:%d", gport)
+	gs, err := startServe(ctx, gpuctl, dir, inv, base)
+	return gs, base, gport, err
+}
+
+// soakReading is one reading of serve's resources: RSS from /proc, the
+// rest from its /metrics.
+type soakReading struct {
+	rss             float64
+	goroutines, fds int
+	m               map[string]float64
+}
+
+func readSoak(ctx context.Context, base string, pid int) (soakReading, error) {
+	m, err := scrapeMetrics(ctx, base+"/metrics")
+	if err != nil {
+		return soakReading{}, err
+	}
+	return soakReading{rss: rssMiB(pid), goroutines: int(m["go_goroutines"]), fds: int(m["process_open_fds"]), m: m}, nil
+}
+
+// soakLoad sends o.requests small non-streamed requests to base from
+// o.workers concurrent clients and returns how many it sent and how long
+// it took; failures count in errs.
+func soakLoad(ctx context.Context, client *http.Client, base string, o soakOptions, errs *atomic.Int64) (int64, float64) {
 	body := []byte(`{"model":"tiny","prompt":"hello","stream":false}`)
-	var sent, errs atomic.Int64
+	var sent atomic.Int64
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range o.workers {
@@ -120,19 +175,18 @@ func soak(ctx context.Context, gpuctl, backendAddr, tmp string, o soakOptions) (
 		})
 	}
 	wg.Wait()
-	f.LoadSeconds = time.Since(start).Seconds()
-	f.Requests = min(sent.Load(), int64(o.requests))
-	// Idle keep-alive connections: each sends one request, reads the
-	// answer and stays open.
+	loadSeconds := time.Since(start).Seconds()
+	return min(sent.Load(), int64(o.requests)), loadSeconds
+}
+
+// holdIdleConns opens up to n idle keep-alive connections to addr: each
+// sends one request, reads the answer and stays open. Failures count in
+// errs; a failed dial ends it.
+func holdIdleConns(ctx context.Context, addr string, n int, errs *atomic.Int64) []net.Conn {
 	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
 	d := net.Dialer{Timeout: 5 * time.Second}
-	for range o.conns {
-		c, err := d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", gport))
+	for range n {
+		c, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			errs.Add(1)
 			break
@@ -152,33 +206,7 @@ func soak(ctx context.Context, gpuctl, backendAddr, tmp string, o soakOptions) (
 		res.Body.Close()
 		_ = c.SetDeadline(time.Time{})
 	}
-	f.IdleConns = len(conns)
-	f.Errors = errs.Load()
-	settle(ctx, time.Second)
-	if m, err = scrape(); err != nil {
-		return f, err
-	}
-	f.RSSLoadedMiB, f.GoroutinesLoad, f.FDsLoaded = rssMiB(pid), int(m["go_goroutines"]), int(m["process_open_fds"])
-	f.HeapInuseLoaded = m["go_memstats_heap_inuse_bytes"] / (1 << 20)
-
-	// Idle again: every client connection closed.
-	for _, c := range conns {
-		c.Close()
-	}
-	conns = nil
-	tr.CloseIdleConnections()
-	fmt.Fprintf(os.Stderr, "proxybench: soak: %d requests and %d idle connections done; waiting %s idle\n", f.Requests, f.IdleConns, o.idle)
-	settle(ctx, o.idle)
-	if ctx.Err() != nil {
-		return f, ctx.Err()
-	}
-	if m, err = scrape(); err != nil {
-		return f, err
-	}
-	f.RSSAfterMiB, f.GoroutinesAfter, f.FDsAfter = rssMiB(pid), int(m["go_goroutines"]), int(m["process_open_fds"])
-	f.HeapInuseAfter = m["go_memstats_heap_inuse_bytes"] / (1 << 20)
-	f.HeapReleased = m["go_memstats_heap_released_bytes"] / (1 << 20)
-	return f, nil
+	return conns
 }
 
 // settle waits d, or until ctx ends.

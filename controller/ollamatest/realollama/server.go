@@ -99,15 +99,40 @@ var listening = regexp.MustCompile(`Listening on (\S+) \(version ([^)]*)\)`)
 // StartServer starts a real Ollama server and waits until it listens; ctx
 // bounds only the start. Stop it with Stop.
 func StartServer(ctx context.Context, opts Options) (*Server, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range []string{opts.Home, opts.ModelsDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	cmd := opts.command()
+	s := &Server{ModelsDir: opts.ModelsDir, Home: opts.Home, cmd: cmd, log: &logBuffer{}, done: make(chan struct{})}
+	addr, err := s.start(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.waitListening(ctx, opts, addr); err != nil {
+		return nil, err
+	}
+	s.URL = &url.URL{Scheme: "http", Host: s.Addr}
+	s.Client = api.NewClient(s.URL, &http.Client{})
+	return s, nil
+}
+
+// withDefaults fills in the defaults the Options fields document.
+func (opts Options) withDefaults() (Options, error) {
 	if opts.Binary == "" {
 		b, err := Binary()
 		if err != nil {
-			return nil, err
+			return opts, err
 		}
 		opts.Binary = b
 	}
 	if opts.Home == "" {
-		return nil, errors.New("realollama: Options.Home is required")
+		return opts, errors.New("realollama: Options.Home is required")
 	}
 	if opts.ModelsDir == "" {
 		opts.ModelsDir = filepath.Join(opts.Home, ".ollama", "models")
@@ -118,11 +143,12 @@ func StartServer(ctx context.Context, opts Options) (*Server, error) {
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = 60 * time.Second
 	}
-	for _, d := range []string{opts.Home, opts.ModelsDir} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, err
-		}
-	}
+	return opts, nil
+}
+
+// command is `ollama serve` (wrapped by opts.Wrap) with the server's
+// environment, in its own process group.
+func (opts Options) command() *exec.Cmd {
 	argv := []string{opts.Binary, "serve"}
 	if opts.Wrap != nil {
 		argv = opts.Wrap(argv)
@@ -143,19 +169,25 @@ func StartServer(ctx context.Context, opts Options) (*Server, error) {
 	cmd.Env = append(env, opts.Env...)
 	cmd.Dir = opts.Home
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	s := &Server{ModelsDir: opts.ModelsDir, Home: opts.Home, cmd: cmd, log: &logBuffer{}, done: make(chan struct{})}
+	return cmd
+}
+
+// start starts s.cmd with its output going to s.log (and opts.Log), closes
+// s.done once it exits, and returns a channel that receives the address and
+// version of the first "Listening on" line of its log.
+func (s *Server) start(opts Options) (<-chan [2]string, error) {
 	pr, pw := io.Pipe()
 	var sink io.Writer = s.log
 	if opts.Log != nil {
 		sink = io.MultiWriter(s.log, opts.Log)
 	}
-	cmd.Stdout = io.MultiWriter(sink, pw)
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
+	s.cmd.Stdout = io.MultiWriter(sink, pw)
+	s.cmd.Stderr = s.cmd.Stdout
+	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", opts.Binary, err)
 	}
 	go func() {
-		s.err = cmd.Wait()
+		s.err = s.cmd.Wait()
 		pw.Close()
 		close(s.done)
 	}()
@@ -172,27 +204,32 @@ func StartServer(ctx context.Context, opts Options) (*Server, error) {
 		}
 		io.Copy(io.Discard, pr)
 	}()
+	return addr, nil
+}
+
+// waitListening waits for the server's address on addr and sets s.Addr,
+// stopping the server when it reports the wrong version, does not listen
+// within opts.StartTimeout or ctx ends first.
+func (s *Server) waitListening(ctx context.Context, opts Options, addr <-chan [2]string) error {
 	timer := time.NewTimer(opts.StartTimeout)
 	defer timer.Stop()
 	select {
 	case a := <-addr:
 		if a[1] != Version {
 			s.Stop()
-			return nil, fmt.Errorf("%s reports version %q, want %s (rebuild with `make ollama`)", opts.Binary, a[1], Version)
+			return fmt.Errorf("%s reports version %q, want %s (rebuild with `make ollama`)", opts.Binary, a[1], Version)
 		}
 		s.Addr = a[0]
+		return nil
 	case <-s.done:
-		return nil, fmt.Errorf("ollama serve exited before listening (%v); log:\n%s", s.err, s.Log())
+		return fmt.Errorf("ollama serve exited before listening (%v); log:\n%s", s.err, s.Log())
 	case <-timer.C:
 		s.Stop()
-		return nil, fmt.Errorf("ollama serve not listening after %s; log:\n%s", opts.StartTimeout, s.Log())
+		return fmt.Errorf("ollama serve not listening after %s; log:\n%s", opts.StartTimeout, s.Log())
 	case <-ctx.Done():
 		s.Stop()
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
-	s.URL = &url.URL{Scheme: "http", Host: s.Addr}
-	s.Client = api.NewClient(s.URL, &http.Client{})
-	return s, nil
 }
 
 // Log returns the server's log so far.
