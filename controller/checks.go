@@ -468,8 +468,8 @@ func ollamaFailure(ctx context.Context, url, path string, err error) Check {
 	case errors.As(err, &se):
 		c.Detail = fmt.Sprintf("Ollama at %s answered %s with %s", url, path, se.Error())
 	default:
-		switch ClassifyDialError(err) {
-		case ProbeRefused:
+		switch sshexec.ClassifyDialError(err) {
+		case sshexec.ProbeRefused:
 			c.Detail = fmt.Sprintf("Ollama at %s refused the connection (not listening yet?)", url)
 		default:
 			c.Detail = fmt.Sprintf("Ollama at %s: %s: %v", url, path, err)
@@ -478,20 +478,16 @@ func ollamaFailure(ctx context.Context, url, path string, err error) Check {
 	return c
 }
 
-// NormalizeModel is inventory.NormalModel: the one normal form of a model
-// name, as Ollama reads and lists it ("heavy:latest").
-func NormalizeModel(name string) string { return inventory.NormalModel(name) }
-
 // MissingModels returns the declared models absent from present (names as
 // /api/tags lists them), in declaration order.
 func MissingModels(declared []inventory.ModelName, present []string) []string {
 	have := map[string]bool{}
 	for _, p := range present {
-		have[NormalizeModel(p)] = true
+		have[inventory.NormalModel(p)] = true
 	}
 	missing := []string{}
 	for _, d := range declared {
-		if !have[NormalizeModel(string(d))] {
+		if !have[inventory.NormalModel(string(d))] {
 			missing = append(missing, string(d))
 		}
 	}

@@ -10,7 +10,6 @@ package controller
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,16 +18,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ollamalive/gpuctl/controller/hosthttp"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 )
-
-// Connector opens an SSH connection to h. conn, when not nil, is a TCP
-// connection to h.SSHAddr() the prober already dialed: the connector must run
-// the SSH handshake over it (and then owns it) rather than dial again, so
-// that sshd sees no connection without authentication (OpenSSH's
-// PerSourcePenalties). Closing the returned Closer ends the connection.
-type Connector func(ctx context.Context, h *inventory.Host, conn net.Conn) (sshexec.Runner, io.Closer, error)
 
 // Waker sends Wake-on-LAN magic packets.
 type Waker interface {
@@ -38,12 +31,6 @@ type Waker interface {
 	Wake(ctx context.Context, h *inventory.Host) error
 }
 
-// WakerFunc adapts a function to Waker.
-type WakerFunc func(ctx context.Context, h *inventory.Host) error
-
-// Wake calls f.
-func (f WakerFunc) Wake(ctx context.Context, h *inventory.Host) error { return f(ctx, h) }
-
 // Puller pulls models onto a host (the models package implements it).
 type Puller interface {
 	// Pull pulls the models through the host's Ollama API, reporting
@@ -51,10 +38,6 @@ type Puller interface {
 	// open SSH connection to the host (for drive checks).
 	Pull(ctx context.Context, h *inventory.Host, runner sshexec.Runner, models []inventory.ModelName, progress func(line string)) error
 }
-
-// PermanentError marks connector errors that retrying cannot fix (a host key
-// mismatch, refused authentication): wake stops at once on them.
-type PermanentError interface{ Permanent() bool }
 
 // Defaults for the Controller's knobs.
 const (
@@ -78,9 +61,9 @@ type Controller struct {
 	StateDir string
 	Now      func() time.Time
 	// Dial dials TCP (the SSH and other-OS probes).
-	Dial DialFunc
+	Dial sshexec.DialFunc
 	// SSH opens the SSH connection the checks run over.
-	SSH    Connector
+	SSH    sshexec.Connector
 	Waker  Waker
 	Puller Puller
 	// HTTP is the client for the Ollama API; it should carry timeouts.
@@ -115,7 +98,7 @@ func (c *Controller) now() time.Time {
 	return time.Now()
 }
 
-func (c *Controller) dial() DialFunc {
+func (c *Controller) dial() sshexec.DialFunc {
 	if c.Dial != nil {
 		return c.Dial
 	}
@@ -134,23 +117,8 @@ func (c *Controller) httpClient() *http.Client {
 	if c.HTTP != nil {
 		return c.HTTP
 	}
-	c.defaultHTTPOnce.Do(func() { c.defaultHTTP = DefaultHTTPClient(c.dial()) })
+	c.defaultHTTPOnce.Do(func() { c.defaultHTTP = hosthttp.NewClient(hosthttp.Options{Dial: c.dial()}) })
 	return c.defaultHTTP
-}
-
-// DefaultHTTPClient is an HTTP client for the Ollama API with bounded dial,
-// TLS and header waits; request lifetimes come from contexts.
-func DefaultHTTPClient(dial DialFunc) *http.Client {
-	if dial == nil {
-		dial = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	}
-	return &http.Client{Transport: &http.Transport{
-		DialContext:           dial,
-		TLSHandshakeTimeout:   5 * time.Second,
-		ResponseHeaderTimeout: 10 * time.Second,
-		IdleConnTimeout:       30 * time.Second,
-		MaxIdleConnsPerHost:   2,
-	}}
 }
 
 func durOr(d, def time.Duration) time.Duration {
@@ -185,17 +153,5 @@ type ProbeError struct {
 }
 
 func (e *ProbeError) Error() string { return fmt.Sprintf("host %q: %s", e.Host, e.Probe.Describe()) }
-
-// IsPermanent reports whether a connector error cannot be fixed by retrying:
-// a rejected host key, refused authentication, or an error that says so.
-func IsPermanent(err error) bool {
-	var p PermanentError
-	if errors.As(err, &p) {
-		return p.Permanent()
-	}
-	var hk *sshexec.HostKeyError
-	var ae *sshexec.AuthError
-	return errors.As(err, &hk) || errors.As(err, &ae)
-}
 
 func ms(d time.Duration) int64 { return d.Milliseconds() }

@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
@@ -36,18 +37,18 @@ func TestClassifyDialError(t *testing.T) {
 	_, deadline := (&net.Dialer{}).DialContext(ctx, "tcp", closed)
 	for _, tc := range []struct {
 		err  error
-		want ProbeKind
+		want sshexec.ProbeKind
 	}{
-		{nil, ProbeOK},
-		{refused, ProbeRefused},
-		{deadline, ProbeTimeout},
-		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.EHOSTUNREACH)}, ProbeUnreachable},
-		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ENETUNREACH)}, ProbeUnreachable},
-		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ETIMEDOUT)}, ProbeTimeout},
-		{&sshexec.OpError{Op: "dial", Err: context.DeadlineExceeded}, ProbeTimeout},
-		{errors.New("something else"), ProbeOther},
+		{nil, sshexec.ProbeOK},
+		{refused, sshexec.ProbeRefused},
+		{deadline, sshexec.ProbeTimeout},
+		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.EHOSTUNREACH)}, sshexec.ProbeUnreachable},
+		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ENETUNREACH)}, sshexec.ProbeUnreachable},
+		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ETIMEDOUT)}, sshexec.ProbeTimeout},
+		{&sshexec.OpError{Op: "dial", Err: context.DeadlineExceeded}, sshexec.ProbeTimeout},
+		{errors.New("something else"), sshexec.ProbeOther},
 	} {
-		if got := ClassifyDialError(tc.err); got != tc.want {
+		if got := sshexec.ClassifyDialError(tc.err); got != tc.want {
 			t.Errorf("ClassifyDialError(%v) = %s, want %s", tc.err, got, tc.want)
 		}
 	}
@@ -130,7 +131,7 @@ func TestStatusOffAnswersWithinTimeout(t *testing.T) {
 		if el := time.Since(start); el != DefaultProbeTimeout {
 			t.Errorf("status of an off host took %v, want exactly %v", el, DefaultProbeTimeout)
 		}
-		if st.State != StateOff || !strings.Contains(st.Reason, "did not answer in time") || st.Probe.SSH.Kind != ProbeTimeout {
+		if st.State != StateOff || !strings.Contains(st.Reason, "did not answer in time") || st.Probe.SSH.Kind != sshexec.ProbeTimeout {
 			t.Errorf("got %s: %s", st.State, st.Reason)
 		}
 		if pc.wakeCount() != 0 {
@@ -144,11 +145,11 @@ func TestStatusProbeClasses(t *testing.T) {
 		name  string
 		set   func(*fakePC)
 		state State
-		probe ProbeKind
+		probe sshexec.ProbeKind
 	}{
-		{"refused", func(pc *fakePC) { pc.power = true }, StateBooting, ProbeRefused},
-		{"unreachable", func(pc *fakePC) { pc.unreach = true }, StateOff, ProbeUnreachable},
-		{"other-os", func(pc *fakePC) { pc.power, pc.otherOS = true, true }, StateOtherOS, ProbeRefused},
+		{"refused", func(pc *fakePC) { pc.power = true }, StateBooting, sshexec.ProbeRefused},
+		{"unreachable", func(pc *fakePC) { pc.unreach = true }, StateOff, sshexec.ProbeUnreachable},
+		{"other-os", func(pc *fakePC) { pc.power, pc.otherOS = true, true }, StateOtherOS, sshexec.ProbeRefused},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -622,5 +623,13 @@ func TestMissingModels(t *testing.T) {
 	got := MissingModels(declared, present)
 	if strings.Join(got, ",") != "qwen2.5:32b" {
 		t.Fatalf("missing = %q", got)
+	}
+}
+
+// TestIdleBoxWords: idle shutdown reports a box running its other OS with
+// the state word status uses (idle cannot import this package).
+func TestIdleBoxWords(t *testing.T) {
+	if idle.BoxOtherOS != string(StateOtherOS) {
+		t.Errorf("idle.BoxOtherOS = %q, status says %q", idle.BoxOtherOS, StateOtherOS)
 	}
 }

@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"syscall"
 	"time"
+
+	"github.com/ollamalive/gpuctl/sshexec"
 )
 
 // State is where a host stands.
@@ -72,74 +73,39 @@ func (s State) ExitCode() int {
 	return 3
 }
 
-// ProbeKind classifies a TCP dial.
-type ProbeKind string
-
-// Probe outcomes.
-const (
-	ProbeOK          ProbeKind = "ok"
-	ProbeRefused     ProbeKind = "refused"     // the host is up, the port closed
-	ProbeUnreachable ProbeKind = "unreachable" // no route / host unreachable
-	ProbeTimeout     ProbeKind = "timeout"     // no answer in time
-	ProbeOther       ProbeKind = "error"       // anything else
-)
-
 // Probe is the result of one TCP dial.
 type Probe struct {
-	Addr     string        `json:"addr"`
-	Kind     ProbeKind     `json:"result"`
-	Detail   string        `json:"detail,omitempty"`
-	Duration time.Duration `json:"-"`
-}
-
-// ClassifyDialError sorts a dial error into refused, unreachable, timeout or
-// error; nil is ok.
-func ClassifyDialError(err error) ProbeKind {
-	if err == nil {
-		return ProbeOK
-	}
-	var ne net.Error
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return ProbeRefused
-	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EHOSTDOWN):
-		return ProbeUnreachable
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT):
-		return ProbeTimeout
-	case errors.As(err, &ne) && ne.Timeout():
-		return ProbeTimeout
-	}
-	return ProbeOther
+	Addr     string            `json:"addr"`
+	Kind     sshexec.ProbeKind `json:"result"`
+	Detail   string            `json:"detail,omitempty"`
+	Duration time.Duration     `json:"-"`
 }
 
 // Describe says in words what a probe result means for a host.
 func (p Probe) Describe() string {
 	switch p.Kind {
-	case ProbeOK:
+	case sshexec.ProbeOK:
 		return p.Addr + " answers"
-	case ProbeRefused:
+	case sshexec.ProbeRefused:
 		return p.Addr + " refused the connection: the host is up, its SSH server not yet"
-	case ProbeUnreachable:
+	case sshexec.ProbeUnreachable:
 		return p.Addr + " is unreachable (" + p.Detail + "): the host is off or on another network segment"
-	case ProbeTimeout:
+	case sshexec.ProbeTimeout:
 		return p.Addr + " did not answer in time: the host is off, asleep or filtered"
 	}
 	return fmt.Sprintf("%s: %s", p.Addr, p.Detail)
 }
 
-// DialFunc dials a network address; net.Dialer.DialContext is one.
-type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
-
 // probeTCP dials addr once and classifies the result. On success the
 // connection is returned open.
-func probeTCP(ctx context.Context, dial DialFunc, now func() time.Time, addr string) (Probe, net.Conn) {
+func probeTCP(ctx context.Context, dial sshexec.DialFunc, now func() time.Time, addr string) (Probe, net.Conn) {
 	start := now()
 	conn, err := dial(ctx, "tcp", addr)
-	p := Probe{Addr: addr, Kind: ClassifyDialError(err), Duration: now().Sub(start)}
+	p := Probe{Addr: addr, Kind: sshexec.ClassifyDialError(err), Duration: now().Sub(start)}
 	if err != nil {
 		p.Detail = errDetail(err)
-		if ctx.Err() != nil && p.Kind == ProbeOther {
-			p.Kind = ProbeTimeout
+		if ctx.Err() != nil && p.Kind == sshexec.ProbeOther {
+			p.Kind = sshexec.ProbeTimeout
 		}
 		return p, nil
 	}

@@ -164,7 +164,7 @@ func (c *Controller) Status(ctx context.Context, h *inventory.Host) HostStatus {
 		st.fill(k.report())
 	case st.State != "":
 		// set above
-	case other != nil && other.Kind == ProbeOK:
+	case other != nil && other.Kind == sshexec.ProbeOK:
 		st.State = StateOtherOS
 		st.Reason = fmt.Sprintf("port %d answers while SSH does not: the PC runs its other OS; gpuctl will not wake or power it off", h.OtherOSProbe)
 	default:
@@ -197,9 +197,9 @@ func (c *Controller) checkHTTP(ctx context.Context, h *inventory.Host) Report {
 // stateFromProbe is the state a failed SSH probe implies.
 func stateFromProbe(p Probe) (State, string) {
 	switch p.Kind {
-	case ProbeRefused:
+	case sshexec.ProbeRefused:
 		return StateBooting, p.Describe()
-	case ProbeUnreachable, ProbeTimeout:
+	case sshexec.ProbeUnreachable, sshexec.ProbeTimeout:
 		return StateOff, p.Describe()
 	}
 	return StateUnknown, p.Describe()

@@ -173,7 +173,7 @@ checks = ["gpu", "container", "container_gpu", "mount", "free_space", "write_pro
 		return sshexec.Config{Host: h.Name, Addr: srv.Addr, User: sudoUser, HostKey: srv.HostKeys()[0],
 			Signers: []ssh.Signer{srv.ClientSigner()}, KeepaliveInterval: -1}, nil
 	}
-	c := &controller.Controller{StateDir: t.TempDir(), SSH: controller.SSHConnector(cfg),
+	c := &controller.Controller{StateDir: t.TempDir(), SSH: sshexec.SSHConnector(cfg),
 		ProbeTimeout: 10 * time.Second, CheckTimeout: 30 * time.Second}
 
 	st := c.Status(t.Context(), h)
@@ -191,7 +191,7 @@ checks = ["gpu", "container", "container_gpu", "mount", "free_space", "write_pro
 
 	// The same account, the same sudo: what the rules allow runs as root,
 	// anything else is refused.
-	runner, closer, err := controller.SSHConnector(cfg)(t.Context(), h, nil)
+	runner, closer, err := sshexec.SSHConnector(cfg)(t.Context(), h, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

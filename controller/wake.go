@@ -323,14 +323,14 @@ func (c *Controller) wake(ctx context.Context, h *inventory.Host, opts WakeOptio
 		ccancel()
 		if err != nil {
 			conn.Close()
-			if IsPermanent(err) {
+			if sshexec.IsPermanent(err) {
 				return w.stop(err), nil
 			}
 		} else {
 			runner, closer = r, cl
 		}
 	}
-	if runner == nil && other != nil && other.Kind == ProbeOK {
+	if runner == nil && other != nil && other.Kind == sshexec.ProbeOK {
 		return w.finish(nil, StateOtherOS, fmt.Sprintf("port %d answers while SSH does not: the PC runs its other OS; not waking it", h.OtherOSProbe)), nil
 	}
 
@@ -585,7 +585,7 @@ func (c *Controller) waitSSH(ctx context.Context, w *wakeRun, first Probe, wolEr
 	var lastSSHErr error
 	describe := func() string {
 		s := "SSH at " + h.SSHAddr() + ": " + string(last.Kind)
-		if last.Kind == ProbeRefused {
+		if last.Kind == sshexec.ProbeRefused {
 			s += " (host up, sshd not yet)"
 		}
 		if lastSSHErr != nil {
@@ -604,13 +604,13 @@ func (c *Controller) waitSSH(ctx context.Context, w *wakeRun, first Probe, wolEr
 		case a := <-results:
 			inflight--
 			if a.other {
-				if a.p.Kind == ProbeOK {
+				if a.p.Kind == sshexec.ProbeOK {
 					return nil, nil, &stopError{state: StateOtherOS, reason: fmt.Sprintf("port %d answers: the PC booted its other OS", h.OtherOSProbe)}
 				}
 				continue
 			}
 			if a.conn == nil {
-				if a.p.Kind != ProbeTimeout || last.Kind == ProbeOK || last.Kind == "" {
+				if a.p.Kind != sshexec.ProbeTimeout || last.Kind == sshexec.ProbeOK || last.Kind == "" {
 					last = a.p
 				}
 				w.enter(PhaseBoot, describe())
@@ -624,7 +624,7 @@ func (c *Controller) waitSSH(ctx context.Context, w *wakeRun, first Probe, wolEr
 				return r, cl, nil
 			}
 			a.conn.Close()
-			if IsPermanent(err) {
+			if sshexec.IsPermanent(err) {
 				return nil, nil, &stopError{state: StateUnknown, reason: "ssh: " + err.Error(), err: err}
 			}
 			lastSSHErr = err
@@ -648,7 +648,7 @@ func (c *Controller) waitSSH(ctx context.Context, w *wakeRun, first Probe, wolEr
 		case <-ctx.Done():
 			if ctx.Err() == context.DeadlineExceeded {
 				st := StateOff
-				if last.Kind == ProbeRefused || lastSSHErr != nil {
+				if last.Kind == sshexec.ProbeRefused || lastSSHErr != nil {
 					st = StateBooting
 				}
 				return nil, nil, &stopError{state: st, reason: fmt.Sprintf("no SSH within the boot timeout; last: %s", describe())}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ollamalive/gpuctl/inventory"
+	"github.com/ollamalive/gpuctl/wake"
 )
 
 // maxWakeOutput bounds what is kept of a wake command's stdout and stderr.
@@ -188,3 +189,41 @@ func (c *capped) Write(p []byte) (int, error) {
 }
 
 var _ io.Writer = (*capped)(nil)
+
+// PlanWaker is the Waker over package wake: a burst at once (a wake fails
+// when not one packet could be sent), then a burst every Every until the
+// wake stops waiting.
+type PlanWaker struct {
+	// Planner computes where packets go; the zero value uses the real
+	// interfaces.
+	Planner wake.Planner
+	// Transport, when set, replaces the real network (tests, simulators).
+	Transport wake.Transport
+	// Every is the gap between bursts; wake.DefaultEvery when 0.
+	Every time.Duration
+}
+
+// Wake implements Waker.
+func (p *PlanWaker) Wake(ctx context.Context, h *inventory.Host) error {
+	plan, err := p.Planner.Plan(ctx, h)
+	if err != nil {
+		return err
+	}
+	if p.Transport != nil {
+		plan.Transport = p.Transport
+	}
+	sent, err := plan.Burst(ctx, wake.DefaultCount, wake.DefaultInterval)
+	if sent == 0 && err != nil && ctx.Err() == nil {
+		return err
+	}
+	every := durOr(p.Every, wake.DefaultEvery)
+	t := time.NewTimer(every)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-t.C:
+	}
+	s := &wake.Sender{Plan: plan, Every: every}
+	return s.Run(ctx)
+}

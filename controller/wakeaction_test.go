@@ -135,3 +135,9 @@ func TestActionWakerOrderAndFallback(t *testing.T) {
 		t.Errorf("WakeDescription: %q", got)
 	}
 }
+
+// WakerFunc adapts a function to Waker.
+type WakerFunc func(ctx context.Context, h *inventory.Host) error
+
+// Wake calls f.
+func (f WakerFunc) Wake(ctx context.Context, h *inventory.Host) error { return f(ctx, h) }

@@ -46,12 +46,6 @@ func (e Env) home() string {
 	return h
 }
 
-// DefaultEnv describes the running process.
-func DefaultEnv() Env {
-	h, _ := os.UserHomeDir()
-	return Env{Getenv: os.Getenv, Home: h, Root: os.Geteuid() == 0}
-}
-
 // Load reads, validates and completes the inventory in file.
 func Load(file string, env Env) (*Inventory, error) {
 	data, err := os.ReadFile(file)

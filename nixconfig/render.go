@@ -27,16 +27,6 @@ var generated = []struct{ path, tmpl string }{
 	{"FLASHING.md", "FLASHING.md.tmpl"},
 }
 
-// GeneratedPaths lists the files Render writes (local.nix is not one: it
-// belongs to the user).
-func GeneratedPaths() []string {
-	out := make([]string, len(generated))
-	for i, g := range generated {
-		out[i] = g.path
-	}
-	return out
-}
-
 // data is what the templates see: the Config plus fixed names.
 type data struct {
 	*Config

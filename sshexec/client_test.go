@@ -323,37 +323,6 @@ func TestProxyJumpVerifiesEveryHop(t *testing.T) {
 	}
 }
 
-func TestPoolReusesAndRedials(t *testing.T) {
-	s, cfg := fake(t, sshtest.Options{})
-	s.Handle("drop", sshtest.Reply{Fault: sshtest.Drop})
-	p := sshexec.NewPool(func(host string) (sshexec.Config, error) { return cfg, nil })
-	defer p.Close()
-	ctx := context.Background()
-	r := p.Runner("pc")
-	for range 3 {
-		if _, err := r.Run(ctx, sshexec.Cmd{Args: []string{"x"}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n := s.Connections(); n != 1 {
-		t.Errorf("%d connections for 3 commands, want 1", n)
-	}
-	old, err := p.Client(ctx, "pc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.Run(ctx, sshexec.Cmd{Args: []string{"drop"}}); err == nil {
-		t.Fatal("drop: no error")
-	}
-	<-old.Done()
-	if _, err := r.Run(ctx, sshexec.Cmd{Args: []string{"x"}}); err != nil {
-		t.Fatalf("Run after the connection dropped: %v", err)
-	}
-	if n := s.Connections(); n != 2 {
-		t.Errorf("%d connections, want a redial (2)", n)
-	}
-}
-
 func TestRunEmptyArgs(t *testing.T) {
 	_, cfg := fake(t, sshtest.Options{})
 	c := dial(t, cfg)

@@ -41,16 +41,6 @@ func WithEnv(getenv func(string) string, home string) Option {
 	return func(o *options) { o.getenv, o.home = getenv, home }
 }
 
-// WithDialer sets Config.DialContext (tests, network namespaces).
-func WithDialer(d func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
-	return func(o *options) { o.dial = d }
-}
-
-// WithSigners adds keys offered before identity files and the agent.
-func WithSigners(s ...ssh.Signer) Option {
-	return func(o *options) { o.signer = append(o.signer, s...) }
-}
-
 // ConfigFor resolves how to reach inventory host h; see the package
 // documentation for where each setting comes from. It reads ~/.ssh/config
 // (or [ssh].config) and fails on settings gpuctl cannot honour.

@@ -194,3 +194,19 @@ func (e *AuthError) Error() string {
 }
 
 func (e *AuthError) Unwrap() error { return e.Err }
+
+// PermanentError marks connector errors that retrying cannot fix (a host key
+// mismatch, refused authentication): wake stops at once on them.
+type PermanentError interface{ Permanent() bool }
+
+// IsPermanent reports whether a connector error cannot be fixed by retrying:
+// a rejected host key, refused authentication, or an error that says so.
+func IsPermanent(err error) bool {
+	var p PermanentError
+	if errors.As(err, &p) {
+		return p.Permanent()
+	}
+	var hk *HostKeyError
+	var ae *AuthError
+	return errors.As(err, &hk) || errors.As(err, &ae)
+}

@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ollamalive/gpuctl/controller/hosthttp"
 	"github.com/ollamalive/gpuctl/controller/statedir"
 )
 
@@ -274,7 +275,7 @@ func Read(ctx context.Context, stateDir string, client *http.Client) (Reading, e
 		return Reading{State: Stopped, Snapshot: saved}, nil
 	}
 	if client == nil {
-		client = &http.Client{Timeout: 2 * time.Second}
+		client = hosthttp.NewClient(hosthttp.Options{HeaderTimeout: 2 * time.Second})
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.Listen+Path, nil)
 	if err != nil {

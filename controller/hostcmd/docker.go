@@ -77,24 +77,6 @@ func ParseDockerInspect(data []byte) (Container, error) {
 	return c, nil
 }
 
-// ParseContainerState parses a lone .State object (`docker inspect --format '{{json .State}}'`).
-func ParseContainerState(data []byte) (ContainerState, error) {
-	var s ContainerState
-	if err := json.Unmarshal(data, &s); err != nil {
-		return s, fmt.Errorf("container state is not JSON: %w", err)
-	}
-	return s, nil
-}
-
-// ParseHealth parses a lone .State.Health object.
-func ParseHealth(data []byte) (Health, error) {
-	var h Health
-	if err := json.Unmarshal(data, &h); err != nil {
-		return h, fmt.Errorf("container health is not JSON: %w", err)
-	}
-	return h, nil
-}
-
 // ContainerFromState copies the State fields into a Container.
 func ContainerFromState(s ContainerState) Container {
 	c := Container{Status: s.Status, Running: s.Running, Restarting: s.Restarting,
@@ -116,8 +98,6 @@ type DockerProblem struct {
 	// Transient problems may clear while the host finishes booting.
 	Transient bool
 }
-
-func (p *DockerProblem) Error() string { return p.Msg }
 
 // ClassifyDockerError recognises the docker CLI's failure texts.
 func ClassifyDockerError(container string, stdout, stderr []byte, exit int) *DockerProblem {

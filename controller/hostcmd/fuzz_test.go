@@ -62,7 +62,6 @@ func FuzzParseDockerInspect(f *testing.F) {
 		if err == nil {
 			_, _ = ContainerProblem(c)
 		}
-		_, _ = ParseContainerState(data)
 		_ = ClassifyDockerError("ollama", data, data, 1)
 		_, _ = ContainerGPUProblem("ollama", data, data, 1)
 	})

@@ -215,8 +215,6 @@ type GPUProblem struct {
 	Msg string
 }
 
-func (p *GPUProblem) Error() string { return p.Msg }
-
 // Texts nvidia-smi prints when it cannot reach the driver (see the fixtures
 // nvidia-smi_error_*).
 const (

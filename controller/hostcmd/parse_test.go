@@ -1,6 +1,7 @@
 package hostcmd
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -223,16 +224,18 @@ func TestDockerFixtures(t *testing.T) {
 		t.Errorf("running container has a problem: %s", msg)
 	}
 
-	st, err := ParseContainerState(fx("docker_inspect_State_running-healthy_postgres.json"))
+	// The lone .State and .State.Health captures, read as the State of a
+	// full inspect entry, the one form gpuctl parses.
+	state := fx("docker_inspect_State_running-healthy_postgres.json")
+	pc, err := ParseDockerInspect([]byte(`[{"Name":"/postgres","State":` + string(state) + `}]`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc := ContainerFromState(st)
 	if !pc.Running || pc.Health != "healthy" || pc.StartedAt.Year() != 2018 {
 		t.Fatalf("postgres state: %+v", pc)
 	}
-	hl, err := ParseHealth(fx("docker_inspect_format-json-State.Health_healthy_19.03.5.json"))
-	if err != nil || hl.Status != "healthy" || len(hl.Log) != 1 {
+	var hl Health
+	if err := json.Unmarshal(fx("docker_inspect_format-json-State.Health_healthy_19.03.5.json"), &hl); err != nil || hl.Status != "healthy" || len(hl.Log) != 1 {
 		t.Fatalf("health: %+v, %v", hl, err)
 	}
 

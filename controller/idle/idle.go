@@ -74,7 +74,6 @@ import (
 
 	"github.com/ollama/ollama/api"
 
-	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/activity"
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/statedir"
@@ -129,10 +128,10 @@ type Deps struct {
 	Logger   *slog.Logger
 	// Dial dials TCP: the SSH-port probe (its connection is handed to
 	// Connect), the other-OS probe and the poweroff confirmation.
-	Dial controller.DialFunc
+	Dial sshexec.DialFunc
 	// Connect runs the SSH handshake over conn (already dialed to the SSH
 	// port) and returns a Runner; required.
-	Connect controller.Connector
+	Connect sshexec.Connector
 	// HTTP reaches Ollama's /api/ps; each call also carries CheckTimeout.
 	HTTP *http.Client
 	// Activity reads the routing proxy's activity; default
@@ -169,7 +168,7 @@ func (d *Deps) log() *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-func (d *Deps) dial() controller.DialFunc {
+func (d *Deps) dial() sshexec.DialFunc {
 	if d.Dial != nil {
 		return d.Dial
 	}
@@ -224,7 +223,7 @@ type WOL struct {
 const (
 	BoxUp      = "up"
 	BoxOff     = "off"
-	BoxOtherOS = string(controller.StateOtherOS)
+	BoxOtherOS = "in-use-other-os" // the word of controller.StateOtherOS (TestIdleBoxWords)
 	BoxBooting = "booting"
 	BoxUnknown = "unknown"
 )
@@ -268,25 +267,6 @@ type Report struct {
 // PowerOff reports whether an --if-idle run would power the box off.
 func (r *Report) PowerOff() bool { return r.Box == BoxUp && r.Idle && r.Eligible && !r.Busy }
 
-// Evaluate checks every idle signal of h once, against the saved idle
-// state, without changing anything: what `gpuctl status` and `shutdown
-// --dry-run` show. It errors only when h is not a host idle shutdown
-// handles or the saved state is unreadable.
-func Evaluate(ctx context.Context, d *Deps, h *inventory.Host) (Report, error) {
-	prev, err := LoadState(d.StateDir, h.Name)
-	if err != nil {
-		return Report{}, err
-	}
-	runner, closer, rep := connect(ctx, d, h)
-	if closer != nil {
-		defer closer.Close()
-	}
-	if rep.Box != BoxUp {
-		return rep, nil
-	}
-	return evaluate(ctx, d, h, runner, prev), nil
-}
-
 // connect probes h's SSH port and, when it answers, opens SSH over that
 // connection. The report says where the box stands when it is not up.
 func connect(ctx context.Context, d *Deps, h *inventory.Host) (sshexec.Runner, io.Closer, Report) {
@@ -296,8 +276,8 @@ func connect(ctx context.Context, d *Deps, h *inventory.Host) (sshexec.Runner, i
 	defer cancel()
 	conn, err := d.dial()(pctx, "tcp", h.SSHAddr())
 	if err != nil {
-		kind := controller.ClassifyDialError(err)
-		if kind == controller.ProbeRefused {
+		kind := sshexec.ClassifyDialError(err)
+		if kind == sshexec.ProbeRefused {
 			rep.Box, rep.BoxDetail = BoxBooting, h.SSHAddr()+" refused the connection: the box is starting or stopping"
 			return nil, nil, rep
 		}
@@ -309,7 +289,7 @@ func connect(ctx context.Context, d *Deps, h *inventory.Host) (sshexec.Runner, i
 				return nil, nil, rep
 			}
 		}
-		if kind == controller.ProbeUnreachable || kind == controller.ProbeTimeout {
+		if kind == sshexec.ProbeUnreachable || kind == sshexec.ProbeTimeout {
 			rep.Box, rep.BoxDetail = BoxOff, h.SSHAddr()+" does not answer: the box is off"
 			return nil, nil, rep
 		}

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
@@ -129,13 +128,13 @@ func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome
 				return out, err
 			}
 		}
-		if opts.IfIdle && !controller.IsPermanent(rep.sshErr) {
+		if opts.IfIdle && !sshexec.IsPermanent(rep.sshErr) {
 			return out, nil
 		}
 		// A rejected host key or login never clears up by itself: say so
 		// even from cron, or the box would silently never be powered off.
 		if rep.sshErr != nil {
-			// Keep the cause inspectable (controller.IsPermanent) for the CLI.
+			// Keep the cause inspectable (sshexec.IsPermanent) for the CLI.
 			return out, fmt.Errorf("host %q: %w: %w", h.Name, ErrRefused, rep.sshErr)
 		}
 		return out, fmt.Errorf("host %q: %w: %s", h.Name, ErrRefused, rep.BoxDetail)
@@ -331,8 +330,8 @@ func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 	}
 	d.log().Info("powering off", "host", h.Name, "command", "sudo -n "+PoweroffCommand)
 	// The box will drop this connection as it goes down: that is no
-	// warning (see controller.CloseExpecter).
-	ce, _ := runner.(controller.CloseExpecter)
+	// warning (see sshexec.CloseExpecter).
+	ce, _ := runner.(sshexec.CloseExpecter)
 	if ce != nil {
 		ce.ExpectClose(true)
 	}

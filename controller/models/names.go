@@ -37,15 +37,6 @@ func ParseRef(s string) (Ref, error) {
 	return Ref{n}, nil
 }
 
-// MustRef is ParseRef for names known to be valid; it panics otherwise.
-func MustRef(s string) Ref {
-	r, err := ParseRef(s)
-	if err != nil {
-		panic(err)
-	}
-	return r
-}
-
 func (r Ref) Host() string      { return r.n.Host }
 func (r Ref) Namespace() string { return r.n.Namespace }
 func (r Ref) Model() string     { return r.n.Model }

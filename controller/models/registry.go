@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"regexp"
 	"time"
+
+	"github.com/ollamalive/gpuctl/controller/hosthttp"
 )
 
 // Blob is one entry of a registry manifest.
@@ -115,7 +117,7 @@ func (r *Registry) Manifest(ctx context.Context, ref Ref) (*Manifest, error) {
 	req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json")
 	hc := r.HTTP
 	if hc == nil {
-		hc = &http.Client{}
+		hc = hosthttp.NewClient(hosthttp.Options{})
 	}
 	resp, err := hc.Do(req)
 	if err != nil {

@@ -65,3 +65,12 @@ func TestRefPaths(t *testing.T) {
 		t.Error("accepted ../etc")
 	}
 }
+
+// MustRef is ParseRef for names known to be valid; it panics otherwise.
+func MustRef(s string) Ref {
+	r, err := ParseRef(s)
+	if err != nil {
+		panic(err)
+	}
+	return r
+}

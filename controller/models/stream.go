@@ -1,12 +1,7 @@
 package models
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 
 	"github.com/ollama/ollama/api"
 )
@@ -66,9 +61,6 @@ func (t *Tracker) Apply(p api.ProgressResponse) bool {
 	return changed
 }
 
-// Layer returns the state of one digest, or nil.
-func (t *Tracker) Layer(digest string) *LayerState { return t.byDigest[digest] }
-
 // Progress sums the layers seen so far: bytes on disk and bytes in total.
 func (t *Tracker) Progress() (completed, total int64) {
 	for _, l := range t.Layers {
@@ -92,47 +84,3 @@ func (e *OllamaError) Error() string { return e.Msg }
 // ErrIncomplete reports a pull stream that ended without "success" or an
 // error: the connection was cut.
 var ErrIncomplete = errors.New("the pull stream ended before \"success\"")
-
-// maxLine matches the Ollama client's stream buffer.
-const maxLine = 8 << 20
-
-// DecodeStream reads an NDJSON pull stream (the body of POST /api/pull) and
-// calls fn for every progress line. It is stricter than the Ollama client,
-// which treats a truncated stream as success: an {"error":…} line returns
-// *OllamaError, a line that is not JSON returns an error naming its line
-// number, and a stream that ends without a "success" line returns an error
-// wrapping ErrIncomplete. Blank lines are skipped.
-func DecodeStream(r io.Reader, fn func(api.ProgressResponse) error) error {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
-	success := false
-	for n := 1; sc.Scan(); n++ {
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 {
-			continue
-		}
-		var v struct {
-			api.ProgressResponse
-			Error *string `json:"error"`
-		}
-		if err := json.Unmarshal(line, &v); err != nil {
-			return fmt.Errorf("pull stream line %d is not a progress object: %w", n, err)
-		}
-		if v.Error != nil {
-			return &OllamaError{Msg: *v.Error}
-		}
-		if v.Status == "success" {
-			success = true
-		}
-		if err := fn(v.ProgressResponse); err != nil {
-			return err
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("%w: %w", ErrIncomplete, err)
-	}
-	if !success {
-		return ErrIncomplete
-	}
-	return nil
-}

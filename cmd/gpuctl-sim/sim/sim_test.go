@@ -17,12 +17,12 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/fixtures"
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/ollamatest/realollama"
 	"github.com/ollamalive/gpuctl/inventory"
+	"github.com/ollamalive/gpuctl/sshexec"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -180,7 +180,7 @@ func TestPCPowerCycle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	_, err = d.DialContext(ctx, "tcp", pc.SSHAddr())
 	cancel()
-	if controller.ClassifyDialError(err) != controller.ProbeTimeout {
+	if sshexec.ClassifyDialError(err) != sshexec.ProbeTimeout {
 		t.Fatalf("an off PC's SSH port: %v, want a timeout", err)
 	}
 	inv, err := inventory.Parse(filepath.Join(t.TempDir(), "gpuctl.toml"), []byte(s.Inventory()), inventory.Env{})

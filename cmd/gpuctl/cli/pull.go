@@ -1,14 +1,10 @@
 package cli
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"strings"
-	"time"
 
 	"github.com/ollama/ollama/api"
 	"github.com/urfave/cli/v2"
@@ -16,7 +12,6 @@ import (
 	"github.com/ollamalive/gpuctl/controller/models"
 	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
-	"github.com/ollamalive/gpuctl/sshexec"
 )
 
 func pullCommand(env *Env) *cli.Command {
@@ -73,23 +68,18 @@ var modelsManager = func(env *Env, inv *loadedInventory, h *inventory.Host, inse
 	if h.OllamaURL.IsZero() {
 		return nil, nil, usageError("host %s has no ollama_url in %s", h.Name, inv.Path)
 	}
-	dial := &net.Dialer{Timeout: cmp.Or(inv.SSH.ConnectTimeout.D(), 5*time.Second)}
-	tr := &http.Transport{
-		Proxy: http.ProxyFromEnvironment, DialContext: dial.DialContext,
-		TLSHandshakeTimeout: 10 * time.Second, ResponseHeaderTimeout: 60 * time.Second,
-		IdleConnTimeout: 30 * time.Second,
-	}
-	pool := sshexec.NewInventoryPool(inv.Inventory, sshexec.WithLogger(env.Logger), sshexec.WithEnv(env.Getenv, env.Getenv("HOME")))
+	ctl := newController(env, inv)
+	runner := ctl.Runner(h)
 	m := &models.Manager{
-		Client:    api.NewClient(h.OllamaURL.URL, &http.Client{Transport: tr}),
-		Runner:    pool.Runner(h.Name),
+		Client:    api.NewClient(h.OllamaURL.URL, ctl.HTTP),
+		Runner:    runner,
 		Host:      h,
 		Logger:    env.Logger,
-		Manifests: &models.Registry{HTTP: &http.Client{Transport: tr}, Insecure: insecure},
+		Manifests: &models.Registry{HTTP: ctl.HTTP, Insecure: insecure},
 		Insecure:  insecure,
 		Now:       env.Now,
 	}
-	return m, func() { pool.Close(); tr.CloseIdleConnections() }, nil
+	return m, func() { runner.Close(); ctl.HTTP.CloseIdleConnections() }, nil
 }
 
 // modelsExit maps a models error to an exit code.

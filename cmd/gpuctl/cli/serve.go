@@ -15,9 +15,9 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/ollamalive/gpuctl/cmd/gpuctl/dashboard"
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/activity"
-	"github.com/ollamalive/gpuctl/controller/dashboard"
 	"github.com/ollamalive/gpuctl/controller/proxy"
 	"github.com/ollamalive/gpuctl/inventory"
 )
@@ -190,7 +190,7 @@ type controllerBackends struct {
 
 func newControllerBackends(env *Env, inv *loadedInventory) *controllerBackends {
 	return &controllerBackends{c: newController(env, inv), inv: inv.Inventory,
-		http: &http.Client{Transport: proxy.NewTransport(nil, 5*time.Second)}}
+		http: hostHTTP(env, 5*time.Second)}
 }
 
 func (b *controllerBackends) Up(ctx context.Context, host string) (bool, error) {
@@ -263,7 +263,7 @@ func newStatusPage(env *Env, inv *loadedInventory, tracker *activity.Tracker, wa
 		Status:    ctl.StatusAll,
 		History:   ctl.WakeHistory,
 		Tracker:   tracker,
-		HTTP:      &http.Client{Transport: proxy.NewTransport(nil, 5*time.Second)},
+		HTTP:      hostHTTP(env, 5*time.Second),
 		StateDir:  inv.StateDir,
 		Wake:      wake,
 		Logger:    env.Logger.With("component", "page"),

@@ -14,11 +14,11 @@ import (
 	"github.com/ollama/ollama/api"
 	"github.com/urfave/cli/v2"
 
-	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/models"
 	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
+	"github.com/ollamalive/gpuctl/sshexec"
 )
 
 func shutdownCommand(env *Env) *cli.Command {
@@ -186,7 +186,7 @@ func shutdownExit(out idle.Outcome, err error, opts idle.Options) int {
 			return ExitOK
 		}
 		return ExitFailure
-	case controller.IsPermanent(err):
+	case sshexec.IsPermanent(err):
 		// A rejected host key or login: not "try again later".
 		return ExitFailure
 	case out.Action == idle.ActNotReady && !opts.IfIdle:

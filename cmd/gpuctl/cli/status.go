@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/ollamalive/gpuctl/controller"
+	"github.com/ollamalive/gpuctl/controller/hosthttp"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
@@ -144,10 +146,21 @@ func clipRunes(s string, n int) string {
 	return s
 }
 
+// pullHeaderTimeout bounds the wait for the Ollama API's response headers on
+// the CLI's client; every call's own deadline comes from its context.
+const pullHeaderTimeout = 60 * time.Second
+
+// hostHTTP is the CLI's HTTP client for hosts, registries and serve:
+// hosthttp's one constructor, with the command's environment for the proxy
+// variables.
+func hostHTTP(env *Env, headerTimeout time.Duration) *http.Client {
+	return hosthttp.NewClient(hosthttp.Options{HeaderTimeout: headerTimeout, Getenv: env.Getenv})
+}
+
 // newController builds the controller for the inventory: the real network,
 // sshexec for SSH, package wake for magic packets, package models for pulls.
 func newController(env *Env, inv *loadedInventory) *controller.Controller {
-	httpClient := controller.DefaultHTTPClient(nil)
+	httpClient := hostHTTP(env, pullHeaderTimeout)
 	return &controller.Controller{
 		StateDir: inv.StateDir,
 		Now:      env.Now,
@@ -155,7 +168,7 @@ func newController(env *Env, inv *loadedInventory) *controller.Controller {
 		HTTP:     httpClient,
 		// One round of checks; [ssh] command_timeout.
 		CheckTimeout: inv.SSH.CommandTimeout.D(),
-		SSH: controller.SSHConnector(func(h *inventory.Host) (sshexec.Config, error) {
+		SSH: sshexec.SSHConnector(func(h *inventory.Host) (sshexec.Config, error) {
 			return sshexec.ConfigFor(inv.Inventory, h,
 				sshexec.WithEnv(env.Getenv, env.Getenv("HOME")), sshexec.WithLogger(env.Logger))
 		}),

@@ -21,9 +21,9 @@ import (
 	"time"
 
 	"github.com/ollamalive/gpuctl/cmd/gpuctl-sim/sim"
+	"github.com/ollamalive/gpuctl/cmd/gpuctl/dashboard"
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/activity"
-	"github.com/ollamalive/gpuctl/controller/dashboard"
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/statedir"

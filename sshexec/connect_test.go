@@ -1,4 +1,4 @@
-package controller
+package sshexec_test
 
 import (
 	"bytes"
@@ -52,7 +52,7 @@ func TestSSHConnectorExpectedClose(t *testing.T) {
 			srv := sshtest.New(t, sshtest.Options{})
 			var logs syncBuffer
 			logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: tc.level}))
-			connect := SSHConnector(func(h *inventory.Host) (sshexec.Config, error) {
+			connect := sshexec.SSHConnector(func(h *inventory.Host) (sshexec.Config, error) {
 				return sshexec.Config{Host: h.Name, Addr: srv.Addr(), User: "gpuctl", HostKey: srv.HostKey(),
 					Signers: []ssh.Signer{srv.ClientSigner()}, KeepaliveInterval: -1, Logger: logger}, nil
 			})
@@ -65,9 +65,9 @@ func TestSSHConnectorExpectedClose(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer cl.Close()
-			ce, ok := r.(CloseExpecter)
+			ce, ok := r.(sshexec.CloseExpecter)
 			if !ok {
-				t.Fatalf("%T is no CloseExpecter", r)
+				t.Fatalf("%T is no sshexec.CloseExpecter", r)
 			}
 			ce.ExpectClose(tc.expect)
 			srv.Close() // the box goes down

@@ -35,6 +35,7 @@ import (
 
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/hosthttp"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -129,7 +130,7 @@ func New(o Options) (*Dashboard, error) {
 		o.Now = time.Now
 	}
 	if o.HTTP == nil {
-		o.HTTP = &http.Client{Timeout: psTimeout}
+		o.HTTP = hosthttp.NewClient(hosthttp.Options{HeaderTimeout: psTimeout})
 	}
 	if o.RefreshInterval <= 0 {
 		o.RefreshInterval = DefaultRefreshInterval

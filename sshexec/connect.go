@@ -1,4 +1,4 @@
-package controller
+package sshexec
 
 import (
 	"context"
@@ -8,19 +8,16 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/ollamalive/gpuctl/inventory"
-	"github.com/ollamalive/gpuctl/sshexec"
-	"github.com/ollamalive/gpuctl/wake"
 )
 
 // SSHConnector is the Connector over sshexec: configFor gives each host's
-// sshexec.Config (sshexec.ConfigFor with the inventory). A probe connection
+// Config (ConfigFor with the inventory). A probe connection
 // is reused for the handshake when the config dials exactly that address
 // without jump hosts; otherwise it is closed and sshexec dials on its own.
-func SSHConnector(configFor func(h *inventory.Host) (sshexec.Config, error)) Connector {
-	return func(ctx context.Context, h *inventory.Host, conn net.Conn) (sshexec.Runner, io.Closer, error) {
+func SSHConnector(configFor func(h *inventory.Host) (Config, error)) Connector {
+	return func(ctx context.Context, h *inventory.Host, conn net.Conn) (Runner, io.Closer, error) {
 		cfg, err := configFor(h)
 		if err != nil {
 			if conn != nil {
@@ -39,7 +36,7 @@ func SSHConnector(configFor func(h *inventory.Host) (sshexec.Config, error)) Con
 		if cfg.Logger != nil {
 			cfg.Logger = slog.New(&closeLogHandler{next: cfg.Logger.Handler(), expected: &ec.expected})
 		}
-		cl, err := sshexec.Dial(ctx, cfg)
+		cl, err := Dial(ctx, cfg)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -56,9 +53,9 @@ type CloseExpecter interface {
 	ExpectClose(expected bool)
 }
 
-// expectClose is an sshexec.Client whose close can be expected.
+// expectClose is an Client whose close can be expected.
 type expectClose struct {
-	*sshexec.Client
+	*Client
 	expected atomic.Bool
 }
 
@@ -119,40 +116,9 @@ func onceDialer(conn net.Conn, next func(ctx context.Context, network, addr stri
 	}
 }
 
-// PlanWaker is the Waker over package wake: a burst at once (a wake fails
-// when not one packet could be sent), then a burst every Every until the
-// wake stops waiting.
-type PlanWaker struct {
-	// Planner computes where packets go; the zero value uses the real
-	// interfaces.
-	Planner wake.Planner
-	// Transport, when set, replaces the real network (tests, simulators).
-	Transport wake.Transport
-	// Every is the gap between bursts; wake.DefaultEvery when 0.
-	Every time.Duration
-}
-
-// Wake implements Waker.
-func (p *PlanWaker) Wake(ctx context.Context, h *inventory.Host) error {
-	plan, err := p.Planner.Plan(ctx, h)
-	if err != nil {
-		return err
-	}
-	if p.Transport != nil {
-		plan.Transport = p.Transport
-	}
-	sent, err := plan.Burst(ctx, wake.DefaultCount, wake.DefaultInterval)
-	if sent == 0 && err != nil && ctx.Err() == nil {
-		return err
-	}
-	every := durOr(p.Every, wake.DefaultEvery)
-	t := time.NewTimer(every)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return nil
-	case <-t.C:
-	}
-	s := &wake.Sender{Plan: plan, Every: every}
-	return s.Run(ctx)
-}
+// Connector opens an SSH connection to h. conn, when not nil, is a TCP
+// connection to h.SSHAddr() the prober already dialed: the connector must run
+// the SSH handshake over it (and then owns it) rather than dial again, so
+// that sshd sees no connection without authentication (OpenSSH's
+// PerSourcePenalties). Closing the returned Closer ends the connection.
+type Connector func(ctx context.Context, h *inventory.Host, conn net.Conn) (Runner, io.Closer, error)
