@@ -137,26 +137,9 @@ var ErrNoNix = errors.New("nix-instantiate not found: install Nix (Debian/Ubuntu
 // with network access is there. Problems are findings in the Report; the
 // error is for a check that could not run.
 func Check(ctx context.Context, dir string, opt CheckOptions) (*Report, error) {
-	st, err := os.Stat(dir)
-	if err != nil {
-		return nil, fmt.Errorf("check %s: %w", dir, err)
-	}
-	if !st.IsDir() {
-		return nil, fmt.Errorf("check %s: not a directory (give the directory `gpuctl nixos generate --out` wrote)", dir)
-	}
-	abs, err := filepath.Abs(dir)
+	abs, bin, err := checkSetup(dir, &opt)
 	if err != nil {
 		return nil, err
-	}
-	if opt.NixInstantiate == "" {
-		opt.NixInstantiate = "nix-instantiate"
-	}
-	bin, err := exec.LookPath(opt.NixInstantiate)
-	if err != nil {
-		return nil, ErrNoNix
-	}
-	if opt.Timeout <= 0 {
-		opt.Timeout = 60 * time.Second
 	}
 	tmp, err := os.MkdirTemp("", "gpuctl-nixcheck-")
 	if err != nil {
@@ -164,7 +147,68 @@ func Check(ctx context.Context, dir string, opt CheckOptions) (*Report, error) {
 	}
 	defer os.RemoveAll(tmp)
 	n := &nixRunner{bin: bin, tmp: tmp, timeout: opt.Timeout}
-	r := &Report{Dir: dir}
+	c, err := newChecker(dir, abs)
+	if err != nil {
+		return nil, err
+	}
+	r := c.r
+
+	// 1. Syntax.
+	parsed, err := c.parseStage(ctx, n)
+	if err != nil {
+		return nil, err
+	}
+
+	// 2. Denylist on the text of every file, comments excluded.
+	r.Ran = append(r.Ran, "denylist")
+	c.textDenylist()
+
+	// 3. Stub evaluation.
+	if err := c.evalStage(ctx, n, parsed); err != nil {
+		return nil, err
+	}
+
+	// 4. The workflow.
+	if err := c.workflowStage(); err != nil {
+		return nil, err
+	}
+
+	// 5. nix flake check, with network only.
+	c.flakeCheck(ctx, opt, parsed && len(r.Errors()) == 0)
+	sortFindings(r.Findings)
+	return r, nil
+}
+
+// checkSetup checks that dir is a directory and finds nix-instantiate,
+// filling in opt's defaults. It returns dir's absolute path and the binary.
+func checkSetup(dir string, opt *CheckOptions) (abs, bin string, err error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return "", "", fmt.Errorf("check %s: %w", dir, err)
+	}
+	if !st.IsDir() {
+		return "", "", fmt.Errorf("check %s: not a directory (give the directory `gpuctl nixos generate --out` wrote)", dir)
+	}
+	abs, err = filepath.Abs(dir)
+	if err != nil {
+		return "", "", err
+	}
+	if opt.NixInstantiate == "" {
+		opt.NixInstantiate = "nix-instantiate"
+	}
+	bin, err = exec.LookPath(opt.NixInstantiate)
+	if err != nil {
+		return "", "", ErrNoNix
+	}
+	if opt.Timeout <= 0 {
+		opt.Timeout = 60 * time.Second
+	}
+	return abs, bin, nil
+}
+
+// newChecker reads every .nix file under abs into a checker with an empty
+// Report for dir.
+func newChecker(dir, abs string) (*checker, error) {
 	files, err := nixFiles(abs)
 	if err != nil {
 		return nil, err
@@ -177,36 +221,40 @@ func Check(ctx context.Context, dir string, opt CheckOptions) (*Report, error) {
 		}
 		srcs[f] = string(data)
 	}
-	c := &checker{r: r, dir: abs, srcs: srcs, files: files}
+	return &checker{r: &Report{Dir: dir}, dir: abs, srcs: srcs, files: files}, nil
+}
 
-	// 1. Syntax.
-	r.Ran = append(r.Ran, "parse")
-	parsed := true
-	for _, f := range files {
-		if _, stderr, err := n.run(ctx, "--parse", filepath.Join(abs, f)); err != nil {
+// parseStage runs nix-instantiate --parse on every file and checks that the
+// generated files are there; parsed is false when either failed.
+func (c *checker) parseStage(ctx context.Context, n *nixRunner) (parsed bool, err error) {
+	c.r.Ran = append(c.r.Ran, "parse")
+	parsed = true
+	for _, f := range c.files {
+		if _, stderr, err := n.run(ctx, "--parse", filepath.Join(c.dir, f)); err != nil {
 			if ctx.Err() != nil {
-				return nil, ctx.Err()
+				return false, ctx.Err()
 			}
 			c.nixError("parse", f, stderr, err)
 			parsed = false
 		}
 	}
 	for _, need := range []string{"flake.nix", "configuration.nix"} {
-		if _, ok := srcs[need]; !ok {
+		if _, ok := c.srcs[need]; !ok {
 			c.add(need, 0, SevError, "must", "missing: this does not look like a directory written by `gpuctl nixos generate`")
 			parsed = false
 		}
 	}
+	return parsed, nil
+}
 
-	// 2. Denylist on the text of every file, comments excluded.
-	r.Ran = append(r.Ran, "denylist")
-	c.textDenylist()
-
-	// 3. Stub evaluation.
+// evalStage stub-evaluates the files when they parse, then checks the
+// evaluated configuration, its option paths and the flake.
+func (c *checker) evalStage(ctx context.Context, n *nixRunner, parsed bool) error {
+	r := c.r
 	if parsed {
 		r.Ran = append(r.Ran, "stub-eval")
 		if err := c.stubEval(ctx, n); err != nil {
-			return nil, err
+			return err
 		}
 	} else {
 		r.Skipped = append(r.Skipped, "stub-eval (a file does not parse)")
@@ -215,28 +263,36 @@ func Check(ctx context.Context, dir string, opt CheckOptions) (*Report, error) {
 		c.checkConfig(r.Config)
 		r.Ran = append(r.Ran, "options")
 		if err := c.optionsCheck(ctx, n); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if r.Flake != nil {
 		c.checkFlake(r.Flake)
 	}
+	return nil
+}
 
-	// 4. The workflow.
+// workflowStage checks the CI workflow; a missing one is a finding.
+func (c *checker) workflowStage() error {
 	wf := filepath.Join(".github", "workflows", "build.yml")
-	if data, err := os.ReadFile(filepath.Join(abs, wf)); err == nil {
-		r.Ran = append(r.Ran, "workflow")
+	data, err := os.ReadFile(filepath.Join(c.dir, wf))
+	switch {
+	case err == nil:
+		c.r.Ran = append(c.r.Ran, "workflow")
 		c.checkWorkflow(filepath.ToSlash(wf), data)
-	} else if errors.Is(err, fs.ErrNotExist) {
+	case errors.Is(err, fs.ErrNotExist):
 		c.add(filepath.ToSlash(wf), 0, SevError, "workflow", "missing: CI builds the images with it; regenerate with `gpuctl nixos generate`")
-	} else {
-		return nil, err
+	default:
+		return err
 	}
+	return nil
+}
 
-	// 5. nix flake check, with network only.
-	c.flakeCheck(ctx, opt, parsed && len(r.Errors()) == 0)
-	sort.SliceStable(r.Findings, func(i, j int) bool {
-		a, b := r.Findings[i], r.Findings[j]
+// sortFindings orders findings by severity, file and line, keeping the
+// order in which they were found otherwise.
+func sortFindings(findings []Finding) {
+	sort.SliceStable(findings, func(i, j int) bool {
+		a, b := findings[i], findings[j]
 		if a.Severity != b.Severity {
 			return a.Severity < b.Severity
 		}
@@ -245,7 +301,6 @@ func Check(ctx context.Context, dir string, opt CheckOptions) (*Report, error) {
 		}
 		return a.Line < b.Line
 	})
-	return r, nil
 }
 
 // nixFiles lists the .nix files under dir (not under .git or result*).

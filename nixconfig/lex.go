@@ -9,87 +9,121 @@ import (
 // strings, antiquotations and every newline, so line numbers still hold and
 // text searches do not match words in comments.
 func stripComments(src string) string {
-	b := []byte(src)
-	const (
-		code = iota
-		dstr // "..."
-		istr // ''...''
-	)
+	l := &commentLexer{src: src, b: []byte(src)}
+	for i := 0; i < len(l.b); i++ {
+		switch l.state {
+		case lexCode:
+			i = l.code(i)
+		case lexDstr:
+			i = l.dstr(i)
+		case lexIstr:
+			i = l.istr(i)
+		}
+	}
+	return string(l.b)
+}
+
+// The lexer states of stripComments.
+const (
+	lexCode = iota
+	lexDstr // "..."
+	lexIstr // ''...''
+)
+
+// commentLexer is stripComments' state. Each step method looks at b[i] and
+// returns the index of the last byte it consumed.
+type commentLexer struct {
+	src string
+	b   []byte
 	// Each antiquotation pushes the string kind to return to and the brace
 	// depth at which it closes.
-	type frame struct{ kind, depth int }
-	var stack []frame
-	state, depth := code, 0
-	blank := func(i int) {
-		if b[i] != '\n' {
-			b[i] = ' '
+	stack []lexFrame
+	state int
+	depth int
+}
+
+type lexFrame struct{ kind, depth int }
+
+func (l *commentLexer) blank(i int) {
+	if l.b[i] != '\n' {
+		l.b[i] = ' '
+	}
+}
+
+// at reports whether b[i] is c.
+func (l *commentLexer) at(i int, c byte) bool { return i < len(l.b) && l.b[i] == c }
+
+// antiquote enters the code of a ${ at i, to return to string kind.
+func (l *commentLexer) antiquote(i, kind int) int {
+	l.stack = append(l.stack, lexFrame{kind, l.depth})
+	l.state = lexCode
+	return i + 1
+}
+
+func (l *commentLexer) code(i int) int {
+	b := l.b
+	switch c := b[i]; {
+	case c == '#':
+		for ; i < len(b) && b[i] != '\n'; i++ {
+			l.blank(i)
+		}
+	case c == '/' && l.at(i+1, '*'):
+		j := strings.Index(l.src[i+2:], "*/")
+		end := len(b)
+		if j >= 0 {
+			end = i + 2 + j + 2
+		}
+		for ; i < end; i++ {
+			l.blank(i)
+		}
+		i--
+	case c == '"':
+		l.state = lexDstr
+	case c == '\'' && l.at(i+1, '\''):
+		l.state = lexIstr
+		i++
+	case c == '{':
+		l.depth++
+	case c == '}':
+		if n := len(l.stack); n > 0 && l.stack[n-1].depth == l.depth {
+			l.state = l.stack[n-1].kind
+			l.stack = l.stack[:n-1]
+		} else {
+			l.depth--
 		}
 	}
-	for i := 0; i < len(b); i++ {
-		c := b[i]
-		switch state {
-		case code:
-			switch {
-			case c == '#':
-				for ; i < len(b) && b[i] != '\n'; i++ {
-					blank(i)
-				}
-			case c == '/' && i+1 < len(b) && b[i+1] == '*':
-				j := strings.Index(src[i+2:], "*/")
-				end := len(b)
-				if j >= 0 {
-					end = i + 2 + j + 2
-				}
-				for ; i < end; i++ {
-					blank(i)
-				}
-				i--
-			case c == '"':
-				state = dstr
-			case c == '\'' && i+1 < len(b) && b[i+1] == '\'':
-				state = istr
-				i++
-			case c == '{':
-				depth++
-			case c == '}':
-				if n := len(stack); n > 0 && stack[n-1].depth == depth {
-					state = stack[n-1].kind
-					stack = stack[:n-1]
-				} else {
-					depth--
-				}
-			}
-		case dstr:
-			switch {
-			case c == '\\':
-				i++
-			case c == '"':
-				state = code
-			case c == '$' && i+1 < len(b) && b[i+1] == '{':
-				stack = append(stack, frame{dstr, depth})
-				state = code
-				i++
-			}
-		case istr:
-			switch {
-			case c == '\'' && i+1 < len(b) && b[i+1] == '\'':
-				if i+2 < len(b) && (b[i+2] == '\'' || b[i+2] == '$' || b[i+2] == '\\') {
-					i += 2 // escape: ''' ''$ ''\x
-					if b[i] == '\\' {
-						i++
-					}
-				} else {
-					state = code
-					i++
-				}
-			case c == '$' && i+1 < len(b) && b[i+1] == '{':
-				stack = append(stack, frame{istr, depth})
-				state = code
-				i++
-			}
-		}
+	return i
+}
+
+func (l *commentLexer) dstr(i int) int {
+	switch c := l.b[i]; {
+	case c == '\\':
+		i++
+	case c == '"':
+		l.state = lexCode
+	case c == '$' && l.at(i+1, '{'):
+		i = l.antiquote(i, lexDstr)
 	}
-	return string(b)
+	return i
+}
+
+func (l *commentLexer) istr(i int) int {
+	b := l.b
+	switch c := b[i]; {
+	case c == '\'' && l.at(i+1, '\''):
+		if i+2 < len(b) && (b[i+2] == '\'' || b[i+2] == '$' || b[i+2] == '\\') {
+			i += 2 // escape: ''' ''$ ''\x
+			if b[i] == '\\' {
+				i++
+			}
+		} else {
+			l.state = lexCode
+			i++
+		}
+	case c == '$' && l.at(i+1, '{'):
+		i = l.antiquote(i, lexIstr)
+	}
+	return i
 }
 
 var dottedName = regexp.MustCompile(`[A-Za-z_][A-Za-z0-9_'-]*(?:\.[A-Za-z_][A-Za-z0-9_'-]*)*`)

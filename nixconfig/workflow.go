@@ -46,6 +46,27 @@ func mapGet(n *yaml.Node, key string) *yaml.Node {
 // and workflow_dispatch, frees disk before installing Nix with KVM, runs
 // nix flake check, builds .#raw and .#iso, compresses and uploads them.
 func (c *checker) checkWorkflow(file string, data []byte) {
+	root := c.parseWorkflow(file, data)
+	if root == nil {
+		return
+	}
+	c.workflowTriggers(file, root)
+	steps, ok := c.workflowSteps(file, root)
+	if !ok {
+		return
+	}
+	c.workflowInstall(file, steps)
+	c.workflowBuild(file, steps)
+	for i, l := range strings.Split(string(data), "\n") {
+		if strings.Contains(l, "magic-nix-cache") && !strings.HasPrefix(strings.TrimSpace(l), "#") {
+			c.add(file, i+1, SevError, "workflow", "magic-nix-cache-action stopped working with GitHub's 2025 cache API change; use cachix or nix-community/cache-nix-action")
+		}
+	}
+}
+
+// parseWorkflow returns the workflow's root node, or nil when it is not
+// valid YAML or empty (a finding says which).
+func (c *checker) parseWorkflow(file string, data []byte) *yaml.Node {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
 		line := 0
@@ -53,46 +74,79 @@ func (c *checker) checkWorkflow(file string, data []byte) {
 			fmt.Sscanf(msg[strings.Index(msg, "line ")+5:], "%d", &line)
 		}
 		c.add(file, line, SevError, "workflow", "not valid YAML: %v", err)
-		return
+		return nil
 	}
 	if len(doc.Content) == 0 {
 		c.add(file, 0, SevError, "workflow", "empty workflow")
-		return
+		return nil
 	}
-	root := doc.Content[0]
+	return doc.Content[0]
+}
+
+// workflowTriggers checks that the workflow runs on push and on
+// workflow_dispatch.
+func (c *checker) workflowTriggers(file string, root *yaml.Node) {
 	on := mapGet(root, "on")
-	hasOn := func(ev string) bool {
-		if on == nil {
-			return false
-		}
-		switch on.Kind {
-		case yaml.ScalarNode:
-			return on.Value == ev
-		case yaml.SequenceNode:
-			for _, n := range on.Content {
-				if n.Value == ev {
-					return true
-				}
-			}
-		case yaml.MappingNode:
-			return mapGet(on, ev) != nil
-		}
-		return false
-	}
 	onLine := 0
 	if on != nil {
 		onLine = on.Line
 	}
 	for _, ev := range []string{"push", "workflow_dispatch"} {
-		if !hasOn(ev) {
+		if !hasEvent(on, ev) {
 			c.add(file, onLine, SevError, "workflow", "the workflow must run on %s", ev)
 		}
 	}
-	var steps []wfStep
+}
+
+// hasEvent reports whether the workflow's on: (a name, a list or a map)
+// names ev.
+func hasEvent(on *yaml.Node, ev string) bool {
+	if on == nil {
+		return false
+	}
+	switch on.Kind {
+	case yaml.ScalarNode:
+		return on.Value == ev
+	case yaml.SequenceNode:
+		for _, n := range on.Content {
+			if n.Value == ev {
+				return true
+			}
+		}
+	case yaml.MappingNode:
+		return mapGet(on, ev) != nil
+	}
+	return false
+}
+
+// wfSteps are the steps of all the workflow's jobs, in order.
+type wfSteps []wfStep
+
+// find returns the index of the first step pred accepts, or -1.
+func (steps wfSteps) find(pred func(wfStep) bool) int {
+	for i, s := range steps {
+		if pred(s) {
+			return i
+		}
+	}
+	return -1
+}
+
+// line is step i's line, 0 for no step (i < 0).
+func (steps wfSteps) line(i int) int {
+	if i >= 0 {
+		return steps[i].line
+	}
+	return 0
+}
+
+// workflowSteps decodes every job's steps; ok is false when there are no
+// jobs.
+func (c *checker) workflowSteps(file string, root *yaml.Node) (steps wfSteps, ok bool) {
 	jobs := mapGet(root, "jobs")
 	if jobs == nil || jobs.Kind != yaml.MappingNode {
 		c.add(file, 0, SevError, "workflow", "no jobs")
-		return
+		return nil, false
 	}
 	for i := 1; i < len(jobs.Content); i += 2 {
 		ss := mapGet(jobs.Content[i], "steps")
@@ -109,48 +163,45 @@ func (c *checker) checkWorkflow(file string, data []byte) {
 			steps = append(steps, s)
 		}
 	}
-	find := func(pred func(wfStep) bool) int {
-		for i, s := range steps {
-			if pred(s) {
-				return i
-			}
-		}
-		return -1
-	}
-	line := func(i int) int {
-		if i >= 0 {
-			return steps[i].line
-		}
-		return 0
-	}
-	free := find(func(s wfStep) bool {
+	return steps, true
+}
+
+// workflowInstall checks that disk space is freed, then Nix installed with
+// KVM.
+func (c *checker) workflowInstall(file string, steps wfSteps) {
+	free := steps.find(func(s wfStep) bool {
 		return strings.Contains(s.Uses, "free-disk-space") || strings.Contains(s.Uses, "nothing-but-nix") || strings.Contains(s.Uses, "maximize-build-space") ||
 			strings.Contains(s.Run, "rm -rf /usr/share/dotnet") || strings.Contains(s.Run, "rm -rf /opt/hostedtoolcache")
 	})
-	install := find(func(s wfStep) bool {
+	install := steps.find(func(s wfStep) bool {
 		return strings.Contains(s.Uses, "nix-installer-action") || strings.Contains(s.Uses, "install-nix-action")
 	})
 	switch {
 	case install < 0:
 		c.add(file, 0, SevError, "workflow", "no step installs Nix (DeterminateSystems/nix-installer-action or cachix/install-nix-action)")
 	case free < 0:
-		c.add(file, line(install), SevError, "workflow", "no step frees disk space (the runner's ~20 GB is not enough for the driver and two images)")
+		c.add(file, steps.line(install), SevError, "workflow", "no step frees disk space (the runner's ~20 GB is not enough for the driver and two images)")
 	case free > install:
-		c.add(file, line(free), SevError, "workflow", "disk space is freed after Nix is installed; free it first")
+		c.add(file, steps.line(free), SevError, "workflow", "disk space is freed after Nix is installed; free it first")
 	}
 	if install >= 0 {
 		s := steps[install]
 		if !strings.Contains(s.Uses, "DeterminateSystems") && !strings.Contains(s.text(), "kvm") {
-			c.add(file, line(install), SevError, "workflow", "the Nix installer must enable KVM (system-features = ... kvm): make-disk-image runs a VM")
+			c.add(file, steps.line(install), SevError, "workflow", "the Nix installer must enable KVM (system-features = ... kvm): make-disk-image runs a VM")
 		}
 	}
-	flake := find(func(s wfStep) bool { return strings.Contains(s.Run, "nix flake check") })
-	raw := find(func(s wfStep) bool { return strings.Contains(s.Run, "nix build") && strings.Contains(s.Run, ".#raw") })
-	iso := find(func(s wfStep) bool { return strings.Contains(s.Run, "nix build") && strings.Contains(s.Run, ".#iso") })
-	comp := find(func(s wfStep) bool {
+}
+
+// workflowBuild checks that the workflow runs nix flake check, builds both
+// images, then compresses and uploads them.
+func (c *checker) workflowBuild(file string, steps wfSteps) {
+	flake := steps.find(func(s wfStep) bool { return strings.Contains(s.Run, "nix flake check") })
+	raw := steps.find(func(s wfStep) bool { return strings.Contains(s.Run, "nix build") && strings.Contains(s.Run, ".#raw") })
+	iso := steps.find(func(s wfStep) bool { return strings.Contains(s.Run, "nix build") && strings.Contains(s.Run, ".#iso") })
+	comp := steps.find(func(s wfStep) bool {
 		return strings.Contains(s.Run, "zstd") || strings.Contains(s.Run, "xz ") || strings.Contains(s.Run, "gzip")
 	})
-	up := find(func(s wfStep) bool { return strings.HasPrefix(s.Uses, "actions/upload-artifact@v4") })
+	up := steps.find(func(s wfStep) bool { return strings.HasPrefix(s.Uses, "actions/upload-artifact@v4") })
 	for _, m := range []struct {
 		i    int
 		what string
@@ -160,12 +211,7 @@ func (c *checker) checkWorkflow(file string, data []byte) {
 		}
 	}
 	if comp >= 0 && up >= 0 && comp > up {
-		c.add(file, line(comp), SevError, "workflow", "the images are compressed after the upload")
-	}
-	for i, l := range strings.Split(string(data), "\n") {
-		if strings.Contains(l, "magic-nix-cache") && !strings.HasPrefix(strings.TrimSpace(l), "#") {
-			c.add(file, i+1, SevError, "workflow", "magic-nix-cache-action stopped working with GitHub's 2025 cache API change; use cachix or nix-community/cache-nix-action")
-		}
+		c.add(file, steps.line(comp), SevError, "workflow", "the images are compressed after the upload")
 	}
 }
 

@@ -107,31 +107,71 @@ func Write(dir string, c *Config, files []File, opt WriteOptions) (*WriteResult,
 		return nil, err
 	}
 	res := &WriteResult{}
-	var layoutOld Layout
-	layoutFound := false
-	if c != nil {
-		res.Layout = LayoutFor(c)
-		layoutOld, layoutFound, err = ReadLayout(dir)
-		if err != nil {
+	layoutOld, layoutFound, err := recordedLayout(dir, c, opt, res)
+	if err != nil {
+		return nil, err
+	}
+	jobs, err := planWrites(dir, files, man, opt, res)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFiles(dir, jobs, res); err != nil {
+		return nil, err
+	}
+	if c != nil && (!layoutFound || layoutOld != res.Layout) {
+		if err := writeLayout(dir, res.Layout); err != nil {
 			return nil, err
 		}
-		if layoutFound && layoutOld != res.Layout && !opt.NewLayout {
-			return nil, &LayoutChangedError{Dir: dir, Recorded: layoutOld, Requested: res.Layout}
-		}
+		res.LayoutCreated, res.LayoutReplaced = !layoutFound, layoutFound
 	}
+	if err := createLocal(dir, res); err != nil {
+		return nil, err
+	}
+	if err := writeManifest(dir, c, files); err != nil {
+		return nil, err
+	}
+	sort.Strings(res.Written)
+	return res, nil
+}
+
+// recordedLayout sets res.Layout to c's stick layout and returns the one
+// recorded in dir, if any. A different recorded layout is a
+// *LayoutChangedError unless opt.NewLayout. With no c there is no layout.
+func recordedLayout(dir string, c *Config, opt WriteOptions, res *WriteResult) (old Layout, found bool, err error) {
+	if c == nil {
+		return Layout{}, false, nil
+	}
+	res.Layout = LayoutFor(c)
+	old, found, err = ReadLayout(dir)
+	if err != nil {
+		return Layout{}, false, err
+	}
+	if found && old != res.Layout && !opt.NewLayout {
+		return Layout{}, false, &LayoutChangedError{Dir: dir, Recorded: old, Requested: res.Layout}
+	}
+	return old, found, nil
+}
+
+// writeJob is a file Write puts on disk; force marks one edited by hand
+// that Force overwrites.
+type writeJob struct {
+	f     File
+	force bool
+}
+
+// planWrites compares each file with what is on disk: identical files are
+// recorded in res.Unchanged, the others become jobs. Files edited since the
+// last generation are an *EditedError, with the diff, unless opt.Force.
+func planWrites(dir string, files []File, man *Manifest, opt WriteOptions, res *WriteResult) ([]writeJob, error) {
 	var edited []string
 	var diff strings.Builder
-	type job struct {
-		f     File
-		force bool
-	}
-	var jobs []job
+	var jobs []writeJob
 	for _, f := range files {
 		p := filepath.Join(dir, filepath.FromSlash(f.Path))
 		old, err := os.ReadFile(p)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			jobs = append(jobs, job{f: f})
+			jobs = append(jobs, writeJob{f: f})
 			continue
 		case err != nil:
 			return nil, fmt.Errorf("read %s: %w", p, err)
@@ -141,19 +181,24 @@ func Write(dir string, c *Config, files []File, opt WriteOptions) (*WriteResult,
 			continue
 		}
 		if man.Files[f.Path] == sum(old) {
-			jobs = append(jobs, job{f: f})
+			jobs = append(jobs, writeJob{f: f})
 			continue
 		}
 		edited = append(edited, f.Path)
-		jobs = append(jobs, job{f: f, force: true})
+		jobs = append(jobs, writeJob{f: f, force: true})
 		diff.WriteString(UnifiedDiff(f.Path+" (on disk)", f.Path+" (generated)", old, f.Data))
 	}
 	if len(edited) > 0 && !opt.Force {
 		return nil, &EditedError{Dir: dir, Files: edited, Diff: diff.String()}
 	}
+	return jobs, nil
+}
+
+// writeFiles writes the jobs, each atomically, and records them in res.
+func writeFiles(dir string, jobs []writeJob, res *WriteResult) error {
 	for _, j := range jobs {
 		if err := writeAtomic(filepath.Join(dir, filepath.FromSlash(j.f.Path)), j.f.Data); err != nil {
-			return nil, err
+			return err
 		}
 		if j.force {
 			res.Overwritten = append(res.Overwritten, j.f.Path)
@@ -161,21 +206,25 @@ func Write(dir string, c *Config, files []File, opt WriteOptions) (*WriteResult,
 			res.Written = append(res.Written, j.f.Path)
 		}
 	}
-	if c != nil && (!layoutFound || layoutOld != res.Layout) {
-		if err := writeLayout(dir, res.Layout); err != nil {
-			return nil, err
-		}
-		res.LayoutCreated, res.LayoutReplaced = !layoutFound, layoutFound
-	}
+	return nil
+}
+
+// createLocal writes local.nix's template when there is no local.nix.
+func createLocal(dir string, res *WriteResult) error {
 	local := filepath.Join(dir, LocalName)
 	if _, err := os.Lstat(local); errors.Is(err, fs.ErrNotExist) {
 		if err := writeAtomic(local, LocalTemplate()); err != nil {
-			return nil, err
+			return err
 		}
 		res.LocalCreated = true
 	} else if err != nil {
-		return nil, fmt.Errorf("stat %s: %w", local, err)
+		return fmt.Errorf("stat %s: %w", local, err)
 	}
+	return nil
+}
+
+// writeManifest records the files of this generation in dir's manifest.
+func writeManifest(dir string, c *Config, files []File) error {
 	nm := Manifest{Generator: "gpuctl", Files: map[string]string{}}
 	if c != nil {
 		nm.Inventory, nm.Host = c.Inventory, c.Host
@@ -185,13 +234,9 @@ func Write(dir string, c *Config, files []File, opt WriteOptions) (*WriteResult,
 	}
 	data, err := json.MarshalIndent(nm, "", "  ")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := writeAtomic(filepath.Join(dir, ManifestName), append(data, '\n')); err != nil {
-		return nil, err
-	}
-	sort.Strings(res.Written)
-	return res, nil
+	return writeAtomic(filepath.Join(dir, ManifestName), append(data, '\n'))
 }
 
 // writeAtomic writes one generated file (0644, directories 0755) through
