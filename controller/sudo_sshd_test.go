@@ -20,7 +20,6 @@ import (
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/fixtures"
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
-	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/ollamatest"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/nixconfig"
@@ -208,14 +207,14 @@ checks = ["gpu", "container", "container_gpu", "mount", "free_space", "write_pro
 	if res := run("id", "-Gn"); strings.Join(strings.Fields(string(res.Stdout)), " ") != sudoUser {
 		t.Errorf("%s is in groups %q, want only its own", sudoUser, res.Stdout)
 	}
-	pw := []string{"sudo", "-n", idle.PoweroffCommand}
+	pw := []string{"sudo", "-n", hostcmd.PoweroffCommand}
 	for _, refused := range [][]string{
 		{"docker", "inspect", "--type", "container", "ollama"}, // no docker group
 		{"sudo", "-n", hostcmd.DockerCommand, "ps"},
 		{"sudo", "-n", hostcmd.DockerCommand, "inspect", "--type", "container", "other"},
 		{"sudo", "-n", hostcmd.DockerCommand, "exec", "ollama", "sh"},
 		{"sudo", "-n", hostcmd.DockerCommand, "exec", "ollama", "nvidia-smi", "-L", "-x"},
-		{"sudo", "-n", idle.PoweroffCommand, "--force"},
+		{"sudo", "-n", hostcmd.PoweroffCommand, "--force"},
 		{"sudo", "-n", "/bin/sh", "-c", "id"},
 		{"sudo", "-n", "-u", "root", "true"},
 		{"sudo", "-n", "docker", "ps"},

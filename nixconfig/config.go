@@ -19,7 +19,6 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
-	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -27,7 +26,7 @@ import (
 const (
 	CDIGenerator    = "nvidia-container-toolkit-cdi-generator.service"
 	CDIDevice       = "--device=nvidia.com/gpu=all"
-	PoweroffCommand = idle.PoweroffCommand
+	PoweroffCommand = hostcmd.PoweroffCommand
 	// PoweroffSudoCommand is the sudoers command: the trailing "" forbids
 	// any argument.
 	PoweroffSudoCommand = PoweroffCommand + ` ""`

@@ -114,8 +114,6 @@ const (
 	DefaultOffTimeout = 2 * time.Minute
 	// DefaultOffPoll is how often that wait probes the SSH port.
 	DefaultOffPoll = 2 * time.Second
-	// PoweroffCommand is the one command the generated NixOS sudo rule allows.
-	PoweroffCommand = "/run/current-system/sw/bin/poweroff"
 )
 
 // Deps is what the idle checks and the shutdown need from the world. Zero

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/statedir"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
@@ -328,14 +329,14 @@ func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 	if err := SaveState(d.StateDir, *st); err != nil {
 		return fail(d, h, st, out, err)
 	}
-	d.log().Info("powering off", "host", h.Name, "command", "sudo -n "+PoweroffCommand)
+	d.log().Info("powering off", "host", h.Name, "command", "sudo -n "+hostcmd.PoweroffCommand)
 	// The box will drop this connection as it goes down: that is no
 	// warning (see sshexec.CloseExpecter).
 	ce, _ := runner.(sshexec.CloseExpecter)
 	if ce != nil {
 		ce.ExpectClose(true)
 	}
-	res, runErr := runner.Run(ctx, sshexec.Cmd{Args: []string{"sudo", "-n", PoweroffCommand}, Timeout: 20 * time.Second})
+	res, runErr := runner.Run(ctx, hostcmd.PoweroffCmd())
 	if runErr == nil && res.ExitStatus != 0 {
 		if ce != nil {
 			ce.ExpectClose(false)
@@ -346,9 +347,9 @@ func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 		}
 		hint := ""
 		if strings.Contains(msg, "password") || strings.Contains(msg, "not allowed") || strings.Contains(msg, "sudoers") {
-			hint = fmt.Sprintf(" (the box's sudo rule must let %s run exactly %s without a password; the generated NixOS config has it)", h.SSHUser, PoweroffCommand)
+			hint = fmt.Sprintf(" (the box's sudo rule must let %s run exactly %s without a password; the generated NixOS config has it)", h.SSHUser, hostcmd.PoweroffCommand)
 		}
-		return fail(d, h, st, out, fmt.Errorf("sudo -n %s exited %d: %s%s", PoweroffCommand, res.ExitStatus, msg, hint))
+		return fail(d, h, st, out, fmt.Errorf("sudo -n %s exited %d: %s%s", hostcmd.PoweroffCommand, res.ExitStatus, msg, hint))
 	}
 	// A nil error with exit 0, or the connection dropping as the box goes
 	// down: either way the box must now stop answering.

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
-	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
 )
 
@@ -139,7 +138,7 @@ func notFound(prog string) Result { return fail(127, "sh: 1: %s: not found\n", p
 // templates gpuctl's controller, models and idle packages send (see
 // hostcmd.GPUQueryArgs, InspectArgs, ContainerGPUArgs, FindmntArgs,
 // DFArgs, WriteProbeArgs; hostcmd.DFCmd, StatCmd, CatCmd; the idle script;
-// idle.PoweroffCommand). Anything else is "not found" (exit 127), so a
+// hostcmd.PoweroffCommand). Anything else is "not found" (exit 127), so a
 // template that drifts shows up as a failing check, not as silence.
 func (b *Box) Exec(raw string) Result {
 	argv, err := sshtest.SplitWords(raw)
@@ -380,7 +379,7 @@ func (b *Box) writeProbe(dir string) Result {
 }
 
 func (b *Box) sudo(args []string) Result {
-	if slices.Equal(args, []string{"-n", idle.PoweroffCommand}) {
+	if slices.Equal(args, hostcmd.PoweroffArgs()[1:]) {
 		if b.powerOff != nil {
 			b.powerOff()
 		}

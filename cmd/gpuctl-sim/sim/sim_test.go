@@ -19,7 +19,6 @@ import (
 
 	"github.com/ollamalive/gpuctl/controller/fixtures"
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
-	"github.com/ollamalive/gpuctl/controller/idle"
 	"github.com/ollamalive/gpuctl/controller/ollamatest/realollama"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
@@ -117,7 +116,7 @@ func TestTemplatesParse(t *testing.T) {
 	}
 	powered := 0
 	b.powerOff = func() { powered++ }
-	run([]string{"sudo", "-n", idle.PoweroffCommand})
+	run([]string{"sudo", "-n", hostcmd.PoweroffCommand})
 	if powered != 1 {
 		t.Errorf("poweroff ran %d times", powered)
 	}
