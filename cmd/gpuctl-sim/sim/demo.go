@@ -67,6 +67,8 @@ type demo struct {
 	env    []string
 	sim    *Sim
 	step   int
+	// stopServing stops gpuctl serve once step 4 started it.
+	stopServing func()
 }
 
 type lockedWriter struct {
@@ -136,22 +138,66 @@ func Demo(ctx context.Context, o DemoOptions) (err error) {
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	d.gpuctl = o.Gpuctl
-	if d.gpuctl == "" {
-		d.gpuctl = filepath.Join(dir, "bin", "gpuctl")
-		d.out.printf("==> building gpuctl\n")
-		t := time.Now()
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", d.gpuctl, "./cmd/gpuctl")
-		cmd.Stdout, cmd.Stderr = o.Out, o.Out
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("go build ./cmd/gpuctl (run the demo from the repository root): %w", err)
-		}
-		d.out.printf("    built in %.1fs\n", time.Since(t).Seconds())
+	if err := d.buildGpuctl(ctx, dir); err != nil {
+		return err
 	}
-
-	bin, why, err := ResolveOllama(o.Ollama)
+	bin, err := d.startSim(dir)
 	if err != nil {
-		return fmt.Errorf("--ollama %s: %w", o.Ollama, err)
+		return err
+	}
+	defer d.sim.Close()
+	if err := d.introduce(dir, bin); err != nil {
+		return err
+	}
+	// Stops gpuctl serve (started by step 4) before the simulation.
+	defer d.stopServe()
+	pc := d.sim.PCs()[0]
+	for _, step := range []struct {
+		title string
+		run   func(context.Context, *PC) error
+	}{
+		{"gpuctl status: the gaming PC is off", d.statusOff},
+		{"gpuctl wake: magic packet, boot, checks over SSH, model pull", d.wake},
+		{"gpuctl status: ready", d.statusReady},
+		{"gpuctl serve + a chat request for " + DefaultModel, d.serveAndChat},
+		// As cron would run it.
+		{"gpuctl shutdown --if-idle (cron, here every second; idle_after and min_uptime are 2s in this demo)", d.shutdownWhenIdle},
+		{"gpuctl status: off again", d.statusOffAgain},
+	} {
+		d.section(step.title)
+		if err := step.run(ctx, pc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildGpuctl builds ./cmd/gpuctl into dir unless the options name a
+// binary.
+func (d *demo) buildGpuctl(ctx context.Context, dir string) error {
+	d.gpuctl = d.o.Gpuctl
+	if d.gpuctl != "" {
+		return nil
+	}
+	d.gpuctl = filepath.Join(dir, "bin", "gpuctl")
+	d.out.printf("==> building gpuctl\n")
+	t := time.Now()
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", d.gpuctl, "./cmd/gpuctl")
+	cmd.Stdout, cmd.Stderr = d.o.Out, d.o.Out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("go build ./cmd/gpuctl (run the demo from the repository root): %w", err)
+	}
+	d.out.printf("    built in %.1fs\n", time.Since(t).Seconds())
+	return nil
+}
+
+// startSim starts one simulated gaming PC and the server's Ollama, with
+// the demo's short delays; it returns the real Ollama binary the PC runs
+// ("" for the fake).
+func (d *demo) startSim(dir string) (string, error) {
+	bin, why, err := ResolveOllama(d.o.Ollama)
+	if err != nil {
+		return "", fmt.Errorf("--ollama %s: %w", d.o.Ollama, err)
 	}
 	if why != "" {
 		d.out.printf("==> the real Ollama server is not available (%s);\n    the gaming PC runs the in-process fake Ollama instead (placeholder weights, canned replies)\n", why)
@@ -166,10 +212,11 @@ func Demo(ctx context.Context, o DemoOptions) (err error) {
 		IdleAfter: 2 * time.Second, MinUptime: 2 * time.Second,
 		Logf: func(format string, args ...any) { fmt.Fprintf(simLog, format+"\n", args...) },
 	})
-	if err != nil {
-		return err
-	}
-	defer d.sim.Close()
+	return bin, err
+}
+
+// introduce writes the demo's inventory and says what the simulated PC is.
+func (d *demo) introduce(dir, bin string) error {
 	pc := d.sim.PCs()[0]
 	d.inv = filepath.Join(dir, "gpuctl.toml")
 	if err := d.sim.WriteInventory(d.inv); err != nil {
@@ -185,18 +232,23 @@ func Demo(ctx context.Context, o DemoOptions) (err error) {
 	} else {
 		d.out.printf("    the model %s is %d MiB of placeholder bytes. Inventory: %s\n", DefaultModel, 16, d.inv)
 	}
+	return nil
+}
 
-	// 1. status: off.
-	d.section("gpuctl status: the gaming PC is off")
+// statusOff is step 1: status says off (exit 5) and wakes nothing.
+func (d *demo) statusOff(ctx context.Context, pc *PC) error {
 	if code, _ := d.run(ctx, nil, "status", pc.Name()); code != 5 {
 		return fmt.Errorf("gpuctl status exited %d, want 5 (off)", code)
 	}
 	if pc.State() != Off {
 		return fmt.Errorf("the simulated PC is %s after status; status must never wake anything", pc.State())
 	}
+	return nil
+}
 
-	// 2. wake.
-	d.section("gpuctl wake: magic packet, boot, checks over SSH, model pull")
+// wake is step 2: wake brings the PC up and pulls the declared model onto
+// its drive.
+func (d *demo) wake(ctx context.Context, pc *PC) error {
 	t := time.Now()
 	if code, _ := d.run(ctx, nil, "wake", pc.Name()); code != 0 {
 		return fmt.Errorf("gpuctl wake exited %d, want 0 (ready)", code)
@@ -209,26 +261,38 @@ func Demo(ctx context.Context, o DemoOptions) (err error) {
 		return fmt.Errorf("wake did not pull %s onto the PC's drive: %w", DefaultModel, err)
 	}
 	d.out.printf("    (woken, checked and pulled in %.1fs)\n", time.Since(t).Seconds())
+	return nil
+}
 
-	// 3. status: ready.
-	d.section("gpuctl status: ready")
+// statusReady is step 3: status says ready (exit 0).
+func (d *demo) statusReady(ctx context.Context, pc *PC) error {
 	if code, _ := d.run(ctx, nil, "status", pc.Name()); code != 0 {
 		return fmt.Errorf("gpuctl status exited %d, want 0 (ready)", code)
 	}
+	return nil
+}
 
-	// 4. serve and a chat.
-	d.section("gpuctl serve + a chat request for " + DefaultModel)
-	stopServe, err := d.serve(ctx)
+// serveAndChat is step 4: gpuctl serve runs until the demo ends (see
+// stopServe) and routes one chat to the gaming PC.
+func (d *demo) serveAndChat(ctx context.Context, pc *PC) error {
+	stop, err := d.serve(ctx)
 	if err != nil {
 		return err
 	}
-	defer stopServe()
-	if err := d.chat(ctx, pc); err != nil {
-		return err
-	}
+	d.stopServing = stop
+	return d.chat(ctx, pc)
+}
 
-	// 5. shutdown --if-idle, as cron would run it.
-	d.section("gpuctl shutdown --if-idle (cron, here every second; idle_after and min_uptime are 2s in this demo)")
+// stopServe stops gpuctl serve if step 4 started it.
+func (d *demo) stopServe() {
+	if d.stopServing != nil {
+		d.stopServing()
+	}
+}
+
+// shutdownWhenIdle is step 5: a dry run, then shutdown --if-idle every
+// second, as cron would run it, until the PC powers off once.
+func (d *demo) shutdownWhenIdle(ctx context.Context, pc *PC) error {
 	if code, _ := d.run(ctx, nil, "shutdown", pc.Name(), "--if-idle", "--dry-run"); code != 0 {
 		return fmt.Errorf("gpuctl shutdown --if-idle --dry-run exited %d, want 0", code)
 	}
@@ -253,14 +317,12 @@ func Demo(ctx context.Context, o DemoOptions) (err error) {
 		return fmt.Errorf("the PC saw %d poweroff commands, want exactly 1", n)
 	}
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	err = pc.WaitState(wctx, Off)
-	cancel()
-	if err != nil {
-		return err
-	}
+	defer cancel()
+	return pc.WaitState(wctx, Off)
+}
 
-	// 6. status: off again.
-	d.section("gpuctl status: off again")
+// statusOffAgain is step 6: status says off again (exit 5).
+func (d *demo) statusOffAgain(ctx context.Context, pc *PC) error {
 	if code, _ := d.run(ctx, nil, "status", pc.Name()); code != 5 {
 		return fmt.Errorf("gpuctl status exited %d after the shutdown, want 5 (off)", code)
 	}

@@ -323,11 +323,55 @@ func (p *PC) bringUp() {
 	p.sshBH.Close()
 	p.olBH.Close()
 	now := time.Now()
+	srv, err := p.startSSH(p.newBox(now))
+	if err != nil {
+		p.bootFailed("cannot start SSH: %v", err)
+		return
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p.olPort)))
+	if err != nil {
+		srv.Close()
+		p.bootFailed("cannot start Ollama: %v", err)
+		return
+	}
+	if p.cfg.Real != nil {
+		if err := p.startRealOllama(ln); err != nil {
+			ln.Close()
+			srv.Close()
+			p.bootFailed("cannot start Ollama: %v", err)
+			return
+		}
+	} else {
+		p.startFakeOllama(ln)
+	}
+	p.sshSrv = srv
+	p.booted, p.upAt = now, time.Now()
+	p.boots++
+	p.setState(Up)
+}
+
+// bootFailed logs why the boot failed and powers the PC off again. p.mu is
+// held.
+func (p *PC) bootFailed(format string, args ...any) {
+	p.logf(format, args...)
+	p.setState(Off)
+	p.reBlackHole()
+}
+
+// newBox is the box this boot's commands run on, booted at now. p.mu is
+// held.
+func (p *PC) newBox(now time.Time) *Box {
 	box := &Box{Name: p.cfg.Name, ModelsDir: p.modelsDir, Container: p.cfg.Container, Booted: now,
 		Faults: p.cfg.Faults, Interface: "enp40s0", Address: "127.0.0.1",
 		sshConn: fmt.Sprintf("127.0.0.1 %d 127.0.0.1 %d", 40000+p.boots, p.sshPort)}
 	box.conns = p.connsTo
 	box.powerOff = p.poweroffRequested
+	return box
+}
+
+// startSSH starts the PC's SSH server, running commands on box, with the
+// pinned host key (or a new one under the fault host-key-rotated).
+func (p *PC) startSSH(box *Box) (*sshtest.Server, error) {
 	hostKey := p.cfg.HostKey
 	if p.cfg.Faults.HostKeyRotated {
 		k, err := sshtest.NewEd25519Signer()
@@ -335,7 +379,7 @@ func (p *PC) bringUp() {
 			hostKey = k
 		}
 	}
-	srv, err := sshtest.Start(sshtest.Options{
+	return sshtest.Start(sshtest.Options{
 		HostKeys:       []ssh.Signer{hostKey},
 		AuthorizedKeys: []ssh.PublicKey{p.cfg.ClientKey},
 		// Recent commands only: a simulator may run for days.
@@ -352,49 +396,35 @@ func (p *PC) bringUp() {
 		},
 		Logf: func(string, ...any) {},
 	})
+}
+
+// startRealOllama starts the real Ollama server and forwards the Ollama
+// port ln to it, counting requests and connections. p.mu is held.
+func (p *PC) startRealOllama(ln net.Listener) error {
+	real, err := p.cfg.Real.start(p.cfg.Name, filepath.Join(p.cfg.Dir, "home"), p.ollamaModels())
 	if err != nil {
-		p.logf("cannot start SSH: %v", err)
-		p.setState(Off)
-		p.reBlackHole()
-		return
+		return err
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p.olPort)))
-	if err != nil {
-		srv.Close()
-		p.logf("cannot start Ollama: %v", err)
-		p.setState(Off)
-		p.reBlackHole()
-		return
-	}
-	if p.cfg.Real != nil {
-		real, err := p.cfg.Real.start(p.cfg.Name, filepath.Join(p.cfg.Dir, "home"), p.ollamaModels())
-		if err != nil {
-			ln.Close()
-			srv.Close()
-			p.logf("cannot start Ollama: %v", err)
-			p.setState(Off)
-			p.reBlackHole()
-			return
+	p.fwd = newForward(ln, real.Addr, func(method, path string) {
+		p.mu.Lock()
+		p.reqs[method+" "+path]++
+		p.mu.Unlock()
+	}, func(c net.Conn, open bool) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if open {
+			p.conns[c] = true
+		} else {
+			delete(p.conns, c)
 		}
-		fwd := newForward(ln, real.Addr, func(method, path string) {
-			p.mu.Lock()
-			p.reqs[method+" "+path]++
-			p.mu.Unlock()
-		}, func(c net.Conn, open bool) {
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			if open {
-				p.conns[c] = true
-			} else {
-				delete(p.conns, c)
-			}
-		})
-		p.sshSrv, p.fwd, p.real = srv, fwd, real
-		p.booted, p.upAt = now, time.Now()
-		p.boots++
-		p.setState(Up)
-		return
-	}
+	})
+	p.real = real
+	return nil
+}
+
+// startFakeOllama serves the in-process fake Ollama on ln, counting
+// requests and connections. p.mu is held.
+func (p *PC) startFakeOllama(ln net.Listener) {
 	ol := p.newOllama()
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
@@ -418,10 +448,7 @@ func (p *PC) bringUp() {
 		defer p.wg.Done()
 		hs.Serve(ln)
 	}()
-	p.sshSrv, p.httpSrv, p.ollama = srv, hs, ol
-	p.booted, p.upAt = now, time.Now()
-	p.boots++
-	p.setState(Up)
+	p.httpSrv, p.ollama = hs, ol
 }
 
 // connsTo lists established connections to the Ollama port (for ss).

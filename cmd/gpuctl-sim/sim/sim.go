@@ -133,73 +133,21 @@ func Start(cfg Config) (*Sim, error) {
 			s.Close()
 		}
 	}()
-	var cat []ollamatest.Model
-	for _, m := range append(append([]string{}, cfg.Models...), cfg.Installed...) {
-		cat = append(cat, ollamatest.Model{Name: m, ParameterSize: "70.6B", QuantizationLevel: "Q3_K_M",
-			Layers: []ollamatest.Layer{{Size: cfg.ModelSize}, {MediaType: ollamatest.MediaTypeTemplate, Size: 1 << 10}},
-			Reply:  []string{"Hello", " from", " the", " gaming", " PC", "!"}})
+	real, err := s.startRegistry()
+	if err != nil {
+		return nil, err
 	}
-	var real *RealOllama
-	if cfg.RealOllama != "" {
-		rdir := filepath.Join(cfg.Dir, "registry")
-		if err := os.MkdirAll(rdir, 0o755); err != nil {
-			return nil, err
-		}
-		if s.registry, err = realollama.NewRegistry(rdir); err != nil {
-			return nil, err
-		}
-		for _, m := range append(append([]string{}, cfg.Models...), cfg.Installed...) {
-			if _, err := s.registry.AddModel(m, realollama.Tiny); err != nil {
-				return nil, err
-			}
-		}
-		real = &RealOllama{Binary: cfg.RealOllama, Registry: s.registry}
-	}
-	for i := 0; i < cfg.Hosts; i++ {
-		name := "gaming-pc"
-		if i > 0 {
-			name = fmt.Sprintf("gaming-pc-%d", i+1)
-		}
-		hk, err := sshtest.NewEd25519Signer()
-		if err != nil {
-			return nil, err
-		}
-		f := cfg.Faults
-		if hf, ok := cfg.HostFaults[name]; ok {
-			f = mergeFaults(f, hf)
-		}
-		mac, _ := inventory.ParseMAC(fmt.Sprintf("02:67:70:75:%02x:%02x", (i+1)>>8, (i+1)&0xff))
-		pc, err := NewPC(PCConfig{Name: name, MAC: mac, Dir: filepath.Join(cfg.Dir, name),
-			BootDelay: cfg.BootDelay, LinkDelay: cfg.LinkDelay, StopDelay: cfg.StopDelay, Faults: f,
-			HostKey: hk, ClientKey: s.client.PublicKey(), Catalogue: cat, PullRate: cfg.PullRate,
-			ChunkSize: int(max(256<<10, cfg.ModelSize/8)), Installed: cfg.Installed, CommandDelay: cfg.CommandDelay, Logf: cfg.Logf, Real: real})
-		if err != nil {
-			return nil, err
-		}
-		s.pcs = append(s.pcs, pc)
+	if err := s.addPCs(real); err != nil {
+		return nil, err
 	}
 	if cfg.Server {
 		if err := s.startServer(); err != nil {
 			return nil, err
 		}
 	}
-	if s.wol, err = wake.ListenUDP("127.0.0.1:0"); err != nil {
+	if err := s.listenWOL(); err != nil {
 		return nil, err
 	}
-	s.wolAddr = s.wol.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.wol.Serve(ctx, func(seen wake.Seen) {
-			for _, pc := range s.pcs {
-				if seen.Matches(pc.MAC(), nil) {
-					pc.MagicPacket()
-				}
-			}
-		})
-	}()
 	if cfg.Up {
 		for _, pc := range s.pcs {
 			if err := pc.PowerOn(); err != nil {
@@ -215,6 +163,96 @@ func Start(cfg Config) (*Sim, error) {
 	ln.Close()
 	ok = true
 	return s, nil
+}
+
+// declared is every model the PCs know: the declared ones, then the
+// installed ones.
+func (s *Sim) declared() []string {
+	return append(append([]string{}, s.cfg.Models...), s.cfg.Installed...)
+}
+
+// startRegistry starts the test registry with a runnable model under each
+// declared name when the PCs run the real Ollama; nil when they run the
+// fake.
+func (s *Sim) startRegistry() (*RealOllama, error) {
+	if s.cfg.RealOllama == "" {
+		return nil, nil
+	}
+	rdir := filepath.Join(s.cfg.Dir, "registry")
+	if err := os.MkdirAll(rdir, 0o755); err != nil {
+		return nil, err
+	}
+	var err error
+	if s.registry, err = realollama.NewRegistry(rdir); err != nil {
+		return nil, err
+	}
+	for _, m := range s.declared() {
+		if _, err := s.registry.AddModel(m, realollama.Tiny); err != nil {
+			return nil, err
+		}
+	}
+	return &RealOllama{Binary: s.cfg.RealOllama, Registry: s.registry}, nil
+}
+
+// addPCs creates the PCs, powered off: "gaming-pc", "gaming-pc-2", …, each
+// with its own host key and MAC, its faults, and the fake Ollama's
+// catalogue (or real, when set).
+func (s *Sim) addPCs(real *RealOllama) error {
+	cfg := s.cfg
+	var cat []ollamatest.Model
+	for _, m := range s.declared() {
+		cat = append(cat, ollamatest.Model{Name: m, ParameterSize: "70.6B", QuantizationLevel: "Q3_K_M",
+			Layers: []ollamatest.Layer{{Size: cfg.ModelSize}, {MediaType: ollamatest.MediaTypeTemplate, Size: 1 << 10}},
+			Reply:  []string{"Hello", " from", " the", " gaming", " PC", "!"}})
+	}
+	for i := 0; i < cfg.Hosts; i++ {
+		name := "gaming-pc"
+		if i > 0 {
+			name = fmt.Sprintf("gaming-pc-%d", i+1)
+		}
+		hk, err := sshtest.NewEd25519Signer()
+		if err != nil {
+			return err
+		}
+		f := cfg.Faults
+		if hf, ok := cfg.HostFaults[name]; ok {
+			f = mergeFaults(f, hf)
+		}
+		mac, _ := inventory.ParseMAC(fmt.Sprintf("02:67:70:75:%02x:%02x", (i+1)>>8, (i+1)&0xff))
+		pc, err := NewPC(PCConfig{Name: name, MAC: mac, Dir: filepath.Join(cfg.Dir, name),
+			BootDelay: cfg.BootDelay, LinkDelay: cfg.LinkDelay, StopDelay: cfg.StopDelay, Faults: f,
+			HostKey: hk, ClientKey: s.client.PublicKey(), Catalogue: cat, PullRate: cfg.PullRate,
+			ChunkSize: int(max(256<<10, cfg.ModelSize/8)), Installed: cfg.Installed, CommandDelay: cfg.CommandDelay, Logf: cfg.Logf, Real: real})
+		if err != nil {
+			return err
+		}
+		s.pcs = append(s.pcs, pc)
+	}
+	return nil
+}
+
+// listenWOL opens the one UDP port on 127.0.0.1 that hears magic packets
+// for every PC, and hands each packet to the PCs whose MAC it carries.
+func (s *Sim) listenWOL() error {
+	var err error
+	if s.wol, err = wake.ListenUDP("127.0.0.1:0"); err != nil {
+		return err
+	}
+	s.wolAddr = s.wol.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.wol.Serve(ctx, func(seen wake.Seen) {
+			for _, pc := range s.pcs {
+				if seen.Matches(pc.MAC(), nil) {
+					pc.MagicPacket()
+				}
+			}
+		})
+	}()
+	return nil
 }
 
 func mergeFaults(a, b Faults) Faults {
