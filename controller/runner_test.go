@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
@@ -25,8 +23,7 @@ func TestHostRunnerReusesAndRedials(t *testing.T) {
 	p, _ := strconv.Atoi(port)
 	h := &inventory.Host{Name: "gaming-pc", Address: host, SSHPort: p}
 	c := &Controller{SSH: sshexec.SSHConnector(func(h *inventory.Host) (sshexec.Config, error) {
-		return sshexec.Config{Host: h.Name, Addr: srv.Addr(), User: "gpuctl", HostKey: srv.HostKey(),
-			Signers: []ssh.Signer{srv.ClientSigner()}, KeepaliveInterval: -1}, nil
+		return srv.ClientConfig(h.Name, "gpuctl"), nil
 	})}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
 	"github.com/ollamalive/gpuctl/controller"
 	"github.com/ollamalive/gpuctl/controller/fixtures"
 	"github.com/ollamalive/gpuctl/controller/hostcmd"
@@ -169,8 +167,7 @@ checks = ["gpu", "container", "container_gpu", "mount", "free_space", "write_pro
 	}
 	h, _ := inv.Host("gaming-pc")
 	cfg := func(*inventory.Host) (sshexec.Config, error) {
-		return sshexec.Config{Host: h.Name, Addr: srv.Addr, User: sudoUser, HostKey: srv.HostKeys()[0],
-			Signers: []ssh.Signer{srv.ClientSigner()}, KeepaliveInterval: -1}, nil
+		return srv.ClientConfig(h.Name, sudoUser), nil
 	}
 	c := &controller.Controller{StateDir: t.TempDir(), SSH: sshexec.SSHConnector(cfg),
 		ProbeTimeout: 10 * time.Second, CheckTimeout: 30 * time.Second}

@@ -1,39 +1,18 @@
 package sshexec_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
+	"github.com/ollamalive/gpuctl/controller/testlog"
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
 )
-
-// syncBuffer is a bytes.Buffer safe for the SSH client's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // A connection dropped after the caller said it asked for that (a
 // poweroff) is logged at Info; one that drops unasked still warns.
@@ -50,11 +29,11 @@ func TestSSHConnectorExpectedClose(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := sshtest.New(t, sshtest.Options{})
-			var logs syncBuffer
-			logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: tc.level}))
+			logger, logs := testlog.New(tc.level)
 			connect := sshexec.SSHConnector(func(h *inventory.Host) (sshexec.Config, error) {
-				return sshexec.Config{Host: h.Name, Addr: srv.Addr(), User: "gpuctl", HostKey: srv.HostKey(),
-					Signers: []ssh.Signer{srv.ClientSigner()}, KeepaliveInterval: -1, Logger: logger}, nil
+				cfg := srv.ClientConfig(h.Name, "gpuctl")
+				cfg.Logger = logger
+				return cfg, nil
 			})
 			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 			defer cancel()

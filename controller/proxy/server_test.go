@@ -12,12 +12,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/testlog"
 )
 
 // TestRunDrainsAndPublishes: Run publishes serve.json and activity for idle
@@ -105,30 +105,12 @@ func TestRunDrainsAndPublishes(t *testing.T) {
 	})
 }
 
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestMetricsHealthzAndLogs: /metrics carries the request, in-flight, wake
 // and backend-state series; /healthz answers; the log line has method,
 // path, model, host, status and duration, and never the prompt (S6).
 func TestMetricsHealthzAndLogs(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var logs syncBuffer
+		var logs testlog.Buffer
 		fb := newFakeBackends()
 		fb.wakeTime = 30 * time.Second
 		server := &fakeOllama{name: "server", models: []string{"tiny:latest=1"}}

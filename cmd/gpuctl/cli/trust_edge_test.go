@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -10,33 +9,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
+	"github.com/ollamalive/gpuctl/controller/testlog"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
 )
-
-// syncBuffer is a bytes.Buffer safe to read while Run writes to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // main cancels the root context on SIGINT and thereby keeps the process
 // alive: Ctrl-C at the "Trust it?" prompt must end gpuctl trust, not wait
@@ -45,7 +26,7 @@ func TestTrustPromptEndsOnInterrupt(t *testing.T) {
 	_, cfg, kh := trustSetup(t)
 	stdin, typist := io.Pipe() // a terminal nobody types into
 	defer typist.Close()
-	var errb syncBuffer
+	var errb testlog.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	e := &Env{Stdout: io.Discard, Stderr: &errb, Stdin: stdin, StdinTTY: true, Getenv: func(string) string { return "" }}
