@@ -10,6 +10,8 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 PKGS      := ./...
 FUZZTIME  ?= 60s
 STATICCHECK_VERSION := v0.8.2
+DEADCODE_VERSION := v0.53.0
+DEADCODE_PROD := ^github.com/ollamalive/gpuctl/(cmd/gpuctl(/cli|/dashboard)?|controller(/activity|/hostcmd|/hosthttp|/idle|/models|/proxy|/statedir)?|inventory|nixconfig|sshexec|wake)$$
 
 .PHONY: all build test test-short fresh lint fuzz bench demo install clean ollama
 
@@ -54,6 +56,12 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) $(PKGS)
+	@# Dead code, two passes: nothing in gpuctl's own packages that only tests
+	@# reach (the test-support packages, the simulator included, are for
+	@# tests), and nothing at all that not even a test reaches.
+	@out=$$($(GO) run golang.org/x/tools/cmd/deadcode@$(DEADCODE_VERSION) -filter '$(DEADCODE_PROD)' ./... && \
+	  $(GO) run golang.org/x/tools/cmd/deadcode@$(DEADCODE_VERSION) -test ./...); \
+	  if [ -n "$$out" ]; then echo "dead code:"; echo "$$out"; exit 1; fi
 
 # Every fuzz target for FUZZTIME each (go test -fuzz takes one target at a time).
 fuzz:

@@ -227,13 +227,6 @@ func (p *PC) Ollama() *ollamatest.Server {
 	return p.ollama
 }
 
-// SSH is the PC's SSH server while it is up (nil otherwise).
-func (p *PC) SSH() *sshtest.Server {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.sshSrv
-}
-
 // WaitState waits until the PC is in state s.
 func (p *PC) WaitState(ctx context.Context, s State) error {
 	for {

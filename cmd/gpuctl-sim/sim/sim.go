@@ -330,9 +330,6 @@ func (s *Sim) Server() *ollamatest.Server { return s.server }
 // WOLAddr is where the PCs hear magic packets.
 func (s *Sim) WOLAddr() string { return s.wolAddr }
 
-// StateDir is the inventory's state_dir.
-func (s *Sim) StateDir() string { return s.stateDir }
-
 // ServeAddr is the [serve] listen address the inventory names.
 func (s *Sim) ServeAddr() string { return s.serve }
 
@@ -409,7 +406,3 @@ func (s *Sim) Close() {
 	}
 	s.wg.Wait()
 }
-
-// Registry is the test registry of the real Ollama servers (nil with the
-// fake).
-func (s *Sim) Registry() *realollama.Registry { return s.registry }
