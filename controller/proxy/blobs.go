@@ -99,25 +99,41 @@ func (p *Proxy) serveBlob(w *respWriter, r *http.Request, info *reqLog) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": fmt.Sprintf("blob %q not found", digest)})
 		return
 	}
+	max, ok := p.admitBlob(w, r, dir)
+	if !ok {
+		return
+	}
+	// An upload of gigabytes takes longer than the server's deadlines.
+	rc := http.NewResponseController(w.ResponseWriter)
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
+	p.spoolBlob(w, r, dir, digest, final, max)
+}
+
+// admitBlob returns serve.max_blob, or answers an upload that says it is
+// over it (413) or does not fit the spool's free disk (507) and reports
+// false.
+func (p *Proxy) admitBlob(w *respWriter, r *http.Request, dir string) (int64, bool) {
 	max := int64(p.inv.Serve.MaxBlob)
 	if max <= 0 {
 		max = int64(inventory.DefaultMaxBlob)
 	}
 	if r.ContentLength > max {
 		p.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("blob of %d bytes is over serve.max_blob (%d bytes)", r.ContentLength, max), nil)
-		return
+		return 0, false
 	}
 	if r.ContentLength > 0 {
 		if free, err := freeBytes(dir); err == nil && uint64(r.ContentLength)+blobReserve > free {
 			p.fail(w, r, http.StatusInsufficientStorage, fmt.Sprintf("blob of %d bytes does not fit in %s (%d bytes free); free some space there", r.ContentLength, dir, free), nil)
-			return
+			return 0, false
 		}
 	}
-	// An upload of gigabytes takes longer than the server's deadlines.
-	rc := http.NewResponseController(w.ResponseWriter)
-	_ = rc.SetReadDeadline(time.Time{})
-	_ = rc.SetWriteDeadline(time.Time{})
+	return max, true
+}
 
+// spoolBlob streams the upload into dir (at most max bytes), checks it
+// against digest and moves it to final.
+func (p *Proxy) spoolBlob(w *respWriter, r *http.Request, dir, digest, final string, max int64) {
 	f, err := os.CreateTemp(dir, "upload-*")
 	if err != nil {
 		p.fail(w, r, http.StatusInternalServerError, fmt.Sprintf("cannot spool the blob: %v", err), nil)
@@ -131,20 +147,7 @@ func (p *Proxy) serveBlob(w *respWriter, r *http.Request, info *reqLog) {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	var mbe *http.MaxBytesError
-	switch {
-	case errors.As(err, &mbe):
-		p.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("blob is over serve.max_blob (%d bytes)", max), nil)
-		return
-	case errors.Is(err, errDiskFull):
-		p.fail(w, r, http.StatusInsufficientStorage, fmt.Sprintf("the blob spool %s is full after %d bytes; free some space there", dir, n), nil)
-		return
-	case err != nil:
-		if r.Context().Err() != nil {
-			w.status = 499
-			return
-		}
-		p.fail(w, r, http.StatusInternalServerError, fmt.Sprintf("spooling the blob: %v", err), nil)
+	if p.spoolFailed(w, r, err, dir, n, max) {
 		return
 	}
 	got := "sha256:" + hex.EncodeToString(h.Sum(nil))
@@ -158,6 +161,28 @@ func (p *Proxy) serveBlob(w *respWriter, r *http.Request, info *reqLog) {
 	}
 	p.log.Info("blob spooled for a create", "digest", digest, "bytes", n)
 	w.WriteHeader(http.StatusCreated)
+}
+
+// spoolFailed answers an upload whose copy into the spool failed after n
+// bytes (err): over max_blob, the spool's disk full, the client gone
+// (499) or another error. It reports whether err was one.
+func (p *Proxy) spoolFailed(w *respWriter, r *http.Request, err error, dir string, n, max int64) bool {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		p.fail(w, r, http.StatusRequestEntityTooLarge, fmt.Sprintf("blob is over serve.max_blob (%d bytes)", max), nil)
+	case errors.Is(err, errDiskFull):
+		p.fail(w, r, http.StatusInsufficientStorage, fmt.Sprintf("the blob spool %s is full after %d bytes; free some space there", dir, n), nil)
+	case err != nil:
+		if r.Context().Err() != nil {
+			w.status = 499
+			return true
+		}
+		p.fail(w, r, http.StatusInternalServerError, fmt.Sprintf("spooling the blob: %v", err), nil)
+	default:
+		return false
+	}
+	return true
 }
 
 var errDiskFull = errors.New("disk full")

@@ -3,6 +3,7 @@ package proxy
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -66,8 +67,13 @@ func TestBlobSpool(t *testing.T) {
 		t.Errorf("HEAD after the upload: %d", res.StatusCode)
 	}
 	big := strings.Repeat("x", 2<<20)
-	if res, body := do(t, "POST", url+"/api/blobs/sha256:"+strings.Repeat("a", 64), "", "", big); res.StatusCode != 413 || !strings.Contains(body, "max_blob") {
+	// Refused before reading when its Content-Length says so, else once
+	// the stream passes max_blob.
+	if res, body := do(t, "POST", url+"/api/blobs/sha256:"+strings.Repeat("a", 64), "", "", big); res.StatusCode != 413 || !strings.Contains(body, "blob of 2097152 bytes is over serve.max_blob (1048576 bytes)") {
 		t.Errorf("upload over max_blob: %d %s", res.StatusCode, body)
+	}
+	if res, body := postChunked(t, url+"/api/blobs/sha256:"+strings.Repeat("a", 64), big[:1<<20+4096]); res.StatusCode != 413 || !strings.Contains(body, "blob is over serve.max_blob (1048576 bytes)") {
+		t.Errorf("chunked upload over max_blob: %d %s", res.StatusCode, body)
 	}
 	if res, body := do(t, "POST", url+"/api/blobs/sha256:zz", "", "", "x"); res.StatusCode != 400 || body != `{"error":"invalid digest format"}` {
 		t.Errorf("bad digest: %d %s", res.StatusCode, body)
@@ -86,4 +92,18 @@ func TestBlobSpool(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "blobs", strings.Replace(digest, ":", "-", 1))); !os.IsNotExist(err) {
 		t.Errorf("the spooled blob is still there after a successful create: %v", err)
 	}
+}
+
+// postChunked POSTs body without a Content-Length (chunked).
+func postChunked(t *testing.T, url, body string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), "POST", url, struct{ io.Reader }{strings.NewReader(body)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := testClient(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, readAll(t, res)
 }

@@ -75,14 +75,10 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	// server's WriteTimeout: lift it for proxied requests.
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
 
-	select {
-	case p.sem <- struct{}{}:
-		defer func() { <-p.sem }()
-	default:
-		rw.Header().Set("Retry-After", "1")
-		p.fail(rw, r, http.StatusTooManyRequests, fmt.Sprintf("gpuctl serve already has %d requests in flight (serve.max_in_flight); retry shortly", cap(p.sem)), nil)
+	if !p.takeSlot(rw, r) {
 		return
 	}
+	defer func() { <-p.sem }()
 
 	body, ok := p.readBody(rw, r)
 	if !ok {
@@ -91,74 +87,120 @@ func (p *Proxy) serveAPI(w http.ResponseWriter, r *http.Request) {
 	info.model = modelOf(r.URL.Path, body)
 	d := p.decideRequest(r.URL.Path, body, info.model)
 	info.note = d.reason
+	p.serveRouted(rw, r, body, d, info)
+}
 
+// takeSlot takes one of serve.max_in_flight's slots, or answers 429 and
+// reports false. The caller gives the slot back (<-p.sem).
+func (p *Proxy) takeSlot(w *respWriter, r *http.Request) bool {
+	select {
+	case p.sem <- struct{}{}:
+		return true
+	default:
+		w.Header().Set("Retry-After", "1")
+		p.fail(w, r, http.StatusTooManyRequests, fmt.Sprintf("gpuctl serve already has %d requests in flight (serve.max_in_flight); retry shortly", cap(p.sem)), nil)
+		return false
+	}
+}
+
+// serveRouted forwards a request to the host d chose, readied first (a
+// wake, a shutdown's draining, a declared model's pull); when that fails,
+// to d's fallback host, else it answers why not.
+func (p *Proxy) serveRouted(w *respWriter, r *http.Request, body []byte, d decision, info *reqLog) {
 	host := d.host
 	// A streaming request held for a wake or a pull is shown what it waits
 	// for ([serve] progress), in a form clients never take as the answer.
-	held := p.newHeldStream(rw, r.URL.Path, body, info.model)
+	held := p.newHeldStream(w, r.URL.Path, body, info.model)
 	for {
 		info.host = host
-		// Counted first, then readied: the order the draining interlock
-		// with gpuctl shutdown relies on (see ready).
-		end := p.begin(host)
-		if p.hosts[host].OnDemand {
-			held.watch(host)
-		}
-		err := p.ready(r.Context(), host)
+		committed, err := p.tryHost(w, r, body, host, info.model, held)
 		if err == nil {
-			// A declared model serve is pulling after a wake: held.
-			err = p.awaitPull(r.Context(), host, info.model, r.URL.Path)
-		}
-		committed := held.stopWatching()
-		if err == nil {
-			// end runs even when the stream is aborted (a panic with
-			// http.ErrAbortHandler from the ReverseProxy).
-			defer end()
-			if committed {
-				held.show("loading " + info.model + " on " + host)
-			}
-			if !p.handOff(rw, r, body, host) {
-				held.finishLate()
-				return
-			}
-			p.forward(rw, r, body, host, info.model)
-			held.finishLate()
 			return
 		}
-		end()
-		if committed && d.fallback == "" || committed && host == d.fallback {
+		last := d.fallback == "" || host == d.fallback
+		if committed && last {
+			// The held stream has sent its status: the error ends it.
 			if r.Context().Err() == nil || shuttingDown(r.Context()) {
 				held.fail(err.Error(), map[string]string{"host": host, "reason": reasonOf(err)})
 			}
 			return
 		}
-		if shuttingDown(r.Context()) {
-			rw.Header().Set("Retry-After", "5")
-			p.fail(rw, r, http.StatusServiceUnavailable, context.Cause(r.Context()).Error(), map[string]string{"host": host, "reason": "shutting down"})
+		if p.endedWhileHeld(w, r, host, info) {
 			return
 		}
-		if r.Context().Err() != nil {
-			// The client left while the host was waking: it leaves the
-			// queue; the wake goes on for the others.
-			rw.status = 499
-			info.note = "client left while waiting for wake"
-			return
-		}
-		if d.fallback != "" && host != d.fallback {
+		if !last {
 			p.log.Warn("wake failed; using the route's fallback host", "host", host, "fallback", d.fallback, "model", info.model, "err", err)
 			host, d.fallback = d.fallback, ""
 			info.note = "fallback"
 			continue
 		}
-		var we *WakeError
-		wait := p.o.WakeBackoff
-		if errors.As(err, &we) {
-			wait = we.RetryAfter
-		}
-		rw.Header().Set("Retry-After", retryAfter(wait))
-		p.fail(rw, r, http.StatusServiceUnavailable, err.Error(), map[string]string{"host": host, "reason": reasonOf(err)})
+		p.unavailable(w, r, host, err)
 		return
 	}
+}
+
+// tryHost counts the request against host, readies host and, when it is
+// ready, forwards the request to it. It returns why host could not take
+// the request, and whether the held stream had committed by then.
+func (p *Proxy) tryHost(w *respWriter, r *http.Request, body []byte, host, model string, held *heldStream) (committed bool, err error) {
+	// Counted first, then readied: the order the draining interlock
+	// with gpuctl shutdown relies on (see ready).
+	end := p.begin(host)
+	if p.hosts[host].OnDemand {
+		held.watch(host)
+	}
+	err = p.ready(r.Context(), host)
+	if err == nil {
+		// A declared model serve is pulling after a wake: held.
+		err = p.awaitPull(r.Context(), host, model, r.URL.Path)
+	}
+	committed = held.stopWatching()
+	if err != nil {
+		end()
+		return committed, err
+	}
+	// end runs even when the stream is aborted (a panic with
+	// http.ErrAbortHandler from the ReverseProxy).
+	defer end()
+	if committed {
+		held.show("loading " + model + " on " + host)
+	}
+	if p.handOff(w, r, body, host) {
+		p.forward(w, r, body, host, model)
+	}
+	held.finishLate()
+	return committed, nil
+}
+
+// endedWhileHeld answers a request whose context ended while its host was
+// readied: a shutdown's cut gets 503, a client that left is logged as 499.
+// It reports whether the request ended so.
+func (p *Proxy) endedWhileHeld(w *respWriter, r *http.Request, host string, info *reqLog) bool {
+	if shuttingDown(r.Context()) {
+		w.Header().Set("Retry-After", "5")
+		p.fail(w, r, http.StatusServiceUnavailable, context.Cause(r.Context()).Error(), map[string]string{"host": host, "reason": "shutting down"})
+		return true
+	}
+	if r.Context().Err() != nil {
+		// The client left while the host was waking: it leaves the
+		// queue; the wake goes on for the others.
+		w.status = 499
+		info.note = "client left while waiting for wake"
+		return true
+	}
+	return false
+}
+
+// unavailable answers 503 for a host that could not be readied, with the
+// wake's Retry-After (WakeBackoff when the error does not say).
+func (p *Proxy) unavailable(w *respWriter, r *http.Request, host string, err error) {
+	var we *WakeError
+	wait := p.o.WakeBackoff
+	if errors.As(err, &we) {
+		wait = we.RetryAfter
+	}
+	w.Header().Set("Retry-After", retryAfter(wait))
+	p.fail(w, r, http.StatusServiceUnavailable, err.Error(), map[string]string{"host": host, "reason": reasonOf(err)})
 }
 
 // readBody reads the request body up to serve.max_body. Over the cap it

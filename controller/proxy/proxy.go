@@ -201,49 +201,7 @@ func New(o Options) (*Proxy, error) {
 		return nil, errors.New("proxy: no inventory")
 	}
 	inv := o.Inventory
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
-	if o.Tracker == nil {
-		o.Tracker = activity.NewTracker(o.Now)
-	}
-	if o.ResponseHeaderTimeout <= 0 {
-		o.ResponseHeaderTimeout = DefaultResponseHeaderTimeout
-	}
-	if o.StateTTL <= 0 {
-		o.StateTTL = DefaultStateTTL
-	}
-	if o.RefreshInterval <= 0 {
-		o.RefreshInterval = DefaultRefreshInterval
-	}
-	if o.DrainTimeout <= 0 {
-		o.DrainTimeout = DefaultDrainTimeout
-	}
-	if o.WakeBackoff <= 0 {
-		o.WakeBackoff = DefaultWakeBackoff
-	}
-	if o.ReplayDelay <= 0 {
-		o.ReplayDelay = DefaultReplayDelay
-	}
-	if o.DrainPoll <= 0 {
-		o.DrainPoll = DefaultDrainPoll
-	}
-	if o.WriteStall <= 0 {
-		o.WriteStall = DefaultWriteStall
-	}
-	if o.TrimInterval <= 0 {
-		o.TrimInterval = DefaultTrimInterval
-	}
-	if o.Registry == nil {
-		// A private registry also carries the standard Go and process
-		// collectors (go_goroutines, go_memstats_*, process_open_fds,
-		// process_resident_memory_bytes…), so a leak can be watched.
-		o.Registry = prometheus.NewRegistry()
-		o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	}
+	o.setDefaults()
 	p := &Proxy{
 		o: o, inv: inv, log: o.Logger, tracker: o.Tracker,
 		hosts:  map[string]*inventory.Host{},
@@ -254,39 +212,13 @@ func New(o Options) (*Proxy, error) {
 
 		freeMemory: freeOSMemory,
 	}
-	for i := range inv.Hosts {
-		h := &inv.Hosts[i]
-		if h.OllamaURL.IsZero() {
-			return nil, fmt.Errorf("host %q has no ollama_url: set it (or address) in %s", h.Name, inv.Path)
-		}
-		p.hosts[h.Name] = h
+	if err := p.indexHosts(); err != nil {
+		return nil, err
 	}
-	p.boards = make(map[string]*board, len(p.hosts))
-	for name := range p.hosts {
-		p.boards[name] = newBoard()
+	if err := p.orderHosts(); err != nil {
+		return nil, err
 	}
-	p.def = inv.Serve.DefaultHost
-	if p.def == "" {
-		return nil, fmt.Errorf("%s: serve.default_host is not set and there is not exactly one always-on host: name the host light models go to", inv.Path)
-	}
-	if _, ok := p.hosts[p.def]; !ok {
-		return nil, fmt.Errorf("%s: serve.default_host %q is not a host in the inventory", inv.Path, p.def)
-	}
-	p.order = append(p.order, p.def)
-	for _, h := range inv.Hosts {
-		if h.Name != p.def {
-			p.order = append(p.order, h.Name)
-		}
-	}
-	n := inv.Serve.MaxInFlight
-	if n <= 0 {
-		n = inventory.DefaultMaxInFlight
-	}
-	p.sem = make(chan struct{}, n)
-	p.maxBody = int64(inv.Serve.MaxBody)
-	if p.maxBody <= 0 {
-		p.maxBody = int64(inventory.DefaultMaxBody)
-	}
+	p.setLimits()
 	met, err := newMetrics(o.Registry, p.order)
 	if err != nil {
 		return nil, err
@@ -294,6 +226,108 @@ func New(o Options) (*Proxy, error) {
 	p.met = met
 	p.metrics = promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{Timeout: 10 * time.Second})
 
+	p.setTransport()
+	p.baseCtx, p.cancel = context.WithCancel(context.Background())
+	p.cutCtx, p.cut = context.WithCancelCause(context.Background())
+	p.cat = newCatalogue(o.StateDir, o.Logger)
+	p.origins = newOriginPolicy(inv.Serve.AllowedOrigins)
+	for _, name := range p.order {
+		p.met.backendUp.WithLabelValues(name).Set(-1)
+	}
+	return p, nil
+}
+
+// setDefaults fills in the Options left zero.
+func (o *Options) setDefaults() {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Tracker == nil {
+		o.Tracker = activity.NewTracker(o.Now)
+	}
+	orDefault(&o.ResponseHeaderTimeout, DefaultResponseHeaderTimeout)
+	orDefault(&o.StateTTL, DefaultStateTTL)
+	orDefault(&o.RefreshInterval, DefaultRefreshInterval)
+	orDefault(&o.DrainTimeout, DefaultDrainTimeout)
+	orDefault(&o.WakeBackoff, DefaultWakeBackoff)
+	orDefault(&o.ReplayDelay, DefaultReplayDelay)
+	orDefault(&o.DrainPoll, DefaultDrainPoll)
+	orDefault(&o.WriteStall, DefaultWriteStall)
+	orDefault(&o.TrimInterval, DefaultTrimInterval)
+	if o.Registry == nil {
+		// A private registry also carries the standard Go and process
+		// collectors (go_goroutines, go_memstats_*, process_open_fds,
+		// process_resident_memory_bytes…), so a leak can be watched.
+		o.Registry = prometheus.NewRegistry()
+		o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+}
+
+// orDefault sets *d to def when it is zero or negative.
+func orDefault(d *time.Duration, def time.Duration) {
+	if *d <= 0 {
+		*d = def
+	}
+}
+
+// indexHosts names every [[host]], each with its progress board; each
+// needs an Ollama URL.
+func (p *Proxy) indexHosts() error {
+	inv := p.inv
+	for i := range inv.Hosts {
+		h := &inv.Hosts[i]
+		if h.OllamaURL.IsZero() {
+			return fmt.Errorf("host %q has no ollama_url: set it (or address) in %s", h.Name, inv.Path)
+		}
+		p.hosts[h.Name] = h
+	}
+	p.boards = make(map[string]*board, len(p.hosts))
+	for name := range p.hosts {
+		p.boards[name] = newBoard()
+	}
+	return nil
+}
+
+// orderHosts checks serve.default_host and orders the hosts: the default
+// host first, then inventory order.
+func (p *Proxy) orderHosts() error {
+	inv := p.inv
+	p.def = inv.Serve.DefaultHost
+	if p.def == "" {
+		return fmt.Errorf("%s: serve.default_host is not set and there is not exactly one always-on host: name the host light models go to", inv.Path)
+	}
+	if _, ok := p.hosts[p.def]; !ok {
+		return fmt.Errorf("%s: serve.default_host %q is not a host in the inventory", inv.Path, p.def)
+	}
+	p.order = append(p.order, p.def)
+	for _, h := range inv.Hosts {
+		if h.Name != p.def {
+			p.order = append(p.order, h.Name)
+		}
+	}
+	return nil
+}
+
+// setLimits applies serve.max_in_flight and serve.max_body.
+func (p *Proxy) setLimits() {
+	n := p.inv.Serve.MaxInFlight
+	if n <= 0 {
+		n = inventory.DefaultMaxInFlight
+	}
+	p.sem = make(chan struct{}, n)
+	p.maxBody = int64(p.inv.Serve.MaxBody)
+	if p.maxBody <= 0 {
+		p.maxBody = int64(inventory.DefaultMaxBody)
+	}
+}
+
+// setTransport makes the backend transport (Options.Transport, else
+// NewTransport's), the client for listings and the reverse proxy.
+func (p *Proxy) setTransport() {
+	o := &p.o
 	p.tr = o.Transport
 	if p.tr == nil {
 		p.tr = NewTransport(o.Dial, o.ResponseHeaderTimeout)
@@ -309,14 +343,6 @@ func New(o Options) (*Proxy, error) {
 		BufferPool:     bufferPool{},
 		ErrorLog:       slog.NewLogLogger(o.Logger.Handler(), slog.LevelWarn),
 	}
-	p.baseCtx, p.cancel = context.WithCancel(context.Background())
-	p.cutCtx, p.cut = context.WithCancelCause(context.Background())
-	p.cat = newCatalogue(o.StateDir, o.Logger)
-	p.origins = newOriginPolicy(inv.Serve.AllowedOrigins)
-	for _, name := range p.order {
-		p.met.backendUp.WithLabelValues(name).Set(-1)
-	}
-	return p, nil
 }
 
 // Tracker returns the activity tracker the proxy reports to.
