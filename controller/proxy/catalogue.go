@@ -17,6 +17,7 @@ import (
 
 	"github.com/ollama/ollama/types/model"
 	"github.com/ollamalive/gpuctl/controller/statedir"
+	"github.com/ollamalive/gpuctl/inventory"
 )
 
 // catEntry is one model in a host's list.
@@ -94,7 +95,7 @@ func parseEntries(raw []json.RawMessage) []catEntry {
 		if n == "" {
 			continue
 		}
-		out = append(out, catEntry{name: normalize(n), size: m.Size, raw: r})
+		out = append(out, catEntry{name: inventory.NormalModel(n), size: m.Size, raw: r})
 	}
 	return out
 }
@@ -145,7 +146,7 @@ func (c *catalogue) get(host string) (*hostCat, bool) {
 
 // lookup returns the hosts whose list has model, and its size (0 unknown).
 func (c *catalogue) lookup(model string) (map[string]bool, int64) {
-	want := normalize(model)
+	want := inventory.NormalModel(model)
 	having := map[string]bool{}
 	var size int64
 	c.mu.RLock()
@@ -324,7 +325,7 @@ func (l listed) openAI() openAIModel {
 func (p *Proxy) retrieveModel(w *respWriter, r *http.Request, info *reqLog, id string) {
 	host := p.def
 	if !strings.Contains(id, "/") {
-		want := normalize(id)
+		want := inventory.NormalModel(id)
 		for _, m := range p.mergedTags(r.Context()) {
 			if m.entry.name != want {
 				continue
@@ -378,7 +379,7 @@ func (p *Proxy) mergedTags(ctx context.Context) []listed {
 			// Never catalogued: list the models the inventory declares.
 			for _, m := range p.hosts[host].Models {
 				raw, _ := json.Marshal(map[string]any{"name": m.String(), "model": m.String(), "size": 0})
-				entries = append(entries, catEntry{name: normalize(m.String()), raw: raw})
+				entries = append(entries, catEntry{name: inventory.NormalModel(m.String()), raw: raw})
 			}
 		}
 		for _, e := range entries {
@@ -450,7 +451,7 @@ func (p *Proxy) mergedPS(ctx context.Context) []json.RawMessage {
 // from is listed; else a bare record) or removes it, for when the host's
 // own list cannot be re-read after a change made through serve.
 func (c *catalogue) note(host, name, from string, remove bool, at time.Time) {
-	want := normalize(name)
+	want := inventory.NormalModel(name)
 	c.mu.Lock()
 	old := c.hosts[host]
 	var models []json.RawMessage
@@ -460,7 +461,7 @@ func (c *catalogue) note(host, name, from string, remove bool, at time.Time) {
 			if e.name != want {
 				models = append(models, e.raw)
 			}
-			if from != "" && e.name == normalize(from) {
+			if from != "" && e.name == inventory.NormalModel(from) {
 				src = e.raw
 			}
 		}

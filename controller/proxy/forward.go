@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ollamalive/gpuctl/controller/hosthttp"
 )
 
 // target is the routing decision carried in a forwarded request's context.
@@ -341,12 +343,12 @@ func (p *Proxy) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		}
 		return
 	}
-	var de *dialError
+	var de *hosthttp.DialError
 	var ne net.Error
 	switch {
 	case errors.As(err, &de):
 		p.setState(t.host, false)
-		p.fail(w, r, http.StatusBadGateway, fmt.Sprintf("host %q: Ollama at %s cannot be reached: %v; check that it runs (gpuctl status %s)", t.host, p.targetURL(t.host).Host, de.err, t.host), map[string]string{"host": t.host, "reason": "unreachable"})
+		p.fail(w, r, http.StatusBadGateway, fmt.Sprintf("host %q: Ollama at %s cannot be reached: %v; check that it runs (gpuctl status %s)", t.host, p.targetURL(t.host).Host, de.Err, t.host), map[string]string{"host": t.host, "reason": "unreachable"})
 	case errors.As(err, &ne) && ne.Timeout():
 		p.fail(w, r, http.StatusGatewayTimeout, fmt.Sprintf("host %q did not start answering within %s (a cold model load that slow?)", t.host, p.o.ResponseHeaderTimeout), map[string]string{"host": t.host, "reason": "timeout"})
 	default:
@@ -546,7 +548,7 @@ type replayTransport struct {
 
 func (t *replayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	res, err := t.next.RoundTrip(req)
-	var de *dialError
+	var de *hosthttp.DialError
 	if err == nil || !errors.As(err, &de) || req.Context().Err() != nil {
 		return res, err
 	}

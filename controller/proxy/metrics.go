@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 
+	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -88,12 +89,12 @@ func (p *Proxy) modelLabel(model string) string {
 		return ""
 	}
 	if hs, _ := p.cat.lookup(model); len(hs) > 0 {
-		return normalize(model)
+		return inventory.NormalModel(model)
 	}
 	for i := range p.inv.Hosts {
 		for _, m := range p.inv.Hosts[i].Models {
-			if string(m.Normalize()) == normalize(model) {
-				return normalize(model)
+			if string(m.Normalize()) == inventory.NormalModel(model) {
+				return inventory.NormalModel(model)
 			}
 		}
 	}

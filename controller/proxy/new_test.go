@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
@@ -72,5 +74,30 @@ func TestNewDefaults(t *testing.T) {
 	}
 	if len(p.order) != 2 || p.order[0] != "pc" || p.order[1] != "server" {
 		t.Errorf("order = %v, want [pc server]", p.order)
+	}
+}
+
+// TestBackendTransportHonoursProxyEnvironment: serve reaches backends
+// through the proxy its environment names, as every gpuctl HTTP client does
+// (hosthttp): HTTP_PROXY applies to the PC, NO_PROXY exempts it.
+func TestBackendTransportHonoursProxyEnvironment(t *testing.T) {
+	inv := testInventory(t, "http://server:11434", "http://pc:11434")
+	for _, c := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"HTTP_PROXY": "http://proxy.invalid:3128"}, "http://proxy.invalid:3128"},
+		{map[string]string{"HTTP_PROXY": "http://proxy.invalid:3128", "NO_PROXY": "pc"}, ""},
+		{nil, ""},
+	} {
+		p := newProxy(t, Options{Inventory: inv, Getenv: func(k string) string { return c.env[k] }})
+		req, _ := http.NewRequest(http.MethodGet, "http://pc:11434/api/tags", nil)
+		u, err := p.tr.(*http.Transport).Proxy(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprint(u); c.want == "" && u != nil || c.want != "" && got != c.want {
+			t.Errorf("env %v: proxy %v, want %q", c.env, u, c.want)
+		}
 	}
 }

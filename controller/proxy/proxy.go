@@ -50,6 +50,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ollamalive/gpuctl/controller/activity"
+	"github.com/ollamalive/gpuctl/controller/hosthttp"
 	"github.com/ollamalive/gpuctl/inventory"
 )
 
@@ -67,7 +68,6 @@ type Backends interface {
 // Defaults for Options left zero.
 const (
 	DefaultResponseHeaderTimeout = 10 * time.Minute
-	DefaultDialTimeout           = 10 * time.Second
 	DefaultStateTTL              = 15 * time.Second
 	DefaultRefreshInterval       = 30 * time.Second
 	DefaultDrainTimeout          = 30 * time.Second
@@ -99,11 +99,15 @@ type Options struct {
 	// Registry receives the proxy's metrics and is served at /metrics; nil
 	// makes a private one with the standard Go and process collectors.
 	Registry *prometheus.Registry
-	// Dial dials backends (tests pass in-memory pipes); nil uses a
-	// net.Dialer with DialTimeout.
+	// Dial dials backends (tests pass in-memory pipes); nil dials TCP
+	// with hosthttp.DefaultDialTimeout.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	// Transport, when set, replaces the whole backend transport (Dial and
-	// the timeouts below are then ignored).
+	// Getenv reads the proxy environment (HTTP_PROXY, NO_PROXY…) for the
+	// backend transport, as every gpuctl HTTP client does (hosthttp);
+	// os.Getenv when nil.
+	Getenv func(string) string
+	// Transport, when set, replaces the whole backend transport (Dial,
+	// Getenv and the timeouts below are then ignored).
 	Transport http.RoundTripper
 	// ResponseHeaderTimeout is how long a backend may take to send headers:
 	// long enough for a cold model load.
@@ -325,12 +329,12 @@ func (p *Proxy) setLimits() {
 }
 
 // setTransport makes the backend transport (Options.Transport, else
-// NewTransport's), the client for listings and the reverse proxy.
+// hosthttp.NewTransport's), the client for listings and the reverse proxy.
 func (p *Proxy) setTransport() {
 	o := &p.o
 	p.tr = o.Transport
 	if p.tr == nil {
-		p.tr = NewTransport(o.Dial, o.ResponseHeaderTimeout)
+		p.tr = hosthttp.NewTransport(hosthttp.Options{Dial: o.Dial, HeaderTimeout: o.ResponseHeaderTimeout, Getenv: o.Getenv})
 	}
 	p.client = &http.Client{Transport: p.tr, Timeout: listTimeout,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
@@ -425,49 +429,6 @@ func (p *Proxy) Server() *http.Server {
 		ConnState:         p.trim.connState,
 	}
 }
-
-// NewTransport returns the backend transport: bounded dial and TLS, a
-// response-header wait long enough for a cold model load, no overall
-// timeout (streams last as long as they last), no environment proxy, and
-// dial errors marked so a request can be replayed safely.
-func NewTransport(dial func(ctx context.Context, network, addr string) (net.Conn, error), headerTimeout time.Duration) *http.Transport {
-	if dial == nil {
-		d := &net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: 30 * time.Second}
-		dial = d.DialContext
-	}
-	if headerTimeout <= 0 {
-		headerTimeout = DefaultResponseHeaderTimeout
-	}
-	return &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dial(ctx, network, addr)
-			if err != nil {
-				return nil, &dialError{addr: addr, err: err}
-			}
-			return c, nil
-		},
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: headerTimeout,
-		ExpectContinueTimeout: time.Second,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   512,
-		IdleConnTimeout:       90 * time.Second,
-		DisableCompression:    true,
-		// Large reads let a fast stream's chunks coalesce into fewer
-		// writes to the client; each read is still flushed at once.
-		ReadBufferSize:  64 << 10,
-		WriteBufferSize: 64 << 10,
-	}
-}
-
-// dialError marks a failed dial: nothing of the request was sent.
-type dialError struct {
-	addr string
-	err  error
-}
-
-func (e *dialError) Error() string { return fmt.Sprintf("dial %s: %v", e.addr, e.err) }
-func (e *dialError) Unwrap() error { return e.err }
 
 // ServeHTTP dispatches one request.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {

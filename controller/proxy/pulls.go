@@ -37,7 +37,7 @@ type pullState struct {
 	completed, total int64
 }
 
-func pullKey(host, model string) string { return host + "\x00" + normalize(model) }
+func pullKey(host, model string) string { return host + "\x00" + inventory.NormalModel(model) }
 
 // startPulls reads host's model list and starts pulling its declared models
 // that are missing. It registers the pulls before it returns, so requests
@@ -64,7 +64,7 @@ func (p *Proxy) startPulls(h *inventory.Host) {
 	p.mu.Lock()
 	for _, m := range h.Models {
 		key := pullKey(h.Name, string(m))
-		if have[normalize(string(m))] {
+		if have[inventory.NormalModel(string(m))] {
 			continue
 		}
 		if old := p.pulls[key]; old != nil {
@@ -101,14 +101,14 @@ func (p *Proxy) startPulls(h *inventory.Host) {
 			ps.err, ps.ended = err, p.o.Now()
 			ps.mu.Unlock()
 			close(ps.done)
-			p.met.pullBytes.DeleteLabelValues(h.Name, normalize(ps.model))
-			p.met.pullTotal.DeleteLabelValues(h.Name, normalize(ps.model))
+			p.met.pullBytes.DeleteLabelValues(h.Name, inventory.NormalModel(ps.model))
+			p.met.pullTotal.DeleteLabelValues(h.Name, inventory.NormalModel(ps.model))
 			if err != nil {
-				p.met.pulls.WithLabelValues(h.Name, normalize(ps.model), "failed").Inc()
+				p.met.pulls.WithLabelValues(h.Name, inventory.NormalModel(ps.model), "failed").Inc()
 				p.log.Warn("pulling a declared model failed", "host", h.Name, "model", ps.model, "err", err)
 				continue
 			}
-			p.met.pulls.WithLabelValues(h.Name, normalize(ps.model), "ok").Inc()
+			p.met.pulls.WithLabelValues(h.Name, inventory.NormalModel(ps.model), "ok").Inc()
 		}
 	}()
 }
@@ -130,7 +130,7 @@ func (p *Proxy) pullOne(ctx context.Context, host string, ps *pullState) error {
 	defer res.Body.Close()
 	sc := bufio.NewScanner(res.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	label := normalize(ps.model)
+	label := inventory.NormalModel(ps.model)
 	lastStatus, lastQuarter := "", -1
 	for sc.Scan() {
 		var line struct {

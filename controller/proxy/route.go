@@ -17,9 +17,6 @@ func fits(size int64, vram inventory.ByteSize) bool {
 	return vram == 0 || uint64(size)+uint64(size)/10 <= uint64(vram)
 }
 
-// normalize is the model name's one normal form (inventory.NormalModel).
-func normalize(s string) string { return inventory.NormalModel(s) }
-
 // decide routes a model: the first matching [[route]]; else, when the
 // model's size (from the catalogue) does not fit the default host's vram,
 // an on-demand host where it fits (preferring one that has it), with the
@@ -33,7 +30,7 @@ func (p *Proxy) decide(model string) decision {
 		return decision{host: r.Host, fallback: r.Fallback, reason: "route"}
 	}
 	having, size := p.cat.lookup(model)
-	want := normalize(model)
+	want := inventory.NormalModel(model)
 	for i := range p.inv.Hosts {
 		for _, m := range p.inv.Hosts[i].Models {
 			if string(m.Normalize()) == want {

@@ -99,6 +99,7 @@ func runServe(ctx context.Context, env *Env, o serveOptions) error {
 	defer page.Close()
 	p, err = proxy.New(proxy.Options{
 		Inventory:             o.inv.Inventory,
+		Getenv:                env.Getenv,
 		Backends:              backends,
 		Tracker:               tracker,
 		Logger:                log,
