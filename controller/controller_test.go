@@ -93,7 +93,7 @@ func TestStatusReady(t *testing.T) {
 			"sudo -n /run/current-system/sw/bin/docker inspect --type container ollama",
 			"sudo -n /run/current-system/sw/bin/docker exec ollama nvidia-smi -L",
 			"findmnt --json --target /mnt/models/ollama",
-			"df -B1 '--output=source,fstype,size,used,avail,target' /mnt/models/ollama",
+			"df -B1 '--output=source,fstype,size,used,avail,target' -- /mnt/models/ollama",
 			`sh -c 'f="$1/.gpuctl-probe.$$"; touch "$f" || exit 1; sync "$f"; s=$?; rm -f "$f" || s=1; exit $s' sh /mnt/models/ollama`,
 		}
 		got := strings.Join(pc.commands, "\n")

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/ollamalive/gpuctl/sshexec"
 )
 
 // Mount is what the mount, free-space and write-probe checks learned about
@@ -27,7 +29,13 @@ func FindmntArgs(dir string) []string { return []string{"findmnt", "--json", "--
 
 // DFArgs is the argv of the free-space check.
 func DFArgs(dir string) []string {
-	return []string{"df", "-B1", "--output=source,fstype,size,used,avail,target", dir}
+	return []string{"df", "-B1", "--output=source,fstype,size,used,avail,target", "--", dir}
+}
+
+// DFCmd is DFArgs with its deadline: the free-space check, and the room
+// a pull checks for first.
+func DFCmd(dir string) sshexec.Cmd {
+	return sshexec.Cmd{Args: DFArgs(dir), Timeout: remoteTimeout, MaxOutput: 64 << 10}
 }
 
 // writeProbeScript creates, fsyncs and removes a file under $1. It is fixed:
@@ -87,7 +95,7 @@ type DFRow struct {
 	Target string
 }
 
-// ParseDF parses `df -B1 --output=source,fstype,size,used,avail,target DIR`.
+// ParseDF parses `df -B1 --output=source,fstype,size,used,avail,target -- DIR`.
 func ParseDF(data []byte) (DFRow, error) {
 	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
 	if len(lines) < 2 {

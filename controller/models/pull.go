@@ -137,7 +137,8 @@ func (m *Manager) plan(ctx context.Context, refs []Ref, sink ProgressSink) ([]er
 	if res.ExitStatus != 0 {
 		return nil, fmt.Errorf("checking free space of %s: %w; is the models drive mounted?", dir, hostcmd.RemoteError(m.Host.Name, cmd, res))
 	}
-	avail, err := hostcmd.ParseDFAvail(res.Stdout)
+	df, err := hostcmd.ParseDF(res.Stdout)
+	avail := df.Avail
 	if err != nil {
 		return nil, fmt.Errorf("checking free space of %s on %s: %w", dir, m.Host.Name, err)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ollama/ollama/api"
 
+	"github.com/ollamalive/gpuctl/controller/hostcmd"
 	"github.com/ollamalive/gpuctl/controller/ollamatest"
 	"github.com/ollamalive/gpuctl/inventory"
 )
@@ -94,7 +95,7 @@ func TestPullSuccessWithProgress(t *testing.T) {
 	for _, c := range e.drive.Commands() {
 		switch c[0] {
 		case "df":
-			if !slices.Equal(c, []string{"df", "-B1", "--output=avail", "--", remoteDir}) {
+			if !slices.Equal(c, hostcmd.DFArgs(remoteDir)) {
 				t.Errorf("df argv %q", c)
 			}
 		case "stat", "cat":

@@ -19,7 +19,8 @@ import (
 // directory Local (the one a fake Server writes to, or not) and implements,
 // in Go, exactly these argv forms:
 //
-//	df -B1 --output=avail -- PATH   → "     Avail\n<Avail>\n"
+//	df -B1 --output=source,fstype,size,used,avail,target -- PATH
+//	                                → GNU df's header and one row, Avail free
 //	stat -c '%s %n' -- PATH...      → "<size> <path>" per existing file
 //	cat -- PATH                     → the file's bytes
 //
@@ -78,16 +79,16 @@ func (d *DriveRunner) Run(ctx context.Context, cmd sshexec.Cmd) (sshexec.Result,
 	status := 0
 	a := cmd.Args
 	switch {
-	case len(a) == 5 && a[0] == "df" && a[1] == "-B1" && a[2] == "--output=avail" && a[3] == "--":
+	case len(a) == 5 && a[0] == "df" && a[1] == "-B1" && a[2] == "--output=source,fstype,size,used,avail,target" && a[3] == "--":
 		lp, ok := d.local(a[4])
 		if _, err := os.Stat(lp); !ok || err != nil {
 			fmt.Fprintf(&errb, "df: %s: No such file or directory\n", a[4])
 			status = 1
 			break
 		}
-		v := fmt.Sprint(avail)
-		w := max(len(v), len("Avail"))
-		fmt.Fprintf(&out, "%*s\n%*s\n", w, "Avail", w, v)
+		// The columns as GNU df prints them (see the df_B1_output capture).
+		fmt.Fprintf(&out, "%-14s %-7s %9s %7s %9s %s\n", "Filesystem", "Type", "1B-blocks", "Used", "Avail", "Mounted on")
+		fmt.Fprintf(&out, "%-14s %-7s %9d %7d %9d %s\n", "/dev/sdb1", "fuseblk", 2*avail, avail, avail, d.Remote)
 	case len(a) >= 5 && a[0] == "stat" && a[1] == "-c" && a[2] == "%s %n" && a[3] == "--":
 		for _, p := range a[4:] {
 			lp, ok := d.local(p)

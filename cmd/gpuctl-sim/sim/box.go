@@ -137,7 +137,7 @@ func notFound(prog string) Result { return fail(127, "sh: 1: %s: not found\n", p
 // Exec runs one command line received over SSH, by argv: the exact
 // templates gpuctl's controller, models and idle packages send (see
 // hostcmd.GPUQueryArgs, InspectArgs, ContainerGPUArgs, FindmntArgs,
-// DFArgs, WriteProbeArgs; hostcmd.DFCmd, StatCmd, CatCmd; the idle script;
+// DFArgs, WriteProbeArgs; StatCmd, CatCmd; the idle script;
 // hostcmd.PoweroffCommand). Anything else is "not found" (exit 127), so a
 // template that drifts shows up as a failing check, not as silence.
 func (b *Box) Exec(raw string) Result {

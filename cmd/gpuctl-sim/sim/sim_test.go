@@ -100,8 +100,8 @@ func TestTemplatesParse(t *testing.T) {
 		t.Errorf("the write probe left %v behind", ents)
 	}
 	r = run(hostcmd.DFCmd(b.ModelsDir).Args)
-	if n, err := hostcmd.ParseDFAvail([]byte(r.Stdout)); err != nil || n <= 0 {
-		t.Fatalf("df avail: %d %v", n, err)
+	if df, err := hostcmd.ParseDF([]byte(r.Stdout)); err != nil || df.Avail <= 0 {
+		t.Fatalf("df avail: %q %v", r.Stdout, err)
 	}
 	os.WriteFile(filepath.Join(b.LocalDir, "m"), []byte("abc"), 0o644)
 	r = run(hostcmd.StatCmd(b.ModelsDir + "/m").Args)
