@@ -79,13 +79,11 @@ func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome
 		return Outcome{Action: ActRefused, Reason: h.Name + " is not on_demand"},
 			fmt.Errorf("host %q: %w: gpuctl powers off only on_demand hosts (set on_demand = true in the inventory if it can be woken)", h.Name, ErrNotOnDemand)
 	}
+	// Lock: a dry run changes nothing, so it takes no lock.
 	if !opts.DryRun {
-		lock, err := statedir.LockHost(ctx, d.StateDir, h.Name, statedir.LockTry)
-		if err != nil {
-			if errors.Is(err, statedir.ErrLocked) {
-				return Outcome{Action: ActLocked, Reason: err.Error() + "; another wake or shutdown of this host is running, so this run does nothing"}, err
-			}
-			return Outcome{Action: ActFailed, Reason: err.Error()}, err
+		lock, s := lockHost(ctx, d, h)
+		if s != nil {
+			return s.out, s.err
 		}
 		defer lock.Unlock()
 	}
@@ -93,54 +91,15 @@ func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome
 	if err != nil {
 		return Outcome{Action: ActFailed, Reason: err.Error()}, err
 	}
+	// Connect, and stop here unless the box is up.
 	runner, closer, rep := connect(ctx, d, h)
 	if closer != nil {
 		defer closer.Close()
 	}
-	if rep.Box != BoxUp && rep.Box != BoxUnknown && !opts.DryRun && len(prev.Since) > 0 {
-		// The box could not be observed (off, unreachable, SSH refused,
-		// in its other OS), so nothing is known of what ran on it
-		// meanwhile: the sampled signals' clocks must not span this gap.
-		// Their clocks restart at the next check that sees the box up.
-		st := prev
-		st.Since = nil
-		if err := SaveState(d.StateDir, st); err != nil {
-			return Outcome{Action: ActFailed, Reason: err.Error(), Report: rep}, err
-		}
+	if s := notUp(d, h, prev, rep, opts); s != nil {
+		return s.out, s.err
 	}
-	switch rep.Box {
-	case BoxOff:
-		return Outcome{Action: ActAlreadyOff, Reason: rep.BoxDetail, Report: rep}, nil
-	case BoxOtherOS:
-		out := Outcome{Action: ActOtherOS, Reason: rep.BoxDetail + "; gpuctl never powers it off", Report: rep}
-		if opts.IfIdle {
-			return out, nil
-		}
-		return out, fmt.Errorf("host %q: %w: %s", h.Name, ErrRefused, out.Reason)
-	case BoxUp:
-	default:
-		out := Outcome{Action: ActNotReady, Reason: rep.BoxDetail, Report: rep}
-		if !opts.DryRun && rep.Box == BoxUnknown {
-			// An SSH failure is a failed check: it resets the idle clock.
-			st := prev
-			st.IdleSince, st.Since, st.LastCheck = nil, nil, rep.Checked
-			st.BusyReasons = []string{"ssh: " + rep.BoxDetail}
-			if err := SaveState(d.StateDir, st); err != nil {
-				return out, err
-			}
-		}
-		if opts.IfIdle && !sshexec.IsPermanent(rep.sshErr) {
-			return out, nil
-		}
-		// A rejected host key or login never clears up by itself: say so
-		// even from cron, or the box would silently never be powered off.
-		if rep.sshErr != nil {
-			// Keep the cause inspectable (sshexec.IsPermanent) for the CLI.
-			return out, fmt.Errorf("host %q: %w: %w", h.Name, ErrRefused, rep.sshErr)
-		}
-		return out, fmt.Errorf("host %q: %w: %s", h.Name, ErrRefused, rep.BoxDetail)
-	}
-
+	// Evaluate, and record the idle clocks.
 	rep = evaluate(ctx, d, h, runner, prev)
 	st := rep.next
 	st.Phase = PhaseReady
@@ -150,8 +109,103 @@ func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome
 		}
 	}
 	out := Outcome{Report: rep}
-
 	// Decide.
+	if s := decide(d, h, &st, out, opts); s != nil {
+		return s.out, s.err
+	}
+	if opts.DryRun {
+		out.Action, out.Reason = ActWouldPower, "would power off: "+rep.Decision
+		if !opts.IfIdle {
+			out.Reason = "would power off (explicit shutdown)"
+		}
+		return out, nil
+	}
+	// Drain, unload, power off, confirm off.
+	return powerOff(ctx, d, h, runner, &st, out, opts)
+}
+
+// stop ends a shutdown before it powers the box off, with the outcome and
+// error Run returns; a phase returns a nil *stop to let the shutdown go on.
+type stop struct {
+	out Outcome
+	err error
+}
+
+func halt(out Outcome, err error) *stop { return &stop{out: out, err: err} }
+
+// lockHost takes the host lock, the one wake takes, so a wake and a
+// shutdown never interleave and a second cron run exits on it.
+func lockHost(ctx context.Context, d *Deps, h *inventory.Host) (*statedir.Lock, *stop) {
+	lock, err := statedir.LockHost(ctx, d.StateDir, h.Name, statedir.LockTry)
+	if err != nil {
+		if errors.Is(err, statedir.ErrLocked) {
+			return nil, halt(Outcome{Action: ActLocked, Reason: err.Error() + "; another wake or shutdown of this host is running, so this run does nothing"}, err)
+		}
+		return nil, halt(Outcome{Action: ActFailed, Reason: err.Error()}, err)
+	}
+	return lock, nil
+}
+
+// notUp ends the run when connect found the box anything but up: off,
+// in its other OS, booting, or unknown (SSH failed). It returns nil when
+// the box is up.
+func notUp(d *Deps, h *inventory.Host, prev State, rep Report, opts Options) *stop {
+	if rep.Box != BoxUp && rep.Box != BoxUnknown && !opts.DryRun && len(prev.Since) > 0 {
+		// The box could not be observed (off, unreachable, SSH refused,
+		// in its other OS), so nothing is known of what ran on it
+		// meanwhile: the sampled signals' clocks must not span this gap.
+		// Their clocks restart at the next check that sees the box up.
+		st := prev
+		st.Since = nil
+		if err := SaveState(d.StateDir, st); err != nil {
+			return halt(Outcome{Action: ActFailed, Reason: err.Error(), Report: rep}, err)
+		}
+	}
+	switch rep.Box {
+	case BoxUp:
+		return nil
+	case BoxOff:
+		return halt(Outcome{Action: ActAlreadyOff, Reason: rep.BoxDetail, Report: rep}, nil)
+	case BoxOtherOS:
+		out := Outcome{Action: ActOtherOS, Reason: rep.BoxDetail + "; gpuctl never powers it off", Report: rep}
+		if opts.IfIdle {
+			return halt(out, nil)
+		}
+		return halt(out, fmt.Errorf("host %q: %w: %s", h.Name, ErrRefused, out.Reason))
+	}
+	return halt(notReady(d, h, prev, rep, opts))
+}
+
+// notReady is the outcome for a box booting, or one whose SSH failed.
+func notReady(d *Deps, h *inventory.Host, prev State, rep Report, opts Options) (Outcome, error) {
+	out := Outcome{Action: ActNotReady, Reason: rep.BoxDetail, Report: rep}
+	if !opts.DryRun && rep.Box == BoxUnknown {
+		// An SSH failure is a failed check: it resets the idle clock.
+		st := prev
+		st.IdleSince, st.Since, st.LastCheck = nil, nil, rep.Checked
+		st.BusyReasons = []string{"ssh: " + rep.BoxDetail}
+		if err := SaveState(d.StateDir, st); err != nil {
+			return out, err
+		}
+	}
+	if opts.IfIdle && !sshexec.IsPermanent(rep.sshErr) {
+		return out, nil
+	}
+	// A rejected host key or login never clears up by itself: say so
+	// even from cron, or the box would silently never be powered off.
+	if rep.sshErr != nil {
+		// Keep the cause inspectable (sshexec.IsPermanent) for the CLI.
+		return out, fmt.Errorf("host %q: %w: %w", h.Name, ErrRefused, rep.sshErr)
+	}
+	return out, fmt.Errorf("host %q: %w: %s", h.Name, ErrRefused, rep.BoxDetail)
+}
+
+// decide applies the rules to the evaluation in out.Report: an --if-idle
+// run goes on only when the box is idle and eligible, an explicit one
+// (without --force) only when nothing is in flight, and neither when the
+// box could not be woken again. It returns nil to go on.
+func decide(d *Deps, h *inventory.Host, st *State, out Outcome, opts Options) *stop {
+	rep := out.Report
 	if opts.IfIdle {
 		switch {
 		case rep.Busy:
@@ -162,41 +216,52 @@ func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome
 			out.Action, out.Reason = ActNotElig, rep.Decision
 		}
 		if out.Action != "" {
-			return out, nil
+			return halt(out, nil)
 		}
 	} else if !opts.Force {
-		switch {
-		case rep.InFlight < 0:
-			return refuse(d, &st, out, fmt.Errorf("host %q: %w: the routing proxy's in-flight count cannot be read (%s); use --force to power off anyway",
-				h.Name, ErrRefused, signalValue(rep, SigProxy)), opts.DryRun)
-		case rep.InFlight > 0:
-			return refuse(d, &st, out, fmt.Errorf("host %q: %w: %d request(s) in flight through the routing proxy; wait, or use --force",
-				h.Name, ErrRefused, rep.InFlight), opts.DryRun)
+		if err := inFlightRefusal(h, rep); err != nil {
+			return halt(refuse(d, st, out, err, opts.DryRun))
 		}
 	}
+	if err := wolRefusal(h, rep); err != nil {
+		return halt(refuse(d, st, out, err, opts.DryRun))
+	}
+	return nil
+}
+
+// inFlightRefusal is why an explicit shutdown without --force is refused:
+// requests in flight through the proxy, or a count that cannot be read.
+func inFlightRefusal(h *inventory.Host, rep Report) error {
+	switch {
+	case rep.InFlight < 0:
+		return fmt.Errorf("host %q: %w: the routing proxy's in-flight count cannot be read (%s); use --force to power off anyway",
+			h.Name, ErrRefused, signalValue(rep, SigProxy))
+	case rep.InFlight > 0:
+		return fmt.Errorf("host %q: %w: %d request(s) in flight through the routing proxy; wait, or use --force",
+			h.Name, ErrRefused, rep.InFlight)
+	}
+	return nil
+}
+
+// wolRefusal is why the box may not be powered off because it could not
+// be woken again, or nil.
+func wolRefusal(h *inventory.Host, rep Report) error {
 	// A host woken by a command alone (a smart plug, a BMC) needs no
 	// armed NIC; one woken by magic packets could never come back without.
-	if !rep.WOL.Armed && h.WakesByWOL() {
-		msg := "Wake-on-LAN is not armed"
-		if rep.WOL.Interface != "" {
-			msg += " on " + rep.WOL.Interface
-		}
-		if rep.WOL.Mode != "" {
-			msg += fmt.Sprintf(" (Wake-on: %s)", rep.WOL.Mode)
-		}
-		if rep.WOL.Err != "" {
-			msg = "cannot confirm Wake-on-LAN is armed: " + rep.WOL.Err
-		}
-		return refuse(d, &st, out, fmt.Errorf("host %q: %w: %s, so it could never be woken again; %s", h.Name, ErrRefused, msg, rep.WOL.Fix), opts.DryRun)
+	if rep.WOL.Armed || !h.WakesByWOL() {
+		return nil
 	}
-	if opts.DryRun {
-		out.Action, out.Reason = ActWouldPower, "would power off: "+rep.Decision
-		if !opts.IfIdle {
-			out.Reason = "would power off (explicit shutdown)"
-		}
-		return out, nil
+	msg := "Wake-on-LAN is not armed"
+	if rep.WOL.Interface != "" {
+		msg += " on " + rep.WOL.Interface
 	}
-	return powerOff(ctx, d, h, runner, &st, out, opts)
+	if rep.WOL.Mode != "" {
+		msg += fmt.Sprintf(" (Wake-on: %s)", rep.WOL.Mode)
+	}
+	if rep.WOL.Err != "" {
+		msg = "cannot confirm Wake-on-LAN is armed: " + rep.WOL.Err
+	}
+	return fmt.Errorf("host %q: %w: %s, so it could never be woken again; %s", h.Name, ErrRefused, msg, rep.WOL.Fix)
 }
 
 func signalValue(r Report, name string) string {
