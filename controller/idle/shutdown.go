@@ -324,6 +324,9 @@ func busyAgainFor(d *Deps, h *inventory.Host, st *State, out Outcome, sig, what 
 	return out, nil
 }
 
+// powerOff drains the box (the draining marker, then unloading its
+// models), takes a last look at the proxy and gpuctl's pulls, runs the
+// poweroff command and waits until the box stops answering.
 func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Runner, st *State, out Outcome, opts Options) (Outcome, error) {
 	st.Phase = PhaseDraining
 	if err := SaveState(d.StateDir, *st); err != nil {
@@ -345,83 +348,18 @@ func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 		}
 	}()
 	d.log().Info("draining", "host", h.Name, "loaded", out.Report.Loaded, "reason", out.Report.Decision)
-
-	// Unload what /api/ps listed, so Ollama does not die mid-write and the
-	// next boot starts clean. A failed unload (a 503 from a full queue, a
-	// timeout) means Ollama is not idle after all.
-	if len(out.Report.Loaded) > 0 {
-		if d.Unload == nil {
-			return fail(d, h, st, out, errors.New("no model unloader configured"))
-		}
-		uctx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout)*3)
-		err := d.Unload(uctx, h, out.Report.Loaded)
-		cancel()
-		if err != nil {
-			return fail(d, h, st, out, fmt.Errorf("unloading %s: %w", strings.Join(out.Report.Loaded, ", "), err))
-		}
+	if err := unloadModels(ctx, d, h, out.Report.Loaded); err != nil {
+		return fail(d, h, st, out, err)
 	}
-
-	// Last look at the proxy, after the marker is down: a request may have
-	// arrived while draining.
-	actx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout))
-	r, err := d.activity(actx)
-	cancel()
-	if !opts.Force {
-		if err != nil {
-			return fail(d, h, st, out, fmt.Errorf("re-reading the routing proxy before poweroff: %w", err))
-		}
-		if n := r.Snapshot.Hosts[h.Name].InFlight; n > 0 {
-			return busyAgain(d, h, st, out, n, opts)
-		}
-	}
-	// The same interlock for gpuctl's own pulls (`gpuctl pull` takes no
-	// host lock): MarkPull writes its marker and only then looks for the
-	// draining marker, so a pull that started after the evaluation either
-	// shows here or refuses to start.
-	if opts.IfIdle {
-		pctx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout))
-		ps, err := d.pulls(pctx, h.Name)
-		cancel()
-		if err != nil {
-			return fail(d, h, st, out, fmt.Errorf("re-reading gpuctl's pull markers before poweroff: %w", err))
-		}
-		if len(ps) > 0 {
-			return busyAgainFor(d, h, st, out, SigPulls, "a pull started while draining: gpuctl is pulling "+strings.Join(ps, ", "), opts)
-		}
+	if s := lastLook(ctx, d, h, st, out, opts); s != nil {
+		return s.out, s.err
 	}
 
 	st.Phase = PhasePoweringOff
 	if err := SaveState(d.StateDir, *st); err != nil {
 		return fail(d, h, st, out, err)
 	}
-	d.log().Info("powering off", "host", h.Name, "command", "sudo -n "+hostcmd.PoweroffCommand)
-	// The box will drop this connection as it goes down: that is no
-	// warning (see sshexec.CloseExpecter).
-	ce, _ := runner.(sshexec.CloseExpecter)
-	if ce != nil {
-		ce.ExpectClose(true)
-	}
-	res, runErr := runner.Run(ctx, hostcmd.PoweroffCmd())
-	if runErr == nil && res.ExitStatus != 0 {
-		if ce != nil {
-			ce.ExpectClose(false)
-		}
-		msg := strings.TrimSpace(string(res.Stderr))
-		if msg == "" {
-			msg = strings.TrimSpace(string(res.Stdout))
-		}
-		hint := ""
-		if strings.Contains(msg, "password") || strings.Contains(msg, "not allowed") || strings.Contains(msg, "sudoers") {
-			hint = fmt.Sprintf(" (the box's sudo rule must let %s run exactly %s without a password; the generated NixOS config has it)", h.SSHUser, hostcmd.PoweroffCommand)
-		}
-		return fail(d, h, st, out, fmt.Errorf("sudo -n %s exited %d: %s%s", hostcmd.PoweroffCommand, res.ExitStatus, msg, hint))
-	}
-	// A nil error with exit 0, or the connection dropping as the box goes
-	// down: either way the box must now stop answering.
-	if err := waitOff(ctx, d, h); err != nil {
-		if runErr != nil {
-			err = fmt.Errorf("%w (the poweroff command ended with: %v)", err, runErr)
-		}
+	if err := runPoweroff(ctx, d, h, runner); err != nil {
 		return fail(d, h, st, out, err)
 	}
 	now := d.now()
@@ -437,6 +375,100 @@ func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 		return out, err
 	}
 	return out, nil
+}
+
+// unloadModels unloads what /api/ps listed, so Ollama does not die mid-write and
+// the next boot starts clean. A failed unload (a 503 from a full queue, a
+// timeout) means Ollama is not idle after all.
+func unloadModels(ctx context.Context, d *Deps, h *inventory.Host, loaded []string) error {
+	if len(loaded) == 0 {
+		return nil
+	}
+	if d.Unload == nil {
+		return errors.New("no model unloader configured")
+	}
+	uctx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout)*3)
+	err := d.Unload(uctx, h, loaded)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("unloading %s: %w", strings.Join(loaded, ", "), err)
+	}
+	return nil
+}
+
+// lastLook re-reads the proxy and gpuctl's pull markers after the draining
+// marker is down: a request or a pull may have arrived while draining. It
+// returns nil when neither did.
+func lastLook(ctx context.Context, d *Deps, h *inventory.Host, st *State, out Outcome, opts Options) *stop {
+	actx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout))
+	r, err := d.activity(actx)
+	cancel()
+	if !opts.Force {
+		if err != nil {
+			return halt(fail(d, h, st, out, fmt.Errorf("re-reading the routing proxy before poweroff: %w", err)))
+		}
+		if n := r.Snapshot.Hosts[h.Name].InFlight; n > 0 {
+			return halt(busyAgain(d, h, st, out, n, opts))
+		}
+	}
+	// The same interlock for gpuctl's own pulls (`gpuctl pull` takes no
+	// host lock): MarkPull writes its marker and only then looks for the
+	// draining marker, so a pull that started after the evaluation either
+	// shows here or refuses to start.
+	if opts.IfIdle {
+		pctx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout))
+		ps, err := d.pulls(pctx, h.Name)
+		cancel()
+		if err != nil {
+			return halt(fail(d, h, st, out, fmt.Errorf("re-reading gpuctl's pull markers before poweroff: %w", err)))
+		}
+		if len(ps) > 0 {
+			return halt(busyAgainFor(d, h, st, out, SigPulls, "a pull started while draining: gpuctl is pulling "+strings.Join(ps, ", "), opts))
+		}
+	}
+	return nil
+}
+
+// runPoweroff runs the poweroff command and waits until the box stops
+// answering.
+func runPoweroff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Runner) error {
+	d.log().Info("powering off", "host", h.Name, "command", "sudo -n "+hostcmd.PoweroffCommand)
+	// The box will drop this connection as it goes down: that is no
+	// warning (see sshexec.CloseExpecter).
+	ce, _ := runner.(sshexec.CloseExpecter)
+	if ce != nil {
+		ce.ExpectClose(true)
+	}
+	res, runErr := runner.Run(ctx, hostcmd.PoweroffCmd())
+	if runErr == nil && res.ExitStatus != 0 {
+		if ce != nil {
+			ce.ExpectClose(false)
+		}
+		return poweroffExit(h, res)
+	}
+	// A nil error with exit 0, or the connection dropping as the box goes
+	// down: either way the box must now stop answering.
+	if err := waitOff(ctx, d, h); err != nil {
+		if runErr != nil {
+			err = fmt.Errorf("%w (the poweroff command ended with: %v)", err, runErr)
+		}
+		return err
+	}
+	return nil
+}
+
+// poweroffExit describes a poweroff command that exited non-zero, with a
+// hint when sudo refused it.
+func poweroffExit(h *inventory.Host, res sshexec.Result) error {
+	msg := strings.TrimSpace(string(res.Stderr))
+	if msg == "" {
+		msg = strings.TrimSpace(string(res.Stdout))
+	}
+	hint := ""
+	if strings.Contains(msg, "password") || strings.Contains(msg, "not allowed") || strings.Contains(msg, "sudoers") {
+		hint = fmt.Sprintf(" (the box's sudo rule must let %s run exactly %s without a password; the generated NixOS config has it)", h.SSHUser, hostcmd.PoweroffCommand)
+	}
+	return fmt.Errorf("sudo -n %s exited %d: %s%s", hostcmd.PoweroffCommand, res.ExitStatus, msg, hint)
 }
 
 // waitOff probes the SSH port until two probes in a row find it closed or
