@@ -345,87 +345,127 @@ type psResult struct {
 func evaluate(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Runner, prev State) Report {
 	rep := Report{Host: h.Name, Checked: d.now(), Box: BoxUp, InFlight: -1,
 		IdleAfter: h.IdleAfter.D(), MinUptime: h.MinUptime.D()}
-	ct := cmp.Or(d.CheckTimeout, DefaultCheckTimeout)
-	port := ollamaPort(h)
-	marker := hostcmd.NewMarker()
+	in := signalInput{d: d, h: h, port: ollamaPort(h), prev: prev, now: rep.Checked, rep: &rep}
+	in.readings = gather(ctx, d, h, runner, in.port)
+	var sigs []Signal
+	for _, read := range signalReaders {
+		sigs = append(sigs, read(&in))
+	}
+	rep.WOL = wolCheck(&in.rem)
 
+	apply(&rep, sigs, prev, in.now)
+	rep.next.Partials = in.partials
+	return rep
+}
+
+// readings is what evaluate's reads found.
+type readings struct {
+	act   activity.Reading
+	actE  error
+	ps    psResult
+	rem   remote
+	pulls []string
+	pullE error
+}
+
+// gather reads the proxy's activity (then gpuctl's pull markers), Ollama's
+// /api/ps and the box's idle script at once.
+func gather(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Runner, port uint16) readings {
+	ct := cmp.Or(d.CheckTimeout, DefaultCheckTimeout)
 	var (
-		wg    sync.WaitGroup
-		act   activity.Reading
-		actE  error
-		ps    psResult
-		rem   remote
-		pulls []string
-		pullE error
+		wg sync.WaitGroup
+		rd readings
 	)
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		c, cancel := context.WithTimeout(ctx, ct)
 		defer cancel()
-		act, actE = d.activity(c)
-		if actE == nil {
-			pulls, pullE = d.pulls(c, h.Name)
+		rd.act, rd.actE = d.activity(c)
+		if rd.actE == nil {
+			rd.pulls, rd.pullE = d.pulls(c, h.Name)
 		}
 	}()
 	go func() {
 		defer wg.Done()
 		c, cancel := context.WithTimeout(ctx, ct)
 		defer cancel()
-		ps = listRunning(c, d.HTTP, h)
+		rd.ps = listRunning(c, d.HTTP, h)
 	}()
 	go func() {
 		defer wg.Done()
-		c, cancel := context.WithTimeout(ctx, hostcmd.ScriptTimeout+5*time.Second)
-		defer cancel()
-		res, err := runner.Run(c, hostcmd.IdleScriptCmd(marker, h.ModelsDir, port))
-		rem.local = d.now()
-		switch {
-		case err != nil:
-			rem.err = err
-		case res.Truncated:
-			rem.err = errors.New("the idle script's output was cut at its size limit")
-		default:
-			rem.secs, rem.perr = hostcmd.ParseSections(res.Stdout, marker)
-		}
+		rd.rem = runIdleScript(ctx, d, h, runner, port)
 	}()
 	wg.Wait()
-	if actE != nil {
-		pulls, pullE = d.pulls(ctx, h.Name)
+	if rd.actE != nil {
+		rd.pulls, rd.pullE = d.pulls(ctx, h.Name)
 	}
-	now := rep.Checked
+	return rd
+}
 
-	var sigs []Signal
+// runIdleScript runs the idle script on the box and splits its output.
+func runIdleScript(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Runner, port uint16) remote {
+	marker := hostcmd.NewMarker()
+	c, cancel := context.WithTimeout(ctx, hostcmd.ScriptTimeout+5*time.Second)
+	defer cancel()
+	res, err := runner.Run(c, hostcmd.IdleScriptCmd(marker, h.ModelsDir, port))
+	var rem remote
+	rem.local = d.now()
+	switch {
+	case err != nil:
+		rem.err = err
+	case res.Truncated:
+		rem.err = errors.New("the idle script's output was cut at its size limit")
+	default:
+		rem.secs, rem.perr = hostcmd.ParseSections(res.Stdout, marker)
+	}
+	return rem
+}
+
+// signalInput is what the signal readers read from; the pulls reader
+// leaves the partial-blob sample in partials for the next state.
+type signalInput struct {
+	readings
+	d        *Deps
+	h        *inventory.Host
+	port     uint16
+	prev     State
+	now      time.Time
+	rep      *Report
+	partials map[string]hostcmd.Partial
+}
+
+// signalReaders turn the readings into the signals, in report order
+// (signalOrder).
+var signalReaders = []func(in *signalInput) Signal{
 	// The routing proxy.
-	sigs = append(sigs, proxySignal(h, act, actE, &rep))
+	func(in *signalInput) Signal { return proxySignal(in.h, in.act, in.actE, in.rep) },
 	// /api/ps.
-	sigs = append(sigs, ollamaSignal(ps, &rep))
+	func(in *signalInput) Signal { return ollamaSignal(in.ps, in.rep) },
 	// Pulls: gpuctl's markers and Ollama's partial blobs.
-	boxNow, boxErr := func() (time.Time, error) {
-		b, err := rem.get(hostcmd.SecNow)
-		if err != nil {
-			return time.Time{}, err
-		}
-		return hostcmd.ParseEpoch(b)
-	}()
-	pullSig, partials := pullSignal(&rem, pulls, pullE, boxNow, boxErr, prev, now)
-	sigs = append(sigs, pullSig)
-	sigs = append(sigs, loginSignal(&rem, h))
-	sigs = append(sigs, gpuSignal(&rem, h))
-	serverIP, connErr := func() (netip.Addr, error) {
-		b, err := rem.get(hostcmd.SecConn)
-		if err != nil {
-			return netip.Addr{}, err
-		}
-		return hostcmd.ParseSSHConnection(b)
-	}()
-	sigs = append(sigs, clientSignal(&rem, d, port, serverIP, connErr))
-	sigs = append(sigs, uptimeSignal(&rem, h, now, &rep))
-	rep.WOL = wolCheck(&rem)
+	func(in *signalInput) Signal {
+		boxNow, boxErr := parseSection(&in.rem, hostcmd.SecNow, hostcmd.ParseEpoch)
+		var s Signal
+		s, in.partials = pullSignal(&in.rem, in.pulls, in.pullE, boxNow, boxErr, in.prev, in.now)
+		return s
+	},
+	func(in *signalInput) Signal { return loginSignal(&in.rem, in.h) },
+	func(in *signalInput) Signal { return gpuSignal(&in.rem, in.h) },
+	func(in *signalInput) Signal {
+		serverIP, connErr := parseSection(&in.rem, hostcmd.SecConn, hostcmd.ParseSSHConnection)
+		return clientSignal(&in.rem, in.d, in.port, serverIP, connErr)
+	},
+	func(in *signalInput) Signal { return uptimeSignal(&in.rem, in.h, in.now, in.rep) },
+}
 
-	apply(&rep, sigs, prev, now)
-	rep.next.Partials = partials
-	return rep
+// parseSection parses the script's section name with parse.
+func parseSection[T any](rem *remote, name string, parse func([]byte) (T, error)) (T, error) {
+	b, err := rem.get(name)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return parse(b)
 }
 
 // apply combines the signals with the previous state: per-signal idle

@@ -79,13 +79,11 @@ func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome
 		return Outcome{Action: ActRefused, Reason: h.Name + " is not on_demand"},
 			fmt.Errorf("host %q: %w: gpuctl powers off only on_demand hosts (set on_demand = true in the inventory if it can be woken)", h.Name, ErrNotOnDemand)
 	}
+	// Lock: a dry run changes nothing, so it takes no lock.
 	if !opts.DryRun {
-		lock, err := statedir.LockHost(ctx, d.StateDir, h.Name, statedir.LockTry)
-		if err != nil {
-			if errors.Is(err, statedir.ErrLocked) {
-				return Outcome{Action: ActLocked, Reason: err.Error() + "; another wake or shutdown of this host is running, so this run does nothing"}, err
-			}
-			return Outcome{Action: ActFailed, Reason: err.Error()}, err
+		lock, s := lockHost(ctx, d, h)
+		if s != nil {
+			return s.out, s.err
 		}
 		defer lock.Unlock()
 	}
@@ -93,54 +91,15 @@ func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome
 	if err != nil {
 		return Outcome{Action: ActFailed, Reason: err.Error()}, err
 	}
+	// Connect, and stop here unless the box is up.
 	runner, closer, rep := connect(ctx, d, h)
 	if closer != nil {
 		defer closer.Close()
 	}
-	if rep.Box != BoxUp && rep.Box != BoxUnknown && !opts.DryRun && len(prev.Since) > 0 {
-		// The box could not be observed (off, unreachable, SSH refused,
-		// in its other OS), so nothing is known of what ran on it
-		// meanwhile: the sampled signals' clocks must not span this gap.
-		// Their clocks restart at the next check that sees the box up.
-		st := prev
-		st.Since = nil
-		if err := SaveState(d.StateDir, st); err != nil {
-			return Outcome{Action: ActFailed, Reason: err.Error(), Report: rep}, err
-		}
+	if s := notUp(d, h, prev, rep, opts); s != nil {
+		return s.out, s.err
 	}
-	switch rep.Box {
-	case BoxOff:
-		return Outcome{Action: ActAlreadyOff, Reason: rep.BoxDetail, Report: rep}, nil
-	case BoxOtherOS:
-		out := Outcome{Action: ActOtherOS, Reason: rep.BoxDetail + "; gpuctl never powers it off", Report: rep}
-		if opts.IfIdle {
-			return out, nil
-		}
-		return out, fmt.Errorf("host %q: %w: %s", h.Name, ErrRefused, out.Reason)
-	case BoxUp:
-	default:
-		out := Outcome{Action: ActNotReady, Reason: rep.BoxDetail, Report: rep}
-		if !opts.DryRun && rep.Box == BoxUnknown {
-			// An SSH failure is a failed check: it resets the idle clock.
-			st := prev
-			st.IdleSince, st.Since, st.LastCheck = nil, nil, rep.Checked
-			st.BusyReasons = []string{"ssh: " + rep.BoxDetail}
-			if err := SaveState(d.StateDir, st); err != nil {
-				return out, err
-			}
-		}
-		if opts.IfIdle && !sshexec.IsPermanent(rep.sshErr) {
-			return out, nil
-		}
-		// A rejected host key or login never clears up by itself: say so
-		// even from cron, or the box would silently never be powered off.
-		if rep.sshErr != nil {
-			// Keep the cause inspectable (sshexec.IsPermanent) for the CLI.
-			return out, fmt.Errorf("host %q: %w: %w", h.Name, ErrRefused, rep.sshErr)
-		}
-		return out, fmt.Errorf("host %q: %w: %s", h.Name, ErrRefused, rep.BoxDetail)
-	}
-
+	// Evaluate, and record the idle clocks.
 	rep = evaluate(ctx, d, h, runner, prev)
 	st := rep.next
 	st.Phase = PhaseReady
@@ -150,8 +109,103 @@ func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome
 		}
 	}
 	out := Outcome{Report: rep}
-
 	// Decide.
+	if s := decide(d, h, &st, out, opts); s != nil {
+		return s.out, s.err
+	}
+	if opts.DryRun {
+		out.Action, out.Reason = ActWouldPower, "would power off: "+rep.Decision
+		if !opts.IfIdle {
+			out.Reason = "would power off (explicit shutdown)"
+		}
+		return out, nil
+	}
+	// Drain, unload, power off, confirm off.
+	return powerOff(ctx, d, h, runner, &st, out, opts)
+}
+
+// stop ends a shutdown before it powers the box off, with the outcome and
+// error Run returns; a phase returns a nil *stop to let the shutdown go on.
+type stop struct {
+	out Outcome
+	err error
+}
+
+func halt(out Outcome, err error) *stop { return &stop{out: out, err: err} }
+
+// lockHost takes the host lock, the one wake takes, so a wake and a
+// shutdown never interleave and a second cron run exits on it.
+func lockHost(ctx context.Context, d *Deps, h *inventory.Host) (*statedir.Lock, *stop) {
+	lock, err := statedir.LockHost(ctx, d.StateDir, h.Name, statedir.LockTry)
+	if err != nil {
+		if errors.Is(err, statedir.ErrLocked) {
+			return nil, halt(Outcome{Action: ActLocked, Reason: err.Error() + "; another wake or shutdown of this host is running, so this run does nothing"}, err)
+		}
+		return nil, halt(Outcome{Action: ActFailed, Reason: err.Error()}, err)
+	}
+	return lock, nil
+}
+
+// notUp ends the run when connect found the box anything but up: off,
+// in its other OS, booting, or unknown (SSH failed). It returns nil when
+// the box is up.
+func notUp(d *Deps, h *inventory.Host, prev State, rep Report, opts Options) *stop {
+	if rep.Box != BoxUp && rep.Box != BoxUnknown && !opts.DryRun && len(prev.Since) > 0 {
+		// The box could not be observed (off, unreachable, SSH refused,
+		// in its other OS), so nothing is known of what ran on it
+		// meanwhile: the sampled signals' clocks must not span this gap.
+		// Their clocks restart at the next check that sees the box up.
+		st := prev
+		st.Since = nil
+		if err := SaveState(d.StateDir, st); err != nil {
+			return halt(Outcome{Action: ActFailed, Reason: err.Error(), Report: rep}, err)
+		}
+	}
+	switch rep.Box {
+	case BoxUp:
+		return nil
+	case BoxOff:
+		return halt(Outcome{Action: ActAlreadyOff, Reason: rep.BoxDetail, Report: rep}, nil)
+	case BoxOtherOS:
+		out := Outcome{Action: ActOtherOS, Reason: rep.BoxDetail + "; gpuctl never powers it off", Report: rep}
+		if opts.IfIdle {
+			return halt(out, nil)
+		}
+		return halt(out, fmt.Errorf("host %q: %w: %s", h.Name, ErrRefused, out.Reason))
+	}
+	return halt(notReady(d, h, prev, rep, opts))
+}
+
+// notReady is the outcome for a box booting, or one whose SSH failed.
+func notReady(d *Deps, h *inventory.Host, prev State, rep Report, opts Options) (Outcome, error) {
+	out := Outcome{Action: ActNotReady, Reason: rep.BoxDetail, Report: rep}
+	if !opts.DryRun && rep.Box == BoxUnknown {
+		// An SSH failure is a failed check: it resets the idle clock.
+		st := prev
+		st.IdleSince, st.Since, st.LastCheck = nil, nil, rep.Checked
+		st.BusyReasons = []string{"ssh: " + rep.BoxDetail}
+		if err := SaveState(d.StateDir, st); err != nil {
+			return out, err
+		}
+	}
+	if opts.IfIdle && !sshexec.IsPermanent(rep.sshErr) {
+		return out, nil
+	}
+	// A rejected host key or login never clears up by itself: say so
+	// even from cron, or the box would silently never be powered off.
+	if rep.sshErr != nil {
+		// Keep the cause inspectable (sshexec.IsPermanent) for the CLI.
+		return out, fmt.Errorf("host %q: %w: %w", h.Name, ErrRefused, rep.sshErr)
+	}
+	return out, fmt.Errorf("host %q: %w: %s", h.Name, ErrRefused, rep.BoxDetail)
+}
+
+// decide applies the rules to the evaluation in out.Report: an --if-idle
+// run goes on only when the box is idle and eligible, an explicit one
+// (without --force) only when nothing is in flight, and neither when the
+// box could not be woken again. It returns nil to go on.
+func decide(d *Deps, h *inventory.Host, st *State, out Outcome, opts Options) *stop {
+	rep := out.Report
 	if opts.IfIdle {
 		switch {
 		case rep.Busy:
@@ -162,41 +216,52 @@ func Run(ctx context.Context, d *Deps, h *inventory.Host, opts Options) (Outcome
 			out.Action, out.Reason = ActNotElig, rep.Decision
 		}
 		if out.Action != "" {
-			return out, nil
+			return halt(out, nil)
 		}
 	} else if !opts.Force {
-		switch {
-		case rep.InFlight < 0:
-			return refuse(d, &st, out, fmt.Errorf("host %q: %w: the routing proxy's in-flight count cannot be read (%s); use --force to power off anyway",
-				h.Name, ErrRefused, signalValue(rep, SigProxy)), opts.DryRun)
-		case rep.InFlight > 0:
-			return refuse(d, &st, out, fmt.Errorf("host %q: %w: %d request(s) in flight through the routing proxy; wait, or use --force",
-				h.Name, ErrRefused, rep.InFlight), opts.DryRun)
+		if err := inFlightRefusal(h, rep); err != nil {
+			return halt(refuse(d, st, out, err, opts.DryRun))
 		}
 	}
+	if err := wolRefusal(h, rep); err != nil {
+		return halt(refuse(d, st, out, err, opts.DryRun))
+	}
+	return nil
+}
+
+// inFlightRefusal is why an explicit shutdown without --force is refused:
+// requests in flight through the proxy, or a count that cannot be read.
+func inFlightRefusal(h *inventory.Host, rep Report) error {
+	switch {
+	case rep.InFlight < 0:
+		return fmt.Errorf("host %q: %w: the routing proxy's in-flight count cannot be read (%s); use --force to power off anyway",
+			h.Name, ErrRefused, signalValue(rep, SigProxy))
+	case rep.InFlight > 0:
+		return fmt.Errorf("host %q: %w: %d request(s) in flight through the routing proxy; wait, or use --force",
+			h.Name, ErrRefused, rep.InFlight)
+	}
+	return nil
+}
+
+// wolRefusal is why the box may not be powered off because it could not
+// be woken again, or nil.
+func wolRefusal(h *inventory.Host, rep Report) error {
 	// A host woken by a command alone (a smart plug, a BMC) needs no
 	// armed NIC; one woken by magic packets could never come back without.
-	if !rep.WOL.Armed && h.WakesByWOL() {
-		msg := "Wake-on-LAN is not armed"
-		if rep.WOL.Interface != "" {
-			msg += " on " + rep.WOL.Interface
-		}
-		if rep.WOL.Mode != "" {
-			msg += fmt.Sprintf(" (Wake-on: %s)", rep.WOL.Mode)
-		}
-		if rep.WOL.Err != "" {
-			msg = "cannot confirm Wake-on-LAN is armed: " + rep.WOL.Err
-		}
-		return refuse(d, &st, out, fmt.Errorf("host %q: %w: %s, so it could never be woken again; %s", h.Name, ErrRefused, msg, rep.WOL.Fix), opts.DryRun)
+	if rep.WOL.Armed || !h.WakesByWOL() {
+		return nil
 	}
-	if opts.DryRun {
-		out.Action, out.Reason = ActWouldPower, "would power off: "+rep.Decision
-		if !opts.IfIdle {
-			out.Reason = "would power off (explicit shutdown)"
-		}
-		return out, nil
+	msg := "Wake-on-LAN is not armed"
+	if rep.WOL.Interface != "" {
+		msg += " on " + rep.WOL.Interface
 	}
-	return powerOff(ctx, d, h, runner, &st, out, opts)
+	if rep.WOL.Mode != "" {
+		msg += fmt.Sprintf(" (Wake-on: %s)", rep.WOL.Mode)
+	}
+	if rep.WOL.Err != "" {
+		msg = "cannot confirm Wake-on-LAN is armed: " + rep.WOL.Err
+	}
+	return fmt.Errorf("host %q: %w: %s, so it could never be woken again; %s", h.Name, ErrRefused, msg, rep.WOL.Fix)
 }
 
 func signalValue(r Report, name string) string {
@@ -259,6 +324,9 @@ func busyAgainFor(d *Deps, h *inventory.Host, st *State, out Outcome, sig, what 
 	return out, nil
 }
 
+// powerOff drains the box (the draining marker, then unloading its
+// models), takes a last look at the proxy and gpuctl's pulls, runs the
+// poweroff command and waits until the box stops answering.
 func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Runner, st *State, out Outcome, opts Options) (Outcome, error) {
 	st.Phase = PhaseDraining
 	if err := SaveState(d.StateDir, *st); err != nil {
@@ -280,83 +348,18 @@ func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 		}
 	}()
 	d.log().Info("draining", "host", h.Name, "loaded", out.Report.Loaded, "reason", out.Report.Decision)
-
-	// Unload what /api/ps listed, so Ollama does not die mid-write and the
-	// next boot starts clean. A failed unload (a 503 from a full queue, a
-	// timeout) means Ollama is not idle after all.
-	if len(out.Report.Loaded) > 0 {
-		if d.Unload == nil {
-			return fail(d, h, st, out, errors.New("no model unloader configured"))
-		}
-		uctx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout)*3)
-		err := d.Unload(uctx, h, out.Report.Loaded)
-		cancel()
-		if err != nil {
-			return fail(d, h, st, out, fmt.Errorf("unloading %s: %w", strings.Join(out.Report.Loaded, ", "), err))
-		}
+	if err := unloadModels(ctx, d, h, out.Report.Loaded); err != nil {
+		return fail(d, h, st, out, err)
 	}
-
-	// Last look at the proxy, after the marker is down: a request may have
-	// arrived while draining.
-	actx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout))
-	r, err := d.activity(actx)
-	cancel()
-	if !opts.Force {
-		if err != nil {
-			return fail(d, h, st, out, fmt.Errorf("re-reading the routing proxy before poweroff: %w", err))
-		}
-		if n := r.Snapshot.Hosts[h.Name].InFlight; n > 0 {
-			return busyAgain(d, h, st, out, n, opts)
-		}
-	}
-	// The same interlock for gpuctl's own pulls (`gpuctl pull` takes no
-	// host lock): MarkPull writes its marker and only then looks for the
-	// draining marker, so a pull that started after the evaluation either
-	// shows here or refuses to start.
-	if opts.IfIdle {
-		pctx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout))
-		ps, err := d.pulls(pctx, h.Name)
-		cancel()
-		if err != nil {
-			return fail(d, h, st, out, fmt.Errorf("re-reading gpuctl's pull markers before poweroff: %w", err))
-		}
-		if len(ps) > 0 {
-			return busyAgainFor(d, h, st, out, SigPulls, "a pull started while draining: gpuctl is pulling "+strings.Join(ps, ", "), opts)
-		}
+	if s := lastLook(ctx, d, h, st, out, opts); s != nil {
+		return s.out, s.err
 	}
 
 	st.Phase = PhasePoweringOff
 	if err := SaveState(d.StateDir, *st); err != nil {
 		return fail(d, h, st, out, err)
 	}
-	d.log().Info("powering off", "host", h.Name, "command", "sudo -n "+hostcmd.PoweroffCommand)
-	// The box will drop this connection as it goes down: that is no
-	// warning (see sshexec.CloseExpecter).
-	ce, _ := runner.(sshexec.CloseExpecter)
-	if ce != nil {
-		ce.ExpectClose(true)
-	}
-	res, runErr := runner.Run(ctx, hostcmd.PoweroffCmd())
-	if runErr == nil && res.ExitStatus != 0 {
-		if ce != nil {
-			ce.ExpectClose(false)
-		}
-		msg := strings.TrimSpace(string(res.Stderr))
-		if msg == "" {
-			msg = strings.TrimSpace(string(res.Stdout))
-		}
-		hint := ""
-		if strings.Contains(msg, "password") || strings.Contains(msg, "not allowed") || strings.Contains(msg, "sudoers") {
-			hint = fmt.Sprintf(" (the box's sudo rule must let %s run exactly %s without a password; the generated NixOS config has it)", h.SSHUser, hostcmd.PoweroffCommand)
-		}
-		return fail(d, h, st, out, fmt.Errorf("sudo -n %s exited %d: %s%s", hostcmd.PoweroffCommand, res.ExitStatus, msg, hint))
-	}
-	// A nil error with exit 0, or the connection dropping as the box goes
-	// down: either way the box must now stop answering.
-	if err := waitOff(ctx, d, h); err != nil {
-		if runErr != nil {
-			err = fmt.Errorf("%w (the poweroff command ended with: %v)", err, runErr)
-		}
+	if err := runPoweroff(ctx, d, h, runner); err != nil {
 		return fail(d, h, st, out, err)
 	}
 	now := d.now()
@@ -372,6 +375,100 @@ func powerOff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Ru
 		return out, err
 	}
 	return out, nil
+}
+
+// unloadModels unloads what /api/ps listed, so Ollama does not die mid-write and
+// the next boot starts clean. A failed unload (a 503 from a full queue, a
+// timeout) means Ollama is not idle after all.
+func unloadModels(ctx context.Context, d *Deps, h *inventory.Host, loaded []string) error {
+	if len(loaded) == 0 {
+		return nil
+	}
+	if d.Unload == nil {
+		return errors.New("no model unloader configured")
+	}
+	uctx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout)*3)
+	err := d.Unload(uctx, h, loaded)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("unloading %s: %w", strings.Join(loaded, ", "), err)
+	}
+	return nil
+}
+
+// lastLook re-reads the proxy and gpuctl's pull markers after the draining
+// marker is down: a request or a pull may have arrived while draining. It
+// returns nil when neither did.
+func lastLook(ctx context.Context, d *Deps, h *inventory.Host, st *State, out Outcome, opts Options) *stop {
+	actx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout))
+	r, err := d.activity(actx)
+	cancel()
+	if !opts.Force {
+		if err != nil {
+			return halt(fail(d, h, st, out, fmt.Errorf("re-reading the routing proxy before poweroff: %w", err)))
+		}
+		if n := r.Snapshot.Hosts[h.Name].InFlight; n > 0 {
+			return halt(busyAgain(d, h, st, out, n, opts))
+		}
+	}
+	// The same interlock for gpuctl's own pulls (`gpuctl pull` takes no
+	// host lock): MarkPull writes its marker and only then looks for the
+	// draining marker, so a pull that started after the evaluation either
+	// shows here or refuses to start.
+	if opts.IfIdle {
+		pctx, cancel := context.WithTimeout(ctx, cmp.Or(d.CheckTimeout, DefaultCheckTimeout))
+		ps, err := d.pulls(pctx, h.Name)
+		cancel()
+		if err != nil {
+			return halt(fail(d, h, st, out, fmt.Errorf("re-reading gpuctl's pull markers before poweroff: %w", err)))
+		}
+		if len(ps) > 0 {
+			return halt(busyAgainFor(d, h, st, out, SigPulls, "a pull started while draining: gpuctl is pulling "+strings.Join(ps, ", "), opts))
+		}
+	}
+	return nil
+}
+
+// runPoweroff runs the poweroff command and waits until the box stops
+// answering.
+func runPoweroff(ctx context.Context, d *Deps, h *inventory.Host, runner sshexec.Runner) error {
+	d.log().Info("powering off", "host", h.Name, "command", "sudo -n "+hostcmd.PoweroffCommand)
+	// The box will drop this connection as it goes down: that is no
+	// warning (see sshexec.CloseExpecter).
+	ce, _ := runner.(sshexec.CloseExpecter)
+	if ce != nil {
+		ce.ExpectClose(true)
+	}
+	res, runErr := runner.Run(ctx, hostcmd.PoweroffCmd())
+	if runErr == nil && res.ExitStatus != 0 {
+		if ce != nil {
+			ce.ExpectClose(false)
+		}
+		return poweroffExit(h, res)
+	}
+	// A nil error with exit 0, or the connection dropping as the box goes
+	// down: either way the box must now stop answering.
+	if err := waitOff(ctx, d, h); err != nil {
+		if runErr != nil {
+			err = fmt.Errorf("%w (the poweroff command ended with: %v)", err, runErr)
+		}
+		return err
+	}
+	return nil
+}
+
+// poweroffExit describes a poweroff command that exited non-zero, with a
+// hint when sudo refused it.
+func poweroffExit(h *inventory.Host, res sshexec.Result) error {
+	msg := strings.TrimSpace(string(res.Stderr))
+	if msg == "" {
+		msg = strings.TrimSpace(string(res.Stdout))
+	}
+	hint := ""
+	if strings.Contains(msg, "password") || strings.Contains(msg, "not allowed") || strings.Contains(msg, "sudoers") {
+		hint = fmt.Sprintf(" (the box's sudo rule must let %s run exactly %s without a password; the generated NixOS config has it)", h.SSHUser, hostcmd.PoweroffCommand)
+	}
+	return fmt.Errorf("sudo -n %s exited %d: %s%s", hostcmd.PoweroffCommand, res.ExitStatus, msg, hint)
 }
 
 // waitOff probes the SSH port until two probes in a row find it closed or
