@@ -10,13 +10,11 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
 
 	"github.com/BurntSushi/toml"
-	"golang.org/x/crypto/ssh"
 )
 
 // Env supplies what defaults depend on. The zero value reads the process's
@@ -328,6 +326,9 @@ type validator struct {
 	md    toml.MetaData
 	errs  Errors
 	notes []*ConfigError
+	// names and macs index the hosts checked so far, by name and by MAC.
+	names map[string]int
+	macs  map[MAC]int
 }
 
 // note records something the loader changed or the user should know, at a
@@ -363,11 +364,21 @@ var (
 	driverRE    = regexp.MustCompile(`^[0-9]+(\.[0-9]+){0,2}$`)
 )
 
+// check validates and completes the inventory, section by section, in the
+// order its errors are reported (then sorted by line).
 func (v *validator) check(env Env) {
+	v.checkSSH(env)
+	v.checkHosts()
+	v.checkRoutes()
+	v.checkServe()
+	v.checkDefaultHost()
+	sort.SliceStable(v.errs, func(a, b int) bool { return v.errs[a].Line < v.errs[b].Line && v.errs[a].Line > 0 })
+}
+
+// checkSSH completes the top level (state_dir) and [ssh].
+func (v *validator) checkSSH(env Env) {
 	inv := v.inv
 	home := env.home()
-
-	// Top level and [ssh].
 	if inv.StateDir == "" {
 		switch {
 		case env.Root:
@@ -411,18 +422,25 @@ func (v *validator) check(env Env) {
 	if inv.SSH.Config != "" && inv.SSH.Config != "none" {
 		inv.SSH.Config = v.expandPath(inv.SSH.Config, home)
 	}
+}
 
-	if len(inv.Hosts) == 0 {
+// checkHosts checks every [[host]], filling v.names and v.macs for the
+// checks of duplicates and of references to hosts.
+func (v *validator) checkHosts() {
+	if len(v.inv.Hosts) == 0 {
 		v.errs = append(v.errs, &ConfigError{File: v.file, Key: "host",
 			Msg: "no [[host]] tables: declare at least one host"})
 	}
-	names := map[string]int{}
-	macs := map[MAC]int{}
-	for i := range inv.Hosts {
-		v.checkHost(i, names, macs)
+	v.names = map[string]int{}
+	v.macs = map[MAC]int{}
+	for i := range v.inv.Hosts {
+		v.checkHost(i)
 	}
+}
 
-	// Routes.
+// checkRoutes checks every [[route]]; it needs v.names.
+func (v *validator) checkRoutes() {
+	inv := v.inv
 	for i := range inv.Routes {
 		r := &inv.Routes[i]
 		p := fmt.Sprintf("route[%d]", i)
@@ -440,57 +458,66 @@ func (v *validator) check(env Env) {
 		}
 		if r.Host == "" {
 			v.fail(p+".host", "a route needs a host")
-		} else if _, ok := names[r.Host]; !ok {
+		} else if _, ok := v.names[r.Host]; !ok {
 			v.fail(p+".host", "%q is not a host in this inventory%s", r.Host, suggest(r.Host, inv.HostNames()))
 		}
 		if r.Fallback != "" {
-			if _, ok := names[r.Fallback]; !ok {
+			if _, ok := v.names[r.Fallback]; !ok {
 				v.fail(p+".fallback", "%q is not a host in this inventory%s", r.Fallback, suggest(r.Fallback, inv.HostNames()))
 			} else if r.Fallback == r.Host {
 				v.fail(p+".fallback", "%q is the route's own host", r.Fallback)
 			}
 		}
 	}
+}
 
-	// [serve].
-	if inv.Serve.Listen == (HostPort{}) {
-		inv.Serve.Listen, _ = ParseHostPort(DefaultListen)
+// checkServe completes [serve] and checks its limits and addresses.
+func (v *validator) checkServe() {
+	s := &v.inv.Serve
+	if s.Listen == (HostPort{}) {
+		s.Listen, _ = ParseHostPort(DefaultListen)
 	}
-	if inv.Serve.MaxBody == 0 {
-		inv.Serve.MaxBody = DefaultMaxBody
+	if s.MaxBody == 0 {
+		s.MaxBody = DefaultMaxBody
 	}
-	if inv.Serve.MaxBlob == 0 {
-		inv.Serve.MaxBlob = DefaultMaxBlob
+	if s.MaxBlob == 0 {
+		s.MaxBlob = DefaultMaxBlob
 	}
-	for i, o := range inv.Serve.AllowedOrigins {
+	for i, o := range s.AllowedOrigins {
 		if err := checkOrigin(o); err != nil {
 			v.fail(fmt.Sprintf("serve.allowed_origins[%d]", i), "%v", err)
 		}
 	}
-	switch inv.Serve.Progress {
+	switch s.Progress {
 	case "":
-		inv.Serve.Progress = "thinking"
+		s.Progress = "thinking"
 	case "thinking", "comments", "off":
 	default:
-		v.fail("serve.progress", "%q: want \"thinking\" (progress in the thinking/reasoning_content field), \"comments\" (SSE comments only) or \"off\"", inv.Serve.Progress)
+		v.fail("serve.progress", "%q: want \"thinking\" (progress in the thinking/reasoning_content field), \"comments\" (SSE comments only) or \"off\"", s.Progress)
 	}
-	if inv.Serve.MaxInFlight == 0 {
-		inv.Serve.MaxInFlight = DefaultMaxInFlight
-	} else if inv.Serve.MaxInFlight < 0 {
+	if s.MaxInFlight == 0 {
+		s.MaxInFlight = DefaultMaxInFlight
+	} else if s.MaxInFlight < 0 {
 		v.fail("serve.max_in_flight", "must be positive")
 	}
 	if !v.md.IsDefined("serve", "header_timeout") {
-		inv.Serve.HeaderTimeout = DefaultHeaderTimeout
-	} else if inv.Serve.HeaderTimeout <= 0 {
+		s.HeaderTimeout = DefaultHeaderTimeout
+	} else if s.HeaderTimeout <= 0 {
 		v.fail("serve.header_timeout", "must be positive (the default is %s: a cold model load can take minutes)", DefaultHeaderTimeout)
 	}
-	if d := inv.Serve.DebugListen; d != (HostPort{}) {
+	if d := s.DebugListen; d != (HostPort{}) {
 		if !isLoopback(d.Host) {
 			v.fail("serve.debug_listen", "%q is not a loopback address: the profiling endpoint has no authentication; use 127.0.0.1:PORT or [::1]:PORT (and an SSH tunnel from elsewhere)", d.String())
-		} else if d == inv.Serve.Listen {
+		} else if d == s.Listen {
 			v.fail("serve.debug_listen", "%q is serve.listen's address; pick another port", d.String())
 		}
 	}
+}
+
+// checkDefaultHost checks serve.default_host, or picks the one always-on
+// host; it needs v.names.
+func (v *validator) checkDefaultHost() {
+	inv := v.inv
 	if inv.Serve.DefaultHost == "" {
 		var always []string
 		for _, h := range inv.Hosts {
@@ -501,12 +528,11 @@ func (v *validator) check(env Env) {
 		if len(always) == 1 {
 			inv.Serve.DefaultHost = always[0]
 		}
-	} else if i, ok := names[inv.Serve.DefaultHost]; !ok {
+	} else if i, ok := v.names[inv.Serve.DefaultHost]; !ok {
 		v.fail("serve.default_host", "%q is not a host in this inventory%s", inv.Serve.DefaultHost, suggest(inv.Serve.DefaultHost, inv.HostNames()))
 	} else if inv.Hosts[i].OnDemand {
 		v.fail("serve.default_host", "%q is an on-demand host; the default host must be always on", inv.Serve.DefaultHost)
 	}
-	sort.SliceStable(v.errs, func(a, b int) bool { return v.errs[a].Line < v.errs[b].Line && v.errs[a].Line > 0 })
 }
 
 func suggest(s string, cands []string) string {
@@ -527,152 +553,6 @@ func (v *validator) expandPath(p, home string) string {
 		return filepath.Join(filepath.Dir(v.file), p)
 	}
 	return p
-}
-
-func (v *validator) checkHost(i int, names map[string]int, macs map[MAC]int) {
-	h := &v.inv.Hosts[i]
-	p := fmt.Sprintf("host[%d]", i)
-	switch {
-	case h.Name == "":
-		v.fail(p+".name", "every host needs a name")
-	case !hostNameRE.MatchString(h.Name):
-		v.fail(p+".name", "%q is not a valid host name (lowercase letters, digits, '.', '-', '_'; at most 63)", h.Name)
-	default:
-		if j, dup := names[h.Name]; dup {
-			line, _ := v.ps.at(fmt.Sprintf("host[%d].name", j))
-			v.fail(p+".name", "duplicate host name %q (first declared on line %d)", h.Name, line)
-		} else {
-			names[h.Name] = i
-		}
-	}
-	if !h.MAC.IsZero() {
-		if j, dup := macs[h.MAC]; dup {
-			v.fail(p+".mac", "%s is also the MAC of host %q", h.MAC, v.inv.Hosts[j].Name)
-		} else {
-			macs[h.MAC] = i
-		}
-	}
-	if h.Address == "" {
-		v.fail(p+".address", "every host needs an address (IP or DNS name) to reach it by")
-	} else if _, err := netip.ParseAddr(h.Address); err != nil && !addressRE.MatchString(h.Address) {
-		v.fail(p+".address", "%q is neither an IP address nor a host name", h.Address)
-	}
-	if h.Wake == nil {
-		h.Wake = WakeActions{{WOL: true}}
-	} else if len(h.Wake) == 0 {
-		v.fail(p+".wake", "an empty list leaves no way to wake the host: remove the key for the default [\"wol\"]")
-	}
-	for _, a := range h.Wake {
-		if err := a.check(); err != nil {
-			v.fail(p+".wake", "%v", err)
-		}
-	}
-	if h.WakeTimeout == 0 {
-		h.WakeTimeout = DefaultWakeTimeout
-	} else if h.WakeTimeout < 0 {
-		v.fail(p+".wake_timeout", "must be positive")
-	}
-	if h.OnDemand && h.Wake.HasWOL() && h.MAC.IsZero() {
-		v.fail(p, "an on_demand host woken by Wake-on-LAN needs a mac (or set wake to a command)")
-	}
-	if len(h.WOLPassword) > 0 && h.MAC.IsZero() {
-		v.fail(p+".wol_password", "a SecureOn password needs a mac")
-	}
-	if h.WOLInterface != "" && !ifaceRE.MatchString(h.WOLInterface) {
-		v.fail(p+".wol_interface", "%q is not a network interface name", h.WOLInterface)
-	}
-	for _, t := range h.WOLTo {
-		if _, ok := t.Addr(); !ok {
-			v.fail(p+".wol_to", "%q: give an IP address, not a name (a sleeping host answers no DNS)", t.String())
-		}
-	}
-	if h.SSHPort == 0 {
-		h.SSHPort = DefaultSSHPort
-	} else if h.SSHPort < 1 || h.SSHPort > 65535 {
-		v.fail(p+".ssh_port", "%d is not a port number", h.SSHPort)
-	}
-	if h.SSHUser == "" {
-		h.SSHUser = v.inv.SSH.User
-	} else if !userRE.MatchString(h.SSHUser) {
-		v.fail(p+".ssh_user", "%q is not a valid user name", h.SSHUser)
-	}
-	if h.HostKey != "" {
-		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(h.HostKey)); err != nil {
-			v.fail(p+".host_key", "not a public key in authorized_keys form (\"ssh-ed25519 AAAA…\"): %v", err)
-		}
-	}
-	if h.OllamaURL.IsZero() && h.Address != "" {
-		u, err := ParseURL("http://" + HostPort{Host: h.Address, Port: DefaultOllamaPort}.String())
-		if err == nil {
-			h.OllamaURL = u
-		}
-	}
-	if h.Container == "" {
-		h.Container = DefaultContainer
-	} else if !containerRE.MatchString(h.Container) {
-		v.fail(p+".container", "%q is not a valid container name", h.Container)
-	}
-	if h.ModelsDir == "" {
-		h.ModelsDir = DefaultModelsDir
-	} else if !path.IsAbs(h.ModelsDir) || path.Clean(h.ModelsDir) != h.ModelsDir || strings.ContainsAny(h.ModelsDir, "\x00\n\r") {
-		v.fail(p+".models_dir", "%q must be a clean absolute path", h.ModelsDir)
-	}
-	seen := map[ModelName]bool{}
-	for _, m := range h.Models {
-		n := m.Normalize()
-		if seen[n] {
-			v.fail(p+".models", "%q is declared twice", m)
-		}
-		seen[n] = true
-	}
-	v.duration(p+".boot_timeout", []string{"host", "boot_timeout"}, &h.BootTimeout, DefaultBootTimeout)
-	if h.BootTimeout < MinBootTimeout {
-		v.fail(p+".boot_timeout", "%s is too short: hardware needs at least %s to boot", h.BootTimeout, MinBootTimeout)
-	}
-	v.duration(p+".idle_after", []string{"host", "idle_after"}, &h.IdleAfter, DefaultIdleAfter)
-	v.duration(p+".min_uptime", []string{"host", "min_uptime"}, &h.MinUptime, DefaultMinUptime)
-	if h.OtherOSProbe != 0 {
-		if h.OtherOSProbe < 1 || h.OtherOSProbe > 65535 {
-			v.fail(p+".other_os_probe", "%d is not a port number", h.OtherOSProbe)
-		} else if h.OtherOSProbe == h.SSHPort {
-			v.fail(p+".other_os_probe", "%d is the SSH port; pick a port only the other OS answers on (such as 3389)", h.OtherOSProbe)
-		}
-	}
-	if h.MinDriver != "" && !driverRE.MatchString(h.MinDriver) {
-		v.fail(p+".min_driver", "%q is not a driver version such as \"550.54\"", h.MinDriver)
-	}
-	if h.MinFree == 0 {
-		h.MinFree = DefaultMinFreeSpace
-	}
-	if h.GPUBusyPercent == 0 {
-		h.GPUBusyPercent = DefaultGPUBusy
-	} else if h.GPUBusyPercent < 1 || h.GPUBusyPercent > 100 {
-		v.fail(p+".gpu_busy_percent", "%d is not a percentage from 1 to 100", h.GPUBusyPercent)
-	}
-	if h.NixOS != nil {
-		v.checkNixOS(p+".nixos", h)
-	}
-	if _, set := v.ps.pos[p+".checks"]; set && len(h.Checks) == 0 {
-		v.fail(p+".checks", "an empty list checks nothing; leave checks out for all of %s", strings.Join(CheckNames, ", "))
-	}
-	seenCheck := map[string]bool{}
-	for _, c := range h.Checks {
-		switch {
-		case !slices.Contains(CheckNames, c):
-			v.fail(p+".checks", "%q is not a check%s (checks: %s)", c, suggest(c, CheckNames), strings.Join(CheckNames, ", "))
-		case seenCheck[c]:
-			v.fail(p+".checks", "%q is listed twice", c)
-		}
-		seenCheck[c] = true
-	}
-	if h.OnDemand && len(h.Checks) > 0 {
-		if !h.HasCheck("ollama") {
-			v.fail(p+".checks", "an on_demand host needs the \"ollama\" check: wake and routing wait for Ollama to answer")
-		}
-		if len(h.Checks) == 1 && h.Checks[0] == "ollama" {
-			v.fail(p+".checks", "an on_demand host needs at least one SSH check besides \"ollama\": gpuctl reaches it over SSH to check it and power it off")
-		}
-	}
 }
 
 // duration applies a default and rejects an explicit zero.

@@ -80,8 +80,37 @@ var (
 	reservedMounts = []string{"/", "/boot", "/nix", "/persist", "/var", "/etc", "/root", "/home", "/run", "/tmp", "/usr"}
 )
 
+// nixosCheck validates and completes some keys of [host.nixos]; p is the
+// table's key path ("host[1].nixos"), h the host it belongs to.
+type nixosCheck struct {
+	keys  string
+	check func(v *validator, p string, h *Host, n *NixOS)
+}
+
+// nixosChecks run in order: models_device reads the completed
+// models_fstype, and models_mount the host's models_dir.
+var nixosChecks = []nixosCheck{
+	{"nixpkgs", checkNixpkgs},
+	{"nvidia_open", checkNvidiaOpen},
+	{"models_fstype, models_device", checkModelsDevice},
+	{"image_size_mib", checkImageSize},
+	{"hostname, timezone, keymap", checkLocale},
+	{"user, admin_user", checkNixOSUsers},
+	{"ssh_authorized_keys, admin_authorized_keys", checkAuthorizedKeys},
+	{"extra_packages", checkExtraPackages},
+	{"wol_interfaces", checkWOLInterfaces},
+	{"server_address, ollama_only_from_server", checkServerAddress},
+	{"ollama_image", checkOllamaImage},
+	{"models_dir, models_mount", checkModelsMount},
+}
+
 func (v *validator) checkNixOS(p string, h *Host) {
-	n := h.NixOS
+	for _, c := range nixosChecks {
+		c.check(v, p, h, h.NixOS)
+	}
+}
+
+func checkNixpkgs(v *validator, p string, _ *Host, n *NixOS) {
 	switch n.Nixpkgs {
 	case "":
 		n.Nixpkgs = "25.11"
@@ -89,9 +118,15 @@ func (v *validator) checkNixOS(p string, h *Host) {
 	default:
 		v.fail(p+".nixpkgs", "%q is not a supported channel (25.05 or 25.11)", n.Nixpkgs)
 	}
+}
+
+func checkNvidiaOpen(v *validator, p string, _ *Host, n *NixOS) {
 	if n.NvidiaOpen == nil {
 		v.fail(p+".nvidia_open", "set nvidia_open = true (Turing or newer, driver >= 560) or false explicitly")
 	}
+}
+
+func checkModelsDevice(v *validator, p string, _ *Host, n *NixOS) {
 	switch n.ModelsFSType {
 	case "":
 		n.ModelsFSType = "ntfs3"
@@ -115,12 +150,18 @@ func (v *validator) checkNixOS(p string, h *Host) {
 		v.note(p+".models_device", "%q written as %q: udev names NTFS serials in uppercase under /dev/disk/by-uuid", n.ModelsDevice, strings.ToUpper(n.ModelsDevice))
 		n.ModelsDevice = strings.ToUpper(n.ModelsDevice)
 	}
+}
+
+func checkImageSize(v *validator, p string, _ *Host, n *NixOS) {
 	switch {
 	case n.ImageSizeMiB == 0:
 		n.ImageSizeMiB = DefaultImageSizeMiB
 	case n.ImageSizeMiB < MinImageSizeMiB || n.ImageSizeMiB > 1<<20:
 		v.fail(p+".image_size_mib", "%d MiB is not a usable system image size (at least %d; default %d)", n.ImageSizeMiB, MinImageSizeMiB, DefaultImageSizeMiB)
 	}
+}
+
+func checkLocale(v *validator, p string, h *Host, n *NixOS) {
 	if n.Hostname == "" {
 		n.Hostname = h.Name
 	}
@@ -137,6 +178,9 @@ func (v *validator) checkNixOS(p string, h *Host) {
 	} else if !keymapRE.MatchString(n.Keymap) {
 		v.fail(p+".keymap", "%q is not a console keymap such as \"de\" or \"us\"", n.Keymap)
 	}
+}
+
+func checkNixOSUsers(v *validator, p string, h *Host, n *NixOS) {
 	if n.User == "" {
 		n.User = h.SSHUser
 	} else if !userRE.MatchString(n.User) {
@@ -152,8 +196,14 @@ func (v *validator) checkNixOS(p string, h *Host) {
 	} else if n.AdminUser == "root" {
 		v.fail(p+".admin_user", "the console user must not be root; name an ordinary user such as \"admin\"")
 	}
+}
+
+func checkAuthorizedKeys(v *validator, p string, _ *Host, n *NixOS) {
 	v.checkKeys(p+".ssh_authorized_keys", n.SSHAuthorizedKeys)
 	v.checkKeys(p+".admin_authorized_keys", n.AdminAuthorizedKeys)
+}
+
+func checkExtraPackages(v *validator, p string, _ *Host, n *NixOS) {
 	for _, pkg := range n.ExtraPackages {
 		if !nixIdentRE.MatchString(pkg) {
 			v.fail(p+".extra_packages", "%q is not a nixpkgs attribute name such as \"htop\" or \"python3Packages.pip\"", pkg)
@@ -165,6 +215,9 @@ func (v *validator) checkNixOS(p string, h *Host) {
 			}
 		}
 	}
+}
+
+func checkWOLInterfaces(v *validator, p string, _ *Host, n *NixOS) {
 	if len(n.WOLInterfaces) == 0 {
 		n.WOLInterfaces = []string{"eth0"}
 	}
@@ -173,6 +226,9 @@ func (v *validator) checkNixOS(p string, h *Host) {
 			v.fail(p+".wol_interfaces", "%q is not a network interface name such as \"eth0\"", i)
 		}
 	}
+}
+
+func checkServerAddress(v *validator, p string, _ *Host, n *NixOS) {
 	var server netip.Prefix
 	if n.ServerAddress != "" {
 		if a, err := netip.ParseAddr(n.ServerAddress); err == nil {
@@ -190,11 +246,17 @@ func (v *validator) checkNixOS(p string, h *Host) {
 			v.fail(p+".ollama_only_from_server", "needs an IPv4 server_address (Docker publishes the port on 0.0.0.0)")
 		}
 	}
+}
+
+func checkOllamaImage(v *validator, p string, _ *Host, n *NixOS) {
 	if n.OllamaImage == "" {
 		n.OllamaImage = DefaultOllamaImage
 	} else if strings.ContainsAny(n.OllamaImage, " \t\n\"'`$\\;") || !strings.Contains(n.OllamaImage[strings.LastIndex(n.OllamaImage, "/")+1:], ":") || strings.HasSuffix(n.OllamaImage, ":latest") {
 		v.fail(p+".ollama_image", "%q must be an image with a pinned tag such as \"ollama/ollama:0.17.4\"", n.OllamaImage)
 	}
+}
+
+func checkModelsMount(v *validator, p string, h *Host, n *NixOS) {
 	// The models dir becomes a Docker volume "HOST:CONTAINER[:opts]".
 	if strings.ContainsAny(h.ModelsDir, ":,") {
 		v.fail(p[:strings.LastIndex(p, ".")]+".models_dir", "%q: a Docker volume path cannot contain ':' or ','", h.ModelsDir)

@@ -52,63 +52,12 @@ func (cfg *Config) loadAuth(ctx context.Context) (*authSet, error) {
 	}
 	var agentSigners []ssh.Signer
 	if cfg.AgentSocket != "" {
-		var d net.Dialer
-		conn, err := d.DialContext(ctx, "unix", cfg.AgentSocket)
-		if err != nil {
-			a.notes = append(a.notes, fmt.Sprintf("ssh-agent at %s is unreachable (%v)", cfg.AgentSocket, err))
-		} else {
-			if dl, ok := ctx.Deadline(); ok {
-				_ = conn.SetDeadline(dl)
-			} else {
-				_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-			}
-			a.agent = conn
-			agentSigners, err = agent.NewClient(conn).Signers()
-			if err != nil {
-				a.notes = append(a.notes, fmt.Sprintf("ssh-agent at %s did not list its keys (%v)", cfg.AgentSocket, err))
-			}
-		}
-	}
-	inAgent := func(pub ssh.PublicKey) ssh.Signer {
-		for _, s := range agentSigners {
-			if bytes.Equal(s.PublicKey().Marshal(), pub.Marshal()) {
-				return s
-			}
-		}
-		return nil
+		agentSigners = a.dialAgent(ctx, cfg.AgentSocket)
 	}
 	for _, f := range cfg.IdentityFiles {
-		id, err := readIdentity(f)
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				a.notes = append(a.notes, fmt.Sprintf("identity file %s does not exist", f))
-				continue
-			}
+		if err := a.addIdentity(f, agentSigners); err != nil {
 			a.close()
-			return nil, fmt.Errorf("read identity file %s: %w", f, err)
-		}
-		switch pm := id.missing; {
-		case id.signer != nil:
-			a.add(id.signer, f)
-		case pm != nil:
-			pub := pm.PublicKey
-			if pub == nil {
-				if pd, err := os.ReadFile(f + ".pub"); err == nil {
-					pub, _, _, _, _ = ssh.ParseAuthorizedKey(pd)
-				}
-			}
-			if pub == nil {
-				a.notes = append(a.notes, fmt.Sprintf("identity file %s is passphrase-protected and has no %s.pub to find it in ssh-agent by", f, f))
-				continue
-			}
-			if as := inAgent(pub); as != nil {
-				a.add(as, "agent key for "+f+" (passphrase-protected file)")
-				continue
-			}
-			a.notes = append(a.notes, fmt.Sprintf("identity file %s is passphrase-protected and gpuctl never prompts: load it with: ssh-add %s", f, f))
-		default:
-			a.close()
-			return nil, fmt.Errorf("identity file %s: %w (is it a private key?)", f, id.parseErr)
+			return nil, err
 		}
 	}
 	if !cfg.IdentitiesOnly {
@@ -126,6 +75,67 @@ func (cfg *Config) loadAuth(ctx context.Context) (*authSet, error) {
 			Err: errors.New("no keys")}
 	}
 	return a, nil
+}
+
+// dialAgent connects to the ssh-agent at socket and lists its keys; what
+// fails becomes a note. The connection stays open in a.agent.
+func (a *authSet) dialAgent(ctx context.Context, socket string) []ssh.Signer {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", socket)
+	if err != nil {
+		a.notes = append(a.notes, fmt.Sprintf("ssh-agent at %s is unreachable (%v)", socket, err))
+		return nil
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	} else {
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	}
+	a.agent = conn
+	signers, err := agent.NewClient(conn).Signers()
+	if err != nil {
+		a.notes = append(a.notes, fmt.Sprintf("ssh-agent at %s did not list its keys (%v)", socket, err))
+	}
+	return signers
+}
+
+// addIdentity adds identity file f, or for a passphrase-protected one the
+// agent's key with its public half; a file that is missing or cannot be
+// used without a prompt becomes a note, one that is not a key an error.
+func (a *authSet) addIdentity(f string, agentSigners []ssh.Signer) error {
+	id, err := readIdentity(f)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			a.notes = append(a.notes, fmt.Sprintf("identity file %s does not exist", f))
+			return nil
+		}
+		return fmt.Errorf("read identity file %s: %w", f, err)
+	}
+	switch pm := id.missing; {
+	case id.signer != nil:
+		a.add(id.signer, f)
+	case pm != nil:
+		pub := pm.PublicKey
+		if pub == nil {
+			if pd, err := os.ReadFile(f + ".pub"); err == nil {
+				pub, _, _, _, _ = ssh.ParseAuthorizedKey(pd)
+			}
+		}
+		if pub == nil {
+			a.notes = append(a.notes, fmt.Sprintf("identity file %s is passphrase-protected and has no %s.pub to find it in ssh-agent by", f, f))
+			return nil
+		}
+		for _, s := range agentSigners {
+			if bytes.Equal(s.PublicKey().Marshal(), pub.Marshal()) {
+				a.add(s, "agent key for "+f+" (passphrase-protected file)")
+				return nil
+			}
+		}
+		a.notes = append(a.notes, fmt.Sprintf("identity file %s is passphrase-protected and gpuctl never prompts: load it with: ssh-add %s", f, f))
+	default:
+		return fmt.Errorf("identity file %s: %w (is it a private key?)", f, id.parseErr)
+	}
+	return nil
 }
 
 // isAuthFailure recognises x/crypto's "unable to authenticate" (it has no

@@ -45,6 +45,55 @@ func WithEnv(getenv func(string) string, home string) Option {
 // documentation for where each setting comes from. It reads ~/.ssh/config
 // (or [ssh].config) and fails on settings gpuctl cannot honour.
 func ConfigFor(inv *inventory.Inventory, h *inventory.Host, opts ...Option) (Config, error) {
+	o := newOptions(opts)
+	cfg := Config{
+		Host:           h.Name,
+		User:           h.SSHUser,
+		TrustHint:      "gpuctl trust " + h.Name,
+		ConnectTimeout: time.Duration(inv.SSH.ConnectTimeout),
+		Logger:         o.logger,
+		DialContext:    o.dial,
+		Signers:        o.signer,
+	}
+	sc, scFile, err := loadSSHConfig(inv, o.home)
+	if err != nil {
+		return Config{}, err
+	}
+	r, err := resolveHost(sc, scFile, h, o.home)
+	if err != nil {
+		return Config{}, err
+	}
+	cfg.Addr = net.JoinHostPort(r.hostname, strconv.Itoa(r.port))
+	cfg.IdentitiesOnly = r.identitiesOnly
+	if err := cfg.setHostKeys(inv, h, r); err != nil {
+		return Config{}, err
+	}
+	if err := cfg.setIdentityFiles(inv, r, scFile, o); err != nil {
+		return Config{}, err
+	}
+	// Agent: IdentityAgent, else $SSH_AUTH_SOCK.
+	switch {
+	case r.identityAgent == "none":
+	case r.identityAgent != "":
+		cfg.AgentSocket = r.identityAgent
+	default:
+		cfg.AgentSocket = o.getenv("SSH_AUTH_SOCK")
+	}
+	// ProxyJump hops, each resolved through ssh_config like `ssh -J` does.
+	for _, spec := range r.jumps {
+		hop, err := jumpConfig(sc, scFile, spec, o)
+		if err != nil {
+			return Config{}, fmt.Errorf("host %q: ProxyJump %s: %w", h.Name, spec, err)
+		}
+		hop.KnownHosts = cfg.KnownHosts
+		hop.Signers, hop.IdentityFiles, hop.AgentSocket, hop.IdentitiesOnly = cfg.Signers, dedupe(append(hop.IdentityFiles, cfg.IdentityFiles...)), cfg.AgentSocket, cfg.IdentitiesOnly || hop.IdentitiesOnly
+		cfg.Jumps = append(cfg.Jumps, hop)
+	}
+	return cfg, nil
+}
+
+// newOptions applies opts over the process's environment and home.
+func newOptions(opts []Option) options {
 	o := options{getenv: os.Getenv}
 	for _, opt := range opts {
 		opt(&o)
@@ -55,41 +104,35 @@ func ConfigFor(inv *inventory.Inventory, h *inventory.Host, opts ...Option) (Con
 			o.home, _ = os.UserHomeDir()
 		}
 	}
-	cfg := Config{
-		Host:           h.Name,
-		User:           h.SSHUser,
-		TrustHint:      "gpuctl trust " + h.Name,
-		ConnectTimeout: time.Duration(inv.SSH.ConnectTimeout),
-		Logger:         o.logger,
-		DialContext:    o.dial,
-		Signers:        o.signer,
-	}
+	return o
+}
+
+// resolveHost reads what ssh config sc (nil: none) says about h's address.
+func resolveHost(sc *ssh_config.Config, scFile string, h *inventory.Host, home string) (resolved, error) {
 	port := h.SSHPort
 	if port == 0 {
 		port = inventory.DefaultSSHPort
 	}
-	sc, scFile, err := loadSSHConfig(inv, o.home)
+	r := resolved{hostname: h.Address, port: port}
+	if sc == nil {
+		return r, nil
+	}
+	r, err := resolve(sc, scFile, h.Address, home)
 	if err != nil {
-		return Config{}, err
+		return resolved{}, fmt.Errorf("host %q: %w", h.Name, err)
 	}
-	alias := h.Address
-	r := resolved{hostname: alias, port: port}
-	if sc != nil {
-		if r, err = resolve(sc, scFile, alias, o.home); err != nil {
-			return Config{}, fmt.Errorf("host %q: %w", h.Name, err)
-		}
-		if h.SSHPort != 0 && h.SSHPort != inventory.DefaultSSHPort || r.port == 0 {
-			r.port = port // an explicit non-default ssh_port wins
-		}
+	if h.SSHPort != 0 && h.SSHPort != inventory.DefaultSSHPort || r.port == 0 {
+		r.port = port // an explicit non-default ssh_port wins
 	}
-	cfg.Addr = net.JoinHostPort(r.hostname, strconv.Itoa(r.port))
-	cfg.IdentitiesOnly = r.identitiesOnly
+	return r, nil
+}
 
-	// Host keys: a pinned host_key, else known_hosts files.
+// setHostKeys sets a pinned host_key, else the known_hosts files.
+func (cfg *Config) setHostKeys(inv *inventory.Inventory, h *inventory.Host, r resolved) error {
 	if h.HostKey != "" {
 		k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(h.HostKey))
 		if err != nil {
-			return Config{}, fmt.Errorf("%s: host %q: host_key: %w", inv.Path, h.Name, err)
+			return fmt.Errorf("%s: host %q: host_key: %w", inv.Path, h.Name, err)
 		}
 		cfg.HostKey = k
 		cfg.HostKeySource = fmt.Sprintf("%s (host %q host_key)", inv.Path, h.Name)
@@ -98,12 +141,15 @@ func ConfigFor(inv *inventory.Inventory, h *inventory.Host, opts ...Option) (Con
 	known = append(known, r.knownHosts...)
 	known = append(known, inv.KnownHostsFile())
 	cfg.KnownHosts = dedupe(known)
+	return nil
+}
 
-	// Identity files: [ssh].identity_files, then ssh_config's IdentityFile;
-	// when neither names one, the defaults that exist.
+// setIdentityFiles sets [ssh].identity_files, then ssh_config's
+// IdentityFile; when neither names one, the defaults that exist.
+func (cfg *Config) setIdentityFiles(inv *inventory.Inventory, r resolved, scFile string, o options) error {
 	for _, f := range inv.SSH.IdentityFiles {
 		if _, err := os.Stat(f); err != nil {
-			return Config{}, fmt.Errorf("%s: ssh.identity_files: %w", inv.Path, err)
+			return fmt.Errorf("%s: ssh.identity_files: %w", inv.Path, err)
 		}
 		cfg.IdentityFiles = append(cfg.IdentityFiles, f)
 	}
@@ -120,27 +166,7 @@ func ConfigFor(inv *inventory.Inventory, h *inventory.Host, opts ...Option) (Con
 		cfg.IdentityFiles = DefaultIdentityFiles(inv.StateDir, o.home)
 	}
 	cfg.IdentityFiles = dedupe(cfg.IdentityFiles)
-
-	// Agent: IdentityAgent, else $SSH_AUTH_SOCK.
-	switch {
-	case r.identityAgent == "none":
-	case r.identityAgent != "":
-		cfg.AgentSocket = r.identityAgent
-	default:
-		cfg.AgentSocket = o.getenv("SSH_AUTH_SOCK")
-	}
-
-	// ProxyJump hops, each resolved through ssh_config like `ssh -J` does.
-	for _, spec := range r.jumps {
-		hop, err := jumpConfig(sc, scFile, spec, o)
-		if err != nil {
-			return Config{}, fmt.Errorf("host %q: ProxyJump %s: %w", h.Name, spec, err)
-		}
-		hop.KnownHosts = cfg.KnownHosts
-		hop.Signers, hop.IdentityFiles, hop.AgentSocket, hop.IdentitiesOnly = cfg.Signers, dedupe(append(hop.IdentityFiles, cfg.IdentityFiles...)), cfg.AgentSocket, cfg.IdentitiesOnly || hop.IdentitiesOnly
-		cfg.Jumps = append(cfg.Jumps, hop)
-	}
-	return cfg, nil
+	return nil
 }
 
 // DefaultIdentityFiles are the identity files used when none is configured:
@@ -219,96 +245,157 @@ type resolved struct {
 // resolve reads the settings gpuctl honours for alias and refuses the ones
 // that would change how the connection is made or verified.
 func resolve(sc *ssh_config.Config, file, alias, home string) (resolved, error) {
-	r := resolved{hostname: alias}
-	get := func(key string) (string, error) {
-		v, err := sc.Get(alias, key)
-		if err != nil {
-			return "", fmt.Errorf("%s: %s: %w", file, key, err)
+	rs := &resolver{sc: sc, file: file, alias: alias, home: home, r: resolved{hostname: alias}}
+	for _, step := range []func(*resolver) error{
+		(*resolver).refuseUnsupported,
+		(*resolver).hostName,
+		(*resolver).port,
+		(*resolver).user,
+		(*resolver).identityFiles,
+		(*resolver).identitiesOnly,
+		(*resolver).identityAgent,
+		(*resolver).userKnownHostsFile,
+		(*resolver).proxyJump,
+	} {
+		if err := step(rs); err != nil {
+			return rs.r, err
 		}
-		return strings.TrimSpace(v), nil
 	}
+	return rs.r, nil
+}
+
+// resolver fills r from what ssh config file says about alias, one
+// keyword per step.
+type resolver struct {
+	sc                *ssh_config.Config
+	file, alias, home string
+	r                 resolved
+}
+
+func (rs *resolver) get(key string) (string, error) {
+	v, err := rs.sc.Get(rs.alias, key)
+	if err != nil {
+		return "", fmt.Errorf("%s: %s: %w", rs.file, key, err)
+	}
+	return strings.TrimSpace(v), nil
+}
+
+func (rs *resolver) refuseUnsupported() error {
 	for _, key := range []string{"ProxyCommand", "HostKeyAlias", "RemoteCommand", "CanonicalizeHostname", "ControlPath", "KnownHostsCommand"} {
-		v, err := get(key)
+		v, err := rs.get(key)
 		if err != nil {
-			return r, err
+			return err
 		}
 		lv := strings.ToLower(v)
 		if v != "" && lv != "none" && lv != "no" && lv != "auto" {
-			return r, fmt.Errorf("%s sets %s %q for %s, which gpuctl cannot honour; remove it for this host, or set [ssh].config = \"none\" and configure the host in the inventory", file, key, v, alias)
+			return fmt.Errorf("%s sets %s %q for %s, which gpuctl cannot honour; remove it for this host, or set [ssh].config = \"none\" and configure the host in the inventory", rs.file, key, v, rs.alias)
 		}
 	}
-	v, err := get("HostName")
+	return nil
+}
+
+func (rs *resolver) hostName() error {
+	v, err := rs.get("HostName")
+	if err != nil || v == "" {
+		return err
+	}
+	if rs.r.hostname, err = expandTokens(v, rs.alias, rs.home); err != nil {
+		return fmt.Errorf("%s: HostName: %w", rs.file, err)
+	}
+	return nil
+}
+
+func (rs *resolver) port() error {
+	v, err := rs.get("Port")
+	if err != nil || v == "" {
+		return err
+	}
+	if rs.r.port, err = strconv.Atoi(v); err != nil || rs.r.port < 1 || rs.r.port > 65535 {
+		return fmt.Errorf("%s: Port %q for %s is not a port number", rs.file, v, rs.alias)
+	}
+	return nil
+}
+
+func (rs *resolver) user() error {
+	var err error
+	rs.r.user, err = rs.get("User")
+	return err
+}
+
+func (rs *resolver) identityFiles() error {
+	ids, err := rs.sc.GetAll(rs.alias, "IdentityFile")
 	if err != nil {
-		return r, err
-	}
-	if v != "" {
-		if r.hostname, err = expandTokens(v, alias, home); err != nil {
-			return r, fmt.Errorf("%s: HostName: %w", file, err)
-		}
-	}
-	if v, err = get("Port"); err != nil {
-		return r, err
-	} else if v != "" {
-		if r.port, err = strconv.Atoi(v); err != nil || r.port < 1 || r.port > 65535 {
-			return r, fmt.Errorf("%s: Port %q for %s is not a port number", file, v, alias)
-		}
-	}
-	if r.user, err = get("User"); err != nil {
-		return r, err
-	}
-	ids, err := sc.GetAll(alias, "IdentityFile")
-	if err != nil {
-		return r, fmt.Errorf("%s: IdentityFile: %w", file, err)
+		return fmt.Errorf("%s: IdentityFile: %w", rs.file, err)
 	}
 	for _, f := range ids {
-		p, err := expandPath(strings.TrimSpace(f), alias, home)
+		p, err := expandPath(strings.TrimSpace(f), rs.alias, rs.home)
 		if err != nil {
-			return r, fmt.Errorf("%s: IdentityFile: %w", file, err)
+			return fmt.Errorf("%s: IdentityFile: %w", rs.file, err)
 		}
 		if p != "none" {
-			r.identityFiles = append(r.identityFiles, p)
+			rs.r.identityFiles = append(rs.r.identityFiles, p)
 		}
 	}
-	if v, err = get("IdentitiesOnly"); err != nil {
-		return r, err
+	return nil
+}
+
+func (rs *resolver) identitiesOnly() error {
+	v, err := rs.get("IdentitiesOnly")
+	if err != nil {
+		return err
 	}
-	r.identitiesOnly = strings.EqualFold(v, "yes")
-	if v, err = get("IdentityAgent"); err != nil {
-		return r, err
+	rs.r.identitiesOnly = strings.EqualFold(v, "yes")
+	return nil
+}
+
+func (rs *resolver) identityAgent() error {
+	v, err := rs.get("IdentityAgent")
+	if err != nil {
+		return err
 	}
 	switch {
 	case v == "" || v == "SSH_AUTH_SOCK" || v == "$SSH_AUTH_SOCK":
 	case strings.EqualFold(v, "none"):
-		r.identityAgent = "none"
+		rs.r.identityAgent = "none"
 	default:
-		if r.identityAgent, err = expandPath(v, alias, home); err != nil {
-			return r, fmt.Errorf("%s: IdentityAgent: %w", file, err)
+		if rs.r.identityAgent, err = expandPath(v, rs.alias, rs.home); err != nil {
+			return fmt.Errorf("%s: IdentityAgent: %w", rs.file, err)
 		}
 	}
-	if v, err = get("UserKnownHostsFile"); err != nil {
-		return r, err
+	return nil
+}
+
+func (rs *resolver) userKnownHostsFile() error {
+	v, err := rs.get("UserKnownHostsFile")
+	if err != nil {
+		return err
 	}
 	for _, f := range strings.Fields(v) {
 		if strings.EqualFold(f, "none") {
 			continue
 		}
-		p, err := expandPath(f, alias, home)
+		p, err := expandPath(f, rs.alias, rs.home)
 		if err != nil {
-			return r, fmt.Errorf("%s: UserKnownHostsFile: %w", file, err)
+			return fmt.Errorf("%s: UserKnownHostsFile: %w", rs.file, err)
 		}
-		r.knownHosts = append(r.knownHosts, p)
+		rs.r.knownHosts = append(rs.r.knownHosts, p)
 	}
-	if v, err = get("ProxyJump"); err != nil {
-		return r, err
+	return nil
+}
+
+func (rs *resolver) proxyJump() error {
+	v, err := rs.get("ProxyJump")
+	if err != nil {
+		return err
 	}
 	if v != "" && !strings.EqualFold(v, "none") {
 		for _, j := range strings.Split(v, ",") {
 			if j = strings.TrimSpace(j); j != "" {
-				r.jumps = append(r.jumps, j)
+				rs.r.jumps = append(rs.r.jumps, j)
 			}
 		}
 	}
-	return r, nil
+	return nil
 }
 
 // jumpConfig resolves one ProxyJump hop, "[user@]host[:port]".

@@ -91,111 +91,159 @@ func (c *Client) Run(ctx context.Context, cmd Cmd) (Result, error) {
 		ctx, cancel = context.WithTimeout(ctx, cmd.Timeout)
 		defer cancel()
 	}
-	line := Quote(cmd.Args...)
-	start := time.Now()
-	opErr := func(err error) error {
-		return &OpError{Op: "run", Host: c.cfg.name(), Addr: c.cfg.Addr, Err: fmt.Errorf("%s: %w", cmd.Args[0], err)}
-	}
-	select {
-	case <-c.done:
-		return Result{}, c.Err()
-	default:
-	}
-	select {
-	case c.sem <- struct{}{}:
-	case <-ctx.Done():
-		return Result{Duration: time.Since(start)}, opErr(fmt.Errorf("waiting for a free session: %w", ctx.Err()))
-	case <-c.done:
-		return Result{}, c.Err()
+	r := &run{c: c, cmd: cmd, line: Quote(cmd.Args...), start: time.Now()}
+	if ok, res, err := r.acquire(ctx); !ok {
+		return res, err
 	}
 	defer func() { <-c.sem }()
 
 	sess, err := c.newSession(ctx)
 	if err != nil {
-		return Result{Duration: time.Since(start)}, err
+		return Result{Duration: time.Since(r.start)}, err
 	}
 	defer sess.Close()
-	maxOut := cmd.MaxOutput
+	r.attach(sess)
+	c.log.Debug("ssh run", "cmd", r.line)
+	r.startCommand()
+	select {
+	case err = <-r.waitc:
+		if se, ok := err.(startError); ok {
+			if c.Err() != nil {
+				return r.result(), c.Err()
+			}
+			return r.result(), r.opErr(fmt.Errorf("start: %w", se.err))
+		}
+	case <-ctx.Done():
+		return r.result(), r.abandon(ctx)
+	case <-c.done:
+		<-r.waitc
+		return r.result(), c.Err()
+	}
+	return r.finish(err)
+}
+
+// run carries one command through Run's phases.
+type run struct {
+	c              *Client
+	cmd            Cmd
+	line           string
+	start          time.Time
+	sess           *ssh.Session
+	stdout, stderr *capBuffer
+	// started is closed once the server accepted the exec request; waitc
+	// then gets the command's end (or a startError).
+	started chan struct{}
+	waitc   chan error
+}
+
+func (r *run) opErr(err error) error {
+	return &OpError{Op: "run", Host: r.c.cfg.name(), Addr: r.c.cfg.Addr, Err: fmt.Errorf("%s: %w", r.cmd.Args[0], err)}
+}
+
+// acquire takes a session slot; ok is false, with Run's result, when the
+// client closed or ctx ended first.
+func (r *run) acquire(ctx context.Context) (ok bool, res Result, err error) {
+	c := r.c
+	select {
+	case <-c.done:
+		return false, Result{}, c.Err()
+	default:
+	}
+	select {
+	case c.sem <- struct{}{}:
+		return true, Result{}, nil
+	case <-ctx.Done():
+		return false, Result{Duration: time.Since(r.start)}, r.opErr(fmt.Errorf("waiting for a free session: %w", ctx.Err()))
+	case <-c.done:
+		return false, Result{}, c.Err()
+	}
+}
+
+// attach gives the session the command's capped output buffers and stdin.
+func (r *run) attach(sess *ssh.Session) {
+	maxOut := r.cmd.MaxOutput
 	if maxOut <= 0 {
 		maxOut = DefaultMaxOutput
 	}
-	stdout, stderr := &capBuffer{max: maxOut}, &capBuffer{max: maxOut}
-	sess.Stdout, sess.Stderr = stdout, stderr
-	if cmd.Stdin != nil {
-		sess.Stdin = bytes.NewReader(cmd.Stdin)
+	r.sess = sess
+	r.stdout, r.stderr = &capBuffer{max: maxOut}, &capBuffer{max: maxOut}
+	sess.Stdout, sess.Stderr = r.stdout, r.stderr
+	if r.cmd.Stdin != nil {
+		sess.Stdin = bytes.NewReader(r.cmd.Stdin)
 	}
-	result := func() Result {
-		r := Result{Duration: time.Since(start)}
-		var t1, t2 bool
-		r.Stdout, t1 = stdout.bytes()
-		r.Stderr, t2 = stderr.bytes()
-		r.Truncated = t1 || t2
-		return r
-	}
-	c.log.Debug("ssh run", "cmd", line)
-	// Start waits for the server's reply to "exec", which a server whose
-	// session setup hangs never sends: it runs beside the select below, so
-	// the command's deadline covers it as it covers Wait.
-	started := make(chan struct{})
-	waitc := make(chan error, 1)
-	c.wg.Add(1)
+}
+
+// startCommand starts the command and waits for it in a goroutine. Start
+// waits for the server's reply to "exec", which a server whose session
+// setup hangs never sends: it runs beside Run's select, so the command's
+// deadline covers it as it covers Wait.
+func (r *run) startCommand() {
+	r.started = make(chan struct{})
+	r.waitc = make(chan error, 1)
+	r.c.wg.Add(1)
 	go func() {
-		defer c.wg.Done()
-		if err := sess.Start(line); err != nil {
-			waitc <- startError{err}
+		defer r.c.wg.Done()
+		if err := r.sess.Start(r.line); err != nil {
+			r.waitc <- startError{err}
 			return
 		}
-		close(started)
-		waitc <- sess.Wait()
+		close(r.started)
+		r.waitc <- r.sess.Wait()
 	}()
+}
+
+// result is the output so far.
+func (r *run) result() Result {
+	res := Result{Duration: time.Since(r.start)}
+	var t1, t2 bool
+	res.Stdout, t1 = r.stdout.bytes()
+	res.Stderr, t2 = r.stderr.bytes()
+	res.Truncated = t1 || t2
+	return res
+}
+
+// abandon ends a command ctx cut short: it kills it (when it started),
+// closes the connection and returns the timeout error.
+func (r *run) abandon(ctx context.Context) error {
+	late, closing := "no exit", "did not finish"
 	select {
-	case err = <-waitc:
-		if se, ok := err.(startError); ok {
-			if c.Err() != nil {
-				return result(), c.Err()
-			}
-			return result(), opErr(fmt.Errorf("start: %w", se.err))
-		}
-	case <-ctx.Done():
-		late, closing := "no exit", "did not finish"
-		select {
-		case <-started:
-			_ = sess.Signal(ssh.SIGKILL)
-		default:
-			// The exec request is unanswered: nothing runs to signal.
-			late, closing = "no reply to the exec request", "could not start"
-		}
-		cause := ctx.Err()
-		if errors.Is(cause, context.DeadlineExceeded) {
-			cause = fmt.Errorf("%s after %s: %w", late, time.Since(start).Round(time.Millisecond), cause)
-		}
-		terr := opErr(cause)
-		c.closeWith(&OpError{Op: "run", Host: c.cfg.name(), Addr: c.cfg.Addr,
-			Err: fmt.Errorf("closed the connection after %s %s in time: %w", cmd.Args[0], closing, ErrClosed)})
-		<-waitc
-		return result(), terr
-	case <-c.done:
-		<-waitc
-		return result(), c.Err()
+	case <-r.started:
+		_ = r.sess.Signal(ssh.SIGKILL)
+	default:
+		// The exec request is unanswered: nothing runs to signal.
+		late, closing = "no reply to the exec request", "could not start"
 	}
-	r := result()
+	cause := ctx.Err()
+	if errors.Is(cause, context.DeadlineExceeded) {
+		cause = fmt.Errorf("%s after %s: %w", late, time.Since(r.start).Round(time.Millisecond), cause)
+	}
+	terr := r.opErr(cause)
+	r.c.closeWith(&OpError{Op: "run", Host: r.c.cfg.name(), Addr: r.c.cfg.Addr,
+		Err: fmt.Errorf("closed the connection after %s %s in time: %w", r.cmd.Args[0], closing, ErrClosed)})
+	<-r.waitc
+	return terr
+}
+
+// finish turns the command's end (Session.Wait's error) into Run's result.
+func (r *run) finish(err error) (Result, error) {
+	res := r.result()
 	var ee *ssh.ExitError
 	switch {
 	case err == nil:
-		return r, nil
+		return res, nil
 	case errors.As(err, &ee):
-		r.ExitStatus = ee.ExitStatus()
-		r.Signal = ee.Signal()
-		return r, nil
+		res.ExitStatus = ee.ExitStatus()
+		res.Signal = ee.Signal()
+		return res, nil
 	}
-	if cerr := c.Err(); cerr != nil {
-		return r, cerr
+	if cerr := r.c.Err(); cerr != nil {
+		return res, cerr
 	}
 	var em *ssh.ExitMissingError
 	if errors.As(err, &em) {
-		return r, opErr(errors.New("the session ended without an exit status (the remote command was cut off)"))
+		return res, r.opErr(errors.New("the session ended without an exit status (the remote command was cut off)"))
 	}
-	return r, opErr(err)
+	return res, r.opErr(err)
 }
 
 // newSession opens a session, bounded by ctx (golang/go#26643: NewSession

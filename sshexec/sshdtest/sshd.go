@@ -137,60 +137,14 @@ func start(tb testing.TB, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.User = u.Username
-
-	keys := opts.HostKeys
-	if len(keys) == 0 {
-		_, ed, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return nil, err
-		}
-		rk, err := rsa.GenerateKey(rand.Reader, 2048)
-		if err != nil {
-			return nil, err
-		}
-		keys = []crypto.Signer{ed, rk}
-	}
-	var conf strings.Builder
-	for i, k := range keys {
-		blk, err := ssh.MarshalPrivateKey(k, "")
-		if err != nil {
-			return nil, fmt.Errorf("host key %d: %w", i, err)
-		}
-		pub, err := ssh.NewPublicKey(k.Public())
-		if err != nil {
-			return nil, err
-		}
-		name := filepath.Join(dir, fmt.Sprintf("ssh_host_%d_%s_key", i, strings.TrimPrefix(pub.Type(), "ssh-")))
-		if i == 0 && pub.Type() == ssh.KeyAlgoED25519 {
-			// The probe config in supportsPerSourcePenalties refers to it.
-			name = filepath.Join(dir, "ssh_host_ed25519_key")
-		}
-		if err := os.WriteFile(name, pem.EncodeToMemory(blk), 0o600); err != nil {
-			return nil, err
-		}
-		s.hostKeys = append(s.hostKeys, pub)
-		fmt.Fprintf(&conf, "HostKey %s\n", name)
-	}
-	auth := opts.AuthorizedKeys
-	if len(auth) == 0 {
-		_, ck, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return nil, err
-		}
-		if s.client, err = ssh.NewSignerFromKey(ck); err != nil {
-			return nil, err
-		}
-		auth = []ssh.PublicKey{s.client.PublicKey()}
-	}
-	var ak bytes.Buffer
-	for _, k := range auth {
-		ak.Write(ssh.MarshalAuthorizedKey(k))
-	}
-	akFile := filepath.Join(dir, "authorized_keys")
-	if err := os.WriteFile(akFile, ak.Bytes(), 0o644); err != nil {
+	hostConf, err := s.writeHostKeys(opts.HostKeys)
+	if err != nil {
 		return nil, err
 	}
-
+	akFile, err := s.writeAuthorizedKeys(opts.AuthorizedKeys)
+	if err != nil {
+		return nil, err
+	}
 	addr := opts.ListenAddr
 	for attempt := 0; ; attempt++ {
 		if opts.ListenAddr == "" {
@@ -198,25 +152,8 @@ func start(tb testing.TB, opts Options) (*Server, error) {
 				return nil, err
 			}
 		}
-		cfg := conf.String() + fmt.Sprintf(`ListenAddress %s
-PidFile %s
-AuthorizedKeysFile %s
-StrictModes no
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-UseDNS no
-MaxStartups 100:30:200
-LogLevel DEBUG2
-`, addr, filepath.Join(dir, "sshd.pid"), akFile)
-		if supportsPerSourcePenalties(dir) {
-			cfg += "PerSourcePenalties no\n"
-		}
-		cfg += opts.ExtraConfig
 		cfgFile := filepath.Join(dir, "sshd_config")
-		if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		if err := os.WriteFile(cfgFile, []byte(s.config(hostConf, addr, akFile, opts.ExtraConfig)), 0o600); err != nil {
 			return nil, err
 		}
 		os.Remove(s.LogFile)
@@ -234,6 +171,89 @@ LogLevel DEBUG2
 			return nil, fmt.Errorf("%w\nsshd log:\n%s", err, s.Log())
 		}
 	}
+}
+
+// writeHostKeys writes keys (default: a new ed25519 and a new RSA-2048
+// key) into s.Dir and returns their sshd_config lines.
+func (s *Server) writeHostKeys(keys []crypto.Signer) (string, error) {
+	if len(keys) == 0 {
+		_, ed, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return "", err
+		}
+		rk, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			return "", err
+		}
+		keys = []crypto.Signer{ed, rk}
+	}
+	var conf strings.Builder
+	for i, k := range keys {
+		blk, err := ssh.MarshalPrivateKey(k, "")
+		if err != nil {
+			return "", fmt.Errorf("host key %d: %w", i, err)
+		}
+		pub, err := ssh.NewPublicKey(k.Public())
+		if err != nil {
+			return "", err
+		}
+		name := filepath.Join(s.Dir, fmt.Sprintf("ssh_host_%d_%s_key", i, strings.TrimPrefix(pub.Type(), "ssh-")))
+		if i == 0 && pub.Type() == ssh.KeyAlgoED25519 {
+			// The probe config in supportsPerSourcePenalties refers to it.
+			name = filepath.Join(s.Dir, "ssh_host_ed25519_key")
+		}
+		if err := os.WriteFile(name, pem.EncodeToMemory(blk), 0o600); err != nil {
+			return "", err
+		}
+		s.hostKeys = append(s.hostKeys, pub)
+		fmt.Fprintf(&conf, "HostKey %s\n", name)
+	}
+	return conf.String(), nil
+}
+
+// writeAuthorizedKeys writes the authorized_keys file (default: a new
+// ed25519 client key, s.client) and returns its path.
+func (s *Server) writeAuthorizedKeys(auth []ssh.PublicKey) (string, error) {
+	if len(auth) == 0 {
+		_, ck, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return "", err
+		}
+		if s.client, err = ssh.NewSignerFromKey(ck); err != nil {
+			return "", err
+		}
+		auth = []ssh.PublicKey{s.client.PublicKey()}
+	}
+	var ak bytes.Buffer
+	for _, k := range auth {
+		ak.Write(ssh.MarshalAuthorizedKey(k))
+	}
+	akFile := filepath.Join(s.Dir, "authorized_keys")
+	if err := os.WriteFile(akFile, ak.Bytes(), 0o644); err != nil {
+		return "", err
+	}
+	return akFile, nil
+}
+
+// config is sshd_config for listening on addr.
+func (s *Server) config(hostConf, addr, akFile, extra string) string {
+	cfg := hostConf + fmt.Sprintf(`ListenAddress %s
+PidFile %s
+AuthorizedKeysFile %s
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+UseDNS no
+MaxStartups 100:30:200
+LogLevel DEBUG2
+`, addr, filepath.Join(s.Dir, "sshd.pid"), akFile)
+	if supportsPerSourcePenalties(s.Dir) {
+		cfg += "PerSourcePenalties no\n"
+	}
+	return cfg + extra
 }
 
 // run starts sshd in the foreground and waits until it listens.
