@@ -11,6 +11,7 @@ import (
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
+	"golang.org/x/crypto/ssh"
 )
 
 // TestHostRunnerReusesAndRedials: one connection for many commands, a new
@@ -23,7 +24,8 @@ func TestHostRunnerReusesAndRedials(t *testing.T) {
 	p, _ := strconv.Atoi(port)
 	h := &inventory.Host{Name: "gaming-pc", Address: host, SSHPort: p}
 	c := &Controller{SSH: sshexec.SSHConnector(func(h *inventory.Host) (sshexec.Config, error) {
-		return srv.ClientConfig(h.Name, "gpuctl"), nil
+		return sshexec.Config{Host: h.Name, Addr: srv.Addr(), User: "gpuctl", HostKey: srv.HostKey(),
+			Signers: []ssh.Signer{srv.ClientSigner()}, KeepaliveInterval: -1}, nil
 	})}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()

@@ -24,6 +24,7 @@ import (
 	"github.com/ollamalive/gpuctl/sshexec"
 	"github.com/ollamalive/gpuctl/sshexec/sshdtest"
 	"github.com/ollamalive/gpuctl/wake/waketest"
+	"golang.org/x/crypto/ssh"
 )
 
 const (
@@ -167,7 +168,8 @@ checks = ["gpu", "container", "container_gpu", "mount", "free_space", "write_pro
 	}
 	h, _ := inv.Host("gaming-pc")
 	cfg := func(*inventory.Host) (sshexec.Config, error) {
-		return srv.ClientConfig(h.Name, sudoUser), nil
+		return sshexec.Config{Host: h.Name, Addr: srv.Addr, User: sudoUser, HostKey: srv.HostKeys()[0],
+			Signers: []ssh.Signer{srv.ClientSigner()}, KeepaliveInterval: -1}, nil
 	}
 	c := &controller.Controller{StateDir: t.TempDir(), SSH: sshexec.SSHConnector(cfg),
 		ProbeTimeout: 10 * time.Second, CheckTimeout: 30 * time.Second}

@@ -12,6 +12,7 @@ import (
 	"github.com/ollamalive/gpuctl/inventory"
 	"github.com/ollamalive/gpuctl/sshexec"
 	"github.com/ollamalive/gpuctl/sshexec/sshtest"
+	"golang.org/x/crypto/ssh"
 )
 
 // A connection dropped after the caller said it asked for that (a
@@ -31,9 +32,8 @@ func TestSSHConnectorExpectedClose(t *testing.T) {
 			srv := sshtest.New(t, sshtest.Options{})
 			logger, logs := testlog.New(tc.level)
 			connect := sshexec.SSHConnector(func(h *inventory.Host) (sshexec.Config, error) {
-				cfg := srv.ClientConfig(h.Name, "gpuctl")
-				cfg.Logger = logger
-				return cfg, nil
+				return sshexec.Config{Host: h.Name, Addr: srv.Addr(), User: "gpuctl", HostKey: srv.HostKey(),
+					Signers: []ssh.Signer{srv.ClientSigner()}, KeepaliveInterval: -1, Logger: logger}, nil
 			})
 			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 			defer cancel()

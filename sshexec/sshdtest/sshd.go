@@ -27,7 +27,6 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
-	"github.com/ollamalive/gpuctl/sshexec"
 	"github.com/ollamalive/gpuctl/wake/waketest"
 )
 
@@ -312,12 +311,4 @@ func freePort() (string, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().String(), nil
-}
-
-// ClientConfig is an sshexec.Config that reaches the sshd as user: its
-// address, its first host key pinned, the client key it accepts, and no
-// keepalives. host names the host in errors and logs.
-func (s *Server) ClientConfig(host, user string) sshexec.Config {
-	return sshexec.Config{Host: host, Addr: s.Addr, User: user, HostKey: s.HostKeys()[0],
-		Signers: []ssh.Signer{s.ClientSigner()}, KeepaliveInterval: -1}
 }

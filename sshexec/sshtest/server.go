@@ -19,7 +19,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/ollamalive/gpuctl/sshexec"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -604,13 +603,4 @@ func (c *conn) Close() error {
 		err = c.Conn.Close()
 	})
 	return err
-}
-
-// ClientConfig is an sshexec.Config that reaches s as user: its address,
-// its first host key pinned, the client key it accepts, and no keepalives
-// (the tests end their connections themselves). host names the host in
-// errors and logs.
-func (s *Server) ClientConfig(host, user string) sshexec.Config {
-	return sshexec.Config{Host: host, Addr: s.Addr(), User: user, HostKey: s.HostKey(),
-		Signers: []ssh.Signer{s.ClientSigner()}, KeepaliveInterval: -1}
 }
