@@ -101,7 +101,7 @@ assert lib.assertMsg (newEnough goUsed) ''
   #     local module cache, falling back to $GOPROXY, and prints the value), or
   #   - set it to lib.fakeHash, run `nix build .#gpuctl`, and copy the
   #     "got: sha256-..." value from the hash-mismatch error.
-  vendorHash = "sha256-oQPClQ1ZyXusNFjgyEd5v2zPUNeOvBo31IR2HGfLR/Y=";
+  vendorHash = "sha256-0ikEEadIb64VJyRtJl3K1mWjdD4f8DMnrMKLORHwAgI=";
 
   subPackages = [ "cmd/gpuctl" ];
 
