@@ -307,13 +307,13 @@ func (c *Controller) wake(ctx context.Context, h *inventory.Host, opts WakeOptio
 	defer w.release()
 
 	phases := []func() bool{
-		w.lockHost,
-		w.checkByHTTP,
-		w.probe,
-		w.otherOS,
-		w.boot,
-		w.checks,
-		w.pull,
+		w.lockHost,    // one wake (or shutdown) of the host at a time
+		w.checkByHTTP, // the always-on server: never woken, its Ollama says
+		w.probe,       // up already? then SSH over that connection
+		w.otherOS,     // running its other OS: not woken
+		w.boot,        // the wake action, then wait for SSH
+		w.checks,      // retried while failures are transient
+		w.pull,        // the declared models missing
 	}
 	for _, phase := range phases {
 		if phase() {
