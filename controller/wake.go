@@ -227,10 +227,11 @@ func (c *Controller) awaitCall(ctx context.Context, call *wakeCall, joined bool)
 	}
 }
 
-// wakeRun is the state of one wake.
+// wakeRun is the state of one wake, carried from phase to phase.
 type wakeRun struct {
 	c     *Controller
 	h     *inventory.Host
+	opts  WakeOptions
 	emit  func(Progress)
 	start time.Time
 	rec   WakeRecord
@@ -239,6 +240,24 @@ type wakeRun struct {
 	wait  string
 	// stopErr is the permanent SSH error the wake stopped on.
 	stopErr error
+
+	// ctx is the caller's; bctx bounds it by timeout, the boot timeout.
+	ctx, bctx context.Context
+	timeout   time.Duration
+	// held is what the wake releases when it ends, last taken first.
+	held []func() error
+	// sshP and other are what the first probe saw.
+	sshP  Probe
+	other *Probe
+	// runner and closer are the SSH session, once open.
+	runner sshexec.Runner
+	closer io.Closer
+	k      *checker
+	rep    Report
+	pulled []string
+	// res and err are how the wake ended, once a phase has ended it.
+	res *WakeResult
+	err error
 }
 
 func (w *wakeRun) enter(p Phase, waiting string) {
@@ -256,135 +275,230 @@ func (w *wakeRun) enter(p Phase, waiting string) {
 	w.emit(Progress{Host: w.h.Name, Phase: p, Elapsed: now.Sub(w.start), Waiting: waiting})
 }
 
+// end ends the wake with res or err; phases return its true.
+func (w *wakeRun) end(res *WakeResult, err error) bool {
+	w.res, w.err = res, err
+	return true
+}
+
+// hold keeps release for the end of the wake.
+func (w *wakeRun) hold(release func() error) { w.held = append(w.held, release) }
+
+// release releases what the wake holds, last taken first.
+func (w *wakeRun) release() {
+	for i := len(w.held) - 1; i >= 0; i-- {
+		w.held[i]()
+	}
+}
+
+// wake runs the phases of one wake in order; the first that ends the wake
+// gives its result. The lock and the SSH session are held until the result
+// is recorded.
 func (c *Controller) wake(ctx context.Context, h *inventory.Host, opts WakeOptions, emit func(Progress)) (*WakeResult, error) {
 	start := c.now()
-	w := &wakeRun{c: c, h: h, emit: emit, start: start, rec: WakeRecord{Host: h.Name, Started: start}}
-	timeout := durOr(opts.Timeout, h.BootTimeout.D())
-	if timeout <= 0 {
-		timeout = inventory.DefaultBootTimeout.D()
+	w := &wakeRun{c: c, h: h, opts: opts, emit: emit, start: start, rec: WakeRecord{Host: h.Name, Started: start}, ctx: ctx}
+	w.timeout = durOr(opts.Timeout, h.BootTimeout.D())
+	if w.timeout <= 0 {
+		w.timeout = inventory.DefaultBootTimeout.D()
 	}
-	bctx, cancel := context.WithTimeout(ctx, timeout)
+	var cancel context.CancelFunc
+	w.bctx, cancel = context.WithTimeout(ctx, w.timeout)
 	defer cancel()
+	defer w.release()
 
-	// One wake (or shutdown) of a host at a time, across processes.
-	if c.StateDir != "" {
-		lock, err := statedir.LockHost(bctx, c.StateDir, h.Name, statedir.LockTry)
-		if errors.Is(err, statedir.ErrLocked) {
-			w.enter(PhaseLock, "another gpuctl is waking or shutting down "+h.Name+"; waiting for it")
-			waitStart := c.now()
-			lock, err = statedir.LockHost(bctx, c.StateDir, h.Name, statedir.LockWait)
-			if err == nil {
-				if last, ok := c.lastWake(h.Name); ok && !last.Record.Finished.Before(waitStart) {
-					lock.Unlock()
-					last.Coalesced = true
-					return last, nil
-				}
-			}
-		}
-		if err != nil {
-			if bctx.Err() != nil && ctx.Err() == nil {
-				return w.finish(nil, StateUnknown, fmt.Sprintf("the host stayed locked by another gpuctl for %s", timeout)), nil
-			}
-			return nil, err
-		}
-		defer lock.Unlock()
-		if m, err := statedir.HoldWaking(c.StateDir, h.Name); err == nil {
-			defer m.Unlock()
+	phases := []func() bool{
+		w.lockHost,    // one wake (or shutdown) of the host at a time
+		w.checkByHTTP, // the always-on server: never woken, its Ollama says
+		w.probe,       // up already? then SSH over that connection
+		w.otherOS,     // running its other OS: not woken
+		w.boot,        // the wake action, then wait for SSH
+		w.checks,      // retried while failures are transient
+		w.pull,        // the declared models missing
+	}
+	for _, phase := range phases {
+		if phase() {
+			return w.res, w.err
 		}
 	}
+	res := w.finish(&w.rep, "", "")
+	res.Pulled = w.pulled
+	return res, nil
+}
 
-	// A host checked by HTTP alone (the always-on server) is never woken:
-	// its Ollama says where it stands.
-	if len(sshChecksFor(h)) == 0 {
-		w.enter(PhaseChecks, "asking Ollama at "+h.OllamaURL.String())
-		rep := c.checkHTTP(bctx, h)
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return w.finish(&rep, "", ""), nil
+// lockHost lets one wake (or shutdown) of a host run at a time, across
+// processes. A wake that waited for another wake ends with its result.
+func (w *wakeRun) lockHost() bool {
+	c, h := w.c, w.h
+	if c.StateDir == "" {
+		return false
 	}
+	lock, err := statedir.LockHost(w.bctx, c.StateDir, h.Name, statedir.LockTry)
+	if errors.Is(err, statedir.ErrLocked) {
+		w.enter(PhaseLock, "another gpuctl is waking or shutting down "+h.Name+"; waiting for it")
+		waitStart := c.now()
+		lock, err = statedir.LockHost(w.bctx, c.StateDir, h.Name, statedir.LockWait)
+		if err == nil {
+			if last, ok := c.lastWake(h.Name); ok && !last.Record.Finished.Before(waitStart) {
+				lock.Unlock()
+				last.Coalesced = true
+				return w.end(last, nil)
+			}
+		}
+	}
+	if err != nil {
+		if w.bctx.Err() != nil && w.ctx.Err() == nil {
+			return w.end(w.finish(nil, StateUnknown, fmt.Sprintf("the host stayed locked by another gpuctl for %s", w.timeout)), nil)
+		}
+		return w.end(nil, err)
+	}
+	w.hold(lock.Unlock)
+	if m, err := statedir.HoldWaking(c.StateDir, h.Name); err == nil {
+		w.hold(m.Unlock)
+	}
+	return false
+}
 
-	// Up already?
+// checkByHTTP ends the wake of a host checked by HTTP alone (the always-on
+// server): it is never woken, its Ollama says where it stands.
+func (w *wakeRun) checkByHTTP() bool {
+	h := w.h
+	if len(sshChecksFor(h)) != 0 {
+		return false
+	}
+	w.enter(PhaseChecks, "asking Ollama at "+h.OllamaURL.String())
+	rep := w.c.checkHTTP(w.bctx, h)
+	if w.ctx.Err() != nil {
+		return w.end(nil, w.ctx.Err())
+	}
+	return w.end(w.finish(&rep, "", ""), nil)
+}
+
+// probe asks whether the host is up already, and opens SSH if it is.
+func (w *wakeRun) probe() bool {
+	c, h := w.c, w.h
 	w.enter(PhaseProbe, "probing "+h.SSHAddr())
 	// A host that is up answers TCP on its LAN within milliseconds; an off
 	// one never does, so this probe is short: packets go out sooner.
-	pctx, pcancel := context.WithTimeout(bctx, min(durOr(c.ProbeTimeout, DefaultProbeTimeout), wakeProbeTimeout))
+	pctx, pcancel := context.WithTimeout(w.bctx, min(durOr(c.ProbeTimeout, DefaultProbeTimeout), wakeProbeTimeout))
 	sshP, conn, other := c.reach(pctx, h)
 	pcancel()
-	var runner sshexec.Runner
-	var closer io.Closer
-	if conn != nil {
-		if c.SSH == nil {
-			conn.Close()
-			return nil, fmt.Errorf("host %q: no SSH connector configured", h.Name)
-		}
-		cctx, ccancel := context.WithTimeout(bctx, durOr(c.ConnectTimeout, DefaultConnectTimeout))
-		r, cl, err := c.SSH(cctx, h, conn)
-		ccancel()
-		if err != nil {
-			conn.Close()
-			if sshexec.IsPermanent(err) {
-				return w.stop(err), nil
-			}
-		} else {
-			runner, closer = r, cl
-		}
+	w.sshP, w.other = sshP, other
+	if conn == nil {
+		return false
 	}
-	if runner == nil && other != nil && other.Kind == sshexec.ProbeOK {
-		return w.finish(nil, StateOtherOS, fmt.Sprintf("port %d answers while SSH does not: the PC runs its other OS; not waking it", h.OtherOSProbe)), nil
+	if c.SSH == nil {
+		conn.Close()
+		return w.end(nil, fmt.Errorf("host %q: no SSH connector configured", h.Name))
 	}
+	cctx, ccancel := context.WithTimeout(w.bctx, durOr(c.ConnectTimeout, DefaultConnectTimeout))
+	r, cl, err := c.SSH(cctx, h, conn)
+	ccancel()
+	if err != nil {
+		conn.Close()
+		if sshexec.IsPermanent(err) {
+			return w.end(w.stop(err), nil)
+		}
+		return false
+	}
+	w.connected(r, cl)
+	return false
+}
 
-	if runner == nil {
-		// Boot it.
-		var wolErr chan error
-		stopWOL := func() {}
-		if c.Waker != nil && Wakeable(h) {
-			w.rec.Woke = true
-			wctx, wcancel := context.WithCancel(bctx)
-			wolErr = make(chan error, 1)
-			go func() { wolErr <- c.Waker.Wake(wctx, h) }()
-			stopWOL = func() {
-				wcancel()
-				if wolErr != nil {
-					<-wolErr
-				}
-			}
-			w.enter(PhaseBoot, WakeDescription(h)+"; waiting for SSH at "+h.SSHAddr())
-		} else {
-			w.enter(PhaseBoot, "waiting for SSH at "+h.SSHAddr()+" (no wake action: no mac and no wake command)")
-		}
-		var err error
-		runner, closer, err = c.waitSSH(bctx, w, sshP, wolErr, func() { wolErr = nil })
-		stopWOL()
-		if err != nil {
-			var se *stopError
-			switch {
-			case errors.As(err, &se) && se.err != nil:
-				return w.stop(se.err), nil
-			case errors.As(err, &se):
-				return w.finish(nil, se.state, se.reason), nil
-			case ctx.Err() != nil:
-				return nil, ctx.Err()
-			}
-			return nil, err
-		}
-	}
-	defer closer.Close()
-	w.rec.SSHAfterMS = ms(c.now().Sub(start))
+// connected keeps the SSH session until the wake ends.
+func (w *wakeRun) connected(r sshexec.Runner, cl io.Closer) {
+	w.runner, w.closer = r, cl
+	w.hold(func() error { return w.closer.Close() })
+}
 
-	// Checks, retried while failures are transient.
-	settle := bctx
+// otherOS ends the wake of a host found running its other OS: it is not
+// woken.
+func (w *wakeRun) otherOS() bool {
+	if w.runner != nil || w.other == nil || w.other.Kind != sshexec.ProbeOK {
+		return false
+	}
+	return w.end(w.finish(nil, StateOtherOS, fmt.Sprintf("port %d answers while SSH does not: the PC runs its other OS; not waking it", w.h.OtherOSProbe)), nil)
+}
+
+// boot wakes a host that is not up and waits for its SSH.
+func (w *wakeRun) boot() bool {
+	if w.runner != nil {
+		return false
+	}
+	s := w.sendWake()
+	r, cl, err := w.c.waitSSH(w.bctx, w, w.sshP, s.errc, s.taken)
+	s.stop()
+	if err != nil {
+		var se *stopError
+		switch {
+		case errors.As(err, &se) && se.err != nil:
+			return w.end(w.stop(se.err), nil)
+		case errors.As(err, &se):
+			return w.end(w.finish(nil, se.state, se.reason), nil)
+		case w.ctx.Err() != nil:
+			return w.end(nil, w.ctx.Err())
+		}
+		return w.end(nil, err)
+	}
+	w.connected(r, cl)
+	return false
+}
+
+// wakeSender runs a host's wake action (which keeps re-sending) while the
+// wake waits for SSH.
+type wakeSender struct {
+	// errc gives the action's end; nil when none runs or waitSSH took it.
+	errc   chan error
+	cancel context.CancelFunc
+}
+
+// taken says waitSSH received the action's end.
+func (s *wakeSender) taken() { s.errc = nil }
+
+// stop stops the action and waits for it to end.
+func (s *wakeSender) stop() {
+	if s.cancel == nil {
+		return
+	}
+	s.cancel()
+	if s.errc != nil {
+		<-s.errc
+	}
+}
+
+// sendWake starts the host's wake action, if it has one, and enters
+// PhaseBoot.
+func (w *wakeRun) sendWake() *wakeSender {
+	c, h := w.c, w.h
+	s := &wakeSender{}
+	if c.Waker == nil || !Wakeable(h) {
+		w.enter(PhaseBoot, "waiting for SSH at "+h.SSHAddr()+" (no wake action: no mac and no wake command)")
+		return s
+	}
+	w.rec.Woke = true
+	wctx, cancel := context.WithCancel(w.bctx)
+	errc := make(chan error, 1)
+	go func() { errc <- c.Waker.Wake(wctx, h) }()
+	s.errc, s.cancel = errc, cancel
+	w.enter(PhaseBoot, WakeDescription(h)+"; waiting for SSH at "+h.SSHAddr())
+	return s
+}
+
+// checks runs the checks over SSH, retried while failures are transient:
+// after a boot until the timeout, on a host that was up for CheckSettle.
+func (w *wakeRun) checks() bool {
+	c := w.c
+	w.rec.SSHAfterMS = ms(c.now().Sub(w.start))
+	settle := w.bctx
 	if !w.rec.Woke {
 		var scancel context.CancelFunc
-		settle, scancel = context.WithTimeout(bctx, durOr(opts.CheckSettle, 30*time.Second))
+		settle, scancel = context.WithTimeout(w.bctx, durOr(w.opts.CheckSettle, 30*time.Second))
 		defer scancel()
 	}
-	k := &checker{c: c, h: h, runner: runner}
+	w.k = &checker{c: c, h: w.h, runner: w.runner}
 	w.enter(PhaseChecks, "running checks")
-	c.runChecksBounded(settle, k, nil)
+	c.runChecksBounded(settle, w.k, nil)
 	for {
-		rep := k.report()
-		retry, waitFor := retryable(rep)
+		retry, waitFor := retryable(w.k.report())
 		if len(retry) == 0 {
 			break
 		}
@@ -398,41 +512,47 @@ func (c *Controller) wake(ctx context.Context, h *inventory.Host, opts WakeOptio
 		if settle.Err() != nil {
 			break
 		}
-		c.runChecksBounded(settle, k, retry)
+		c.runChecksBounded(settle, w.k, retry)
 	}
-	if ctx.Err() != nil {
-		return nil, ctx.Err()
+	if w.ctx.Err() != nil {
+		return w.end(nil, w.ctx.Err())
 	}
-	rep := k.report()
-	var pulled []string
-	if onlyModelsMissing(rep) {
-		w.rec.ReadyAfterMS = ms(c.now().Sub(start))
-		if !opts.NoPull && c.Puller != nil && rep.Ollama != nil && len(rep.Ollama.Missing) > 0 {
-			missing := rep.Ollama.Missing
-			w.enter(PhasePull, "pulling "+strings.Join(missing, ", "))
-			names := make([]inventory.ModelName, 0, len(missing))
-			for _, m := range missing {
-				names = append(names, inventory.ModelName(m))
-			}
-			err := c.Puller.Pull(ctx, h, runner, names, func(line string) { w.enter(PhasePull, line) })
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			if err == nil {
-				pulled = missing
-			}
-			cctx, ccancel := context.WithTimeout(ctx, durOr(c.CheckTimeout, DefaultCheckTimeout))
-			k.run(cctx, []string{CheckOllama})
-			ccancel()
-			rep = k.report()
-			if err != nil {
-				rep.Checks = replaceCheck(rep.Checks, Check{Name: CheckModels, Detail: "pull failed: " + err.Error()})
-			}
-		}
+	w.rep = w.k.report()
+	return false
+}
+
+// pull pulls the declared models missing when nothing else fails, then
+// checks Ollama again.
+func (w *wakeRun) pull() bool {
+	c, rep := w.c, w.rep
+	if !onlyModelsMissing(rep) {
+		return false
 	}
-	res := w.finish(&rep, "", "")
-	res.Pulled = pulled
-	return res, nil
+	w.rec.ReadyAfterMS = ms(c.now().Sub(w.start))
+	if w.opts.NoPull || c.Puller == nil || rep.Ollama == nil || len(rep.Ollama.Missing) == 0 {
+		return false
+	}
+	missing := rep.Ollama.Missing
+	w.enter(PhasePull, "pulling "+strings.Join(missing, ", "))
+	names := make([]inventory.ModelName, 0, len(missing))
+	for _, m := range missing {
+		names = append(names, inventory.ModelName(m))
+	}
+	err := c.Puller.Pull(w.ctx, w.h, w.runner, names, func(line string) { w.enter(PhasePull, line) })
+	if w.ctx.Err() != nil {
+		return w.end(nil, w.ctx.Err())
+	}
+	if err == nil {
+		w.pulled = missing
+	}
+	cctx, ccancel := context.WithTimeout(w.ctx, durOr(c.CheckTimeout, DefaultCheckTimeout))
+	w.k.run(cctx, []string{CheckOllama})
+	ccancel()
+	w.rep = w.k.report()
+	if err != nil {
+		w.rep.Checks = replaceCheck(w.rep.Checks, Check{Name: CheckModels, Detail: "pull failed: " + err.Error()})
+	}
+	return false
 }
 
 // runChecksBounded runs checks within CheckTimeout and ctx.
@@ -546,114 +666,164 @@ func (e *stopError) Error() string { return e.reason }
 // several probes in flight so a slow timeout never delays noticing the host,
 // and opens SSH over the first connection that succeeds.
 func (c *Controller) waitSSH(ctx context.Context, w *wakeRun, first Probe, wolErr <-chan error, wolDone func()) (sshexec.Runner, io.Closer, error) {
-	h := w.h
-	type attempt struct {
-		p     Probe
-		conn  net.Conn
-		other bool
-	}
-	actx, cancelAll := context.WithCancel(ctx)
-	results := make(chan attempt)
-	inflight := 0
-	launches := 0
-	launch := func(other bool) {
-		inflight++
-		go func() {
-			pctx, cancel := context.WithTimeout(actx, probeAttemptTimeout)
-			defer cancel()
-			if other {
-				results <- attempt{p: c.probeOther(pctx, h), other: true}
-				return
-			}
-			p, conn := probeTCP(pctx, c.dial(), c.now, h.SSHAddr())
-			results <- attempt{p: p, conn: conn}
-		}()
-	}
-	cleanup := func() {
-		cancelAll()
-		for inflight > 0 {
-			a := <-results
-			inflight--
-			if a.conn != nil {
-				a.conn.Close()
-			}
-		}
-	}
-	defer cleanup()
+	s := &sshWait{c: c, w: w, h: w.h, results: make(chan sshAttempt), last: first}
+	s.actx, s.cancelAll = context.WithCancel(ctx)
+	defer s.cleanup()
 
-	last := first
-	var lastSSHErr error
-	describe := func() string {
-		s := "SSH at " + h.SSHAddr() + ": " + string(last.Kind)
-		if last.Kind == sshexec.ProbeRefused {
-			s += " (host up, sshd not yet)"
-		}
-		if lastSSHErr != nil {
-			s = "SSH handshake: " + lastSSHErr.Error()
-		}
-		return s
-	}
 	backoff := firstBackoff
 	maxB := durOr(c.MaxBackoff, DefaultMaxBackoff)
-	launch(false)
-	launches++
+	s.launch(false)
+	s.launches++
 	timer := time.NewTimer(backoff)
 	defer timer.Stop()
 	for {
 		select {
-		case a := <-results:
-			inflight--
-			if a.other {
-				if a.p.Kind == sshexec.ProbeOK {
-					return nil, nil, &stopError{state: StateOtherOS, reason: fmt.Sprintf("port %d answers: the PC booted its other OS", h.OtherOSProbe)}
-				}
-				continue
+		case a := <-s.results:
+			s.inflight--
+			if done, err := s.handle(ctx, a); done {
+				return s.runner, s.closer, err
 			}
-			if a.conn == nil {
-				if a.p.Kind != sshexec.ProbeTimeout || last.Kind == sshexec.ProbeOK || last.Kind == "" {
-					last = a.p
-				}
-				w.enter(PhaseBoot, describe())
-				continue
-			}
-			last = a.p
-			cctx, ccancel := context.WithTimeout(ctx, durOr(c.ConnectTimeout, DefaultConnectTimeout))
-			r, cl, err := c.SSH(cctx, h, a.conn)
-			ccancel()
-			if err == nil {
-				return r, cl, nil
-			}
-			a.conn.Close()
-			if sshexec.IsPermanent(err) {
-				return nil, nil, &stopError{state: StateUnknown, reason: "ssh: " + err.Error(), err: err}
-			}
-			lastSSHErr = err
-			w.enter(PhaseBoot, describe())
 		case <-timer.C:
-			if inflight < maxProbesInFlight {
-				launch(false)
-				launches++
-				if h.OtherOSProbe != 0 && launches%4 == 0 {
-					launch(true)
-				}
-			}
+			s.more()
 			backoff = min(2*backoff, maxB)
 			timer.Reset(backoff)
 		case err := <-wolErr:
 			wolDone()
 			wolErr = nil
 			if err != nil && ctx.Err() == nil {
-				return nil, nil, fmt.Errorf("host %q: waking it failed: %w", h.Name, err)
+				return nil, nil, fmt.Errorf("host %q: waking it failed: %w", s.h.Name, err)
 			}
 		case <-ctx.Done():
-			if ctx.Err() == context.DeadlineExceeded {
-				st := StateOff
-				if last.Kind == sshexec.ProbeRefused || lastSSHErr != nil {
-					st = StateBooting
-				}
-				return nil, nil, &stopError{state: st, reason: fmt.Sprintf("no SSH within the boot timeout; last: %s", describe())}
-			}
-			return nil, nil, ctx.Err()
+			return nil, nil, s.timedOut(ctx)
 		}
 	}
+}
+
+// sshWait is the state of one waitSSH: the probes in flight and what the
+// last ones saw.
+type sshWait struct {
+	c *Controller
+	w *wakeRun
+	h *inventory.Host
+	// actx is the probes' context, cancelAll ends them.
+	actx      context.Context
+	cancelAll context.CancelFunc
+	results   chan sshAttempt
+	inflight  int
+	launches  int
+	last      Probe
+	// lastSSHErr is the last error of an SSH handshake waiting may fix.
+	lastSSHErr error
+	// runner and closer are the SSH session opened.
+	runner sshexec.Runner
+	closer io.Closer
+}
+
+// sshAttempt is what one probe saw: of the SSH port (with its connection
+// when it answered), or of the other OS's port.
+type sshAttempt struct {
+	p     Probe
+	conn  net.Conn
+	other bool
+}
+
+// launch starts one probe of the SSH port, or of the other OS's port.
+func (s *sshWait) launch(other bool) {
+	s.inflight++
+	c, h, actx, results := s.c, s.h, s.actx, s.results
+	go func() {
+		pctx, cancel := context.WithTimeout(actx, probeAttemptTimeout)
+		defer cancel()
+		if other {
+			results <- sshAttempt{p: c.probeOther(pctx, h), other: true}
+			return
+		}
+		p, conn := probeTCP(pctx, c.dial(), c.now, h.SSHAddr())
+		results <- sshAttempt{p: p, conn: conn}
+	}()
+}
+
+// more launches another SSH probe unless enough are in flight; every fourth
+// also probes the other OS's port.
+func (s *sshWait) more() {
+	if s.inflight >= maxProbesInFlight {
+		return
+	}
+	s.launch(false)
+	s.launches++
+	if s.h.OtherOSProbe != 0 && s.launches%4 == 0 {
+		s.launch(true)
+	}
+}
+
+// cleanup stops the probes in flight and closes the connections they
+// still bring.
+func (s *sshWait) cleanup() {
+	s.cancelAll()
+	for s.inflight > 0 {
+		a := <-s.results
+		s.inflight--
+		if a.conn != nil {
+			a.conn.Close()
+		}
+	}
+}
+
+// handle takes one probe's result: done when it ends the wait, with the
+// SSH session open (s.runner) or with the error that ends it.
+func (s *sshWait) handle(ctx context.Context, a sshAttempt) (done bool, err error) {
+	h := s.h
+	if a.other {
+		if a.p.Kind == sshexec.ProbeOK {
+			return true, &stopError{state: StateOtherOS, reason: fmt.Sprintf("port %d answers: the PC booted its other OS", h.OtherOSProbe)}
+		}
+		return false, nil
+	}
+	if a.conn == nil {
+		if a.p.Kind != sshexec.ProbeTimeout || s.last.Kind == sshexec.ProbeOK || s.last.Kind == "" {
+			s.last = a.p
+		}
+		s.w.enter(PhaseBoot, s.describe())
+		return false, nil
+	}
+	s.last = a.p
+	cctx, ccancel := context.WithTimeout(ctx, durOr(s.c.ConnectTimeout, DefaultConnectTimeout))
+	r, cl, err := s.c.SSH(cctx, h, a.conn)
+	ccancel()
+	if err == nil {
+		s.runner, s.closer = r, cl
+		return true, nil
+	}
+	a.conn.Close()
+	if sshexec.IsPermanent(err) {
+		return true, &stopError{state: StateUnknown, reason: "ssh: " + err.Error(), err: err}
+	}
+	s.lastSSHErr = err
+	s.w.enter(PhaseBoot, s.describe())
+	return false, nil
+}
+
+// describe says what the last probe or handshake saw.
+func (s *sshWait) describe() string {
+	str := "SSH at " + s.h.SSHAddr() + ": " + string(s.last.Kind)
+	if s.last.Kind == sshexec.ProbeRefused {
+		str += " (host up, sshd not yet)"
+	}
+	if s.lastSSHErr != nil {
+		str = "SSH handshake: " + s.lastSSHErr.Error()
+	}
+	return str
+}
+
+// timedOut is how the wait ends once ctx is done: at the boot timeout, off
+// or booting (the host answered); otherwise ctx's error.
+func (s *sshWait) timedOut(ctx context.Context) error {
+	if ctx.Err() != context.DeadlineExceeded {
+		return ctx.Err()
+	}
+	st := StateOff
+	if s.last.Kind == sshexec.ProbeRefused || s.lastSSHErr != nil {
+		st = StateBooting
+	}
+	return &stopError{state: st, reason: fmt.Sprintf("no SSH within the boot timeout; last: %s", s.describe())}
 }
