@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -10,26 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ollamalive/gpuctl/controller/testlog"
 	"github.com/ollamalive/gpuctl/inventory"
 )
-
-// syncLog is a log buffer safe for the waker's goroutines.
-type syncLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncLog) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncLog) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func wakeHost(actions ...inventory.WakeAction) *inventory.Host {
 	mac, _ := inventory.ParseMAC("02:00:5e:00:00:01")
@@ -41,7 +23,7 @@ func cmdAction(argv ...string) inventory.WakeAction { return inventory.WakeActio
 // A command that succeeds wakes the host: the waker then waits, as the
 // Waker contract says, until the wake stops waiting.
 func TestActionWakerCommandOK(t *testing.T) {
-	var log syncLog
+	var log testlog.Buffer
 	w := &ActionWaker{Logger: slog.New(slog.NewTextHandler(&log, nil)),
 		Getenv: func(k string) string { return map[string]string{"PLUG_TOKEN": "tok-123456"}[k] }}
 	h := wakeHost(cmdAction("sh", "-c", `echo "switched on with $1"; echo "note: $1" >&2`, "sh", "${env:PLUG_TOKEN}"))

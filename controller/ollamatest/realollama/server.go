@@ -2,7 +2,6 @@ package realollama
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ollama/ollama/api"
+	"github.com/ollamalive/gpuctl/controller/testlog"
 )
 
 // Options configure a real Ollama server. The zero value is usable.
@@ -62,7 +62,7 @@ type Server struct {
 	Client *api.Client
 
 	cmd  *exec.Cmd
-	log  *logBuffer
+	log  *testlog.Buffer
 	done chan struct{}
 	once sync.Once
 	err  error
@@ -109,7 +109,7 @@ func StartServer(ctx context.Context, opts Options) (*Server, error) {
 		}
 	}
 	cmd := opts.command()
-	s := &Server{ModelsDir: opts.ModelsDir, Home: opts.Home, cmd: cmd, log: &logBuffer{}, done: make(chan struct{})}
+	s := &Server{ModelsDir: opts.ModelsDir, Home: opts.Home, cmd: cmd, log: &testlog.Buffer{}, done: make(chan struct{})}
 	addr, err := s.start(opts)
 	if err != nil {
 		return nil, err
@@ -339,21 +339,4 @@ func fileDigest(p string) (string, error) {
 	r := &Registry{blobs: map[string]string{}}
 	l, err := r.addFile(p, MediaTypeModel)
 	return l.Digest, err
-}
-
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
