@@ -219,6 +219,17 @@ func (p *PC) Counts() (packets, boots, poweroffs int) {
 	return p.packets, p.boots, p.poweroff
 }
 
+// SSHConnections is how many SSH connections the PC's server accepted
+// since it last booted (0 while it is down).
+func (p *PC) SSHConnections() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sshSrv == nil {
+		return 0
+	}
+	return p.sshSrv.Connections()
+}
+
 // Ollama is the PC's fake Ollama while it is up (nil otherwise, and with
 // the real server).
 func (p *PC) Ollama() *ollamatest.Server {
