@@ -19,7 +19,8 @@ const maxFuncLines = 80
 
 // TestLayout keeps the layout docs/development.md describes: no package
 // imports its parent, no non-test function (literals included) is longer
-// than maxFuncLines, and every package has a row in the layout table.
+// than maxFuncLines, every package has a row in the layout table, and
+// gpuctl's own code builds HTTP transports only in controller/hosthttp.
 func TestLayout(t *testing.T) {
 	root, err := filepath.Abs("../..")
 	if err != nil {
@@ -66,6 +67,9 @@ func TestLayout(t *testing.T) {
 		}
 		if !strings.HasSuffix(name, "_test.go") {
 			checkFuncLengths(t, fset, rel, f)
+			if ownCode(dir) && dir != "controller/hosthttp" {
+				checkNoTransport(t, fset, rel, f)
+			}
 		}
 		return nil
 	})
@@ -77,6 +81,34 @@ func TestLayout(t *testing.T) {
 			t.Errorf("package %s has no row in docs/development.md's layout table", dir)
 		}
 	}
+}
+
+// ownCode reports whether dir is gpuctl's own code rather than a tool for
+// its tests and benchmarks (fakes, test servers, the simulator, proxybench).
+func ownCode(dir string) bool {
+	for _, p := range []string{"cmd/gpuctl-sim", "cmd/proxybench", "controller/ollamatest", "controller/fixtures", "controller/testlog"} {
+		if dir == p || strings.HasPrefix(dir, p+"/") {
+			return false
+		}
+	}
+	return !strings.HasSuffix(dir, "test")
+}
+
+// checkNoTransport flags an http.Transport built outside hosthttp: every
+// client must dial, time out and read the proxy environment the same way.
+func checkNoTransport(t *testing.T, fset *token.FileSet, rel string, f *ast.File) {
+	ast.Inspect(f, func(n ast.Node) bool {
+		cl, ok := n.(*ast.CompositeLit)
+		if !ok {
+			return true
+		}
+		if sel, ok := cl.Type.(*ast.SelectorExpr); ok && sel.Sel.Name == "Transport" {
+			if id, ok := sel.X.(*ast.Ident); ok && id.Name == "http" {
+				t.Errorf("%s:%d: builds an http.Transport; use hosthttp.NewTransport", rel, fset.Position(cl.Pos()).Line)
+			}
+		}
+		return true
+	})
 }
 
 func checkFuncLengths(t *testing.T, fset *token.FileSet, rel string, f *ast.File) {
