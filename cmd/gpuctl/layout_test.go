@@ -20,7 +20,8 @@ const maxFuncLines = 80
 // TestLayout keeps the layout docs/development.md describes: no package
 // imports its parent, no non-test function (literals included) is longer
 // than maxFuncLines, every package has a row in the layout table, and
-// gpuctl's own code builds HTTP transports only in controller/hosthttp.
+// gpuctl's own code builds HTTP transports only in controller/hosthttp,
+// renames files only in statedir.WriteFile and dials SSH only in sshexec.
 func TestLayout(t *testing.T) {
 	root, err := filepath.Abs("../..")
 	if err != nil {
@@ -68,7 +69,15 @@ func TestLayout(t *testing.T) {
 		if !strings.HasSuffix(name, "_test.go") {
 			checkFuncLengths(t, fset, rel, f)
 			if ownCode(dir) && dir != "controller/hosthttp" {
-				checkNoTransport(t, fset, rel, f)
+				checkNoCall(t, fset, rel, f, "http", "Transport", "builds an http.Transport; use hosthttp.NewTransport")
+			}
+			// The blob spool streams gigabytes while hashing them: the
+			// one rename outside statedir.WriteFile.
+			if ownCode(dir) && dir != "controller/statedir" && rel != "controller/proxy/blobs.go" {
+				checkNoCall(t, fset, rel, f, "os", "Rename", "renames a file; write it with statedir.WriteFile")
+			}
+			if ownCode(dir) && dir != "sshexec" {
+				checkNoCall(t, fset, rel, f, "sshexec", "Dial", "dials SSH itself; use sshexec.SSHConnector through Controller.Connect or Runner")
 			}
 		}
 		return nil
@@ -94,18 +103,16 @@ func ownCode(dir string) bool {
 	return !strings.HasSuffix(dir, "test")
 }
 
-// checkNoTransport flags an http.Transport built outside hosthttp: every
-// client must dial, time out and read the proxy environment the same way.
-func checkNoTransport(t *testing.T, fset *token.FileSet, rel string, f *ast.File) {
+// checkNoCall flags pkg.name used in f (called, or built as a composite
+// literal): what gpuctl does in one place only.
+func checkNoCall(t *testing.T, fset *token.FileSet, rel string, f *ast.File, pkg, name, why string) {
 	ast.Inspect(f, func(n ast.Node) bool {
-		cl, ok := n.(*ast.CompositeLit)
-		if !ok {
+		sel, ok := n.(*ast.SelectorExpr)
+		if !ok || sel.Sel.Name != name {
 			return true
 		}
-		if sel, ok := cl.Type.(*ast.SelectorExpr); ok && sel.Sel.Name == "Transport" {
-			if id, ok := sel.X.(*ast.Ident); ok && id.Name == "http" {
-				t.Errorf("%s:%d: builds an http.Transport; use hosthttp.NewTransport", rel, fset.Position(cl.Pos()).Line)
-			}
+		if id, ok := sel.X.(*ast.Ident); ok && id.Name == pkg {
+			t.Errorf("%s:%d: %s", rel, fset.Position(sel.Pos()).Line, why)
 		}
 		return true
 	})
