@@ -1,6 +1,7 @@
 // Package controller knows where each GPU host stands and brings it to
 // ready: it probes (TCP, SSH, the other-OS port), runs the readiness checks
-// over one SSH connection (GPU, container, model drive, Ollama), wakes hosts
+// over one SSH connection (GPU, container, model drive, Ollama; the commands
+// and their parsers are in hostcmd), wakes hosts
 // with Wake-on-LAN and waits for them, and records how long boots take.
 //
 // Everything that touches the outside world is injected (clock, dialer, SSH
