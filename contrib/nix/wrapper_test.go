@@ -5,15 +5,10 @@ package nix_test
 // directory usable by the services.
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -31,34 +26,9 @@ func testAccount(t *testing.T) *user.User {
 
 func TestModuleWrapperRunsAsServiceUser(t *testing.T) {
 	u := testAccount(t)
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-
-	dir := t.TempDir()
-	for _, d := range []string{filepath.Dir(dir), dir} { // the account must reach its files
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	st := waketest.NewServiceState(t, u, t.TempDir())
+	dir, uid := st.Dir, st.UID
 	bin := builtGpuctl(t, dir)
-	state := filepath.Join(dir, "state")
-	if err := os.Mkdir(state, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(state, uid, gid); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close() // gaming-pc's SSH port refuses: the box is off
-	cfg := filepath.Join(dir, "gpuctl.toml")
-	inv := fmt.Sprintf("state_dir = %q\n[[host]]\nname = \"gaming-pc\"\non_demand = true\nmac = \"a8:a1:59:12:34:56\"\naddress = \"127.0.0.1\"\nssh_port = %d\nwol_to = [\"127.0.0.1:9\"]\n", state, port)
-	if err := os.WriteFile(cfg, []byte(inv), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	envFile := filepath.Join(dir, "secrets.env")
 	if err := os.WriteFile(envFile, []byte("GPUCTL_WOL_PASSWORD_GAMING_PC=0a:0b:0c\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -86,28 +56,9 @@ func TestModuleWrapperRunsAsServiceUser(t *testing.T) {
 	}
 	run := func(prog string, cred *syscall.Credential, args ...string) (string, int) {
 		t.Helper()
-		cmd := exec.Command(prog, append([]string{"--config", cfg}, args...)...)
-		cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/root"}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		err := cmd.Run()
-		var ee *exec.ExitError
-		if err != nil && !errors.As(err, &ee) {
-			t.Fatalf("%s %s: %v", prog, strings.Join(args, " "), err)
-		}
-		return out.String(), cmd.ProcessState.ExitCode()
+		return st.Run(t, prog, cred, []string{"PATH=/usr/bin:/bin", "HOME=/root"}, args...)
 	}
-	rootOwned := func() []string {
-		var found []string
-		_ = filepath.Walk(state, func(p string, fi os.FileInfo, err error) error {
-			if err == nil && fi.Sys().(*syscall.Stat_t).Uid == 0 {
-				found = append(found, p)
-			}
-			return nil
-		})
-		return found
-	}
+	rootOwned := st.RootOwned
 
 	w := wrapper("{ }")
 	// root types `gpuctl shutdown gaming-pc`: the wrapper runs it as the
@@ -123,16 +74,16 @@ func TestModuleWrapperRunsAsServiceUser(t *testing.T) {
 	if f := rootOwned(); len(f) != 0 {
 		t.Errorf("root's runs through the wrapper left root-owned files: %q", f)
 	}
-	if fi, err := os.Stat(filepath.Join(state, "locks", "gaming-pc.lock")); err != nil || fi.Sys().(*syscall.Stat_t).Uid != uint32(uid) {
-		t.Errorf("the lock file is not the account's: %v", err)
+	if owner, err := st.LockOwner(); err != nil || owner != uint32(uid) {
+		t.Errorf("the lock file is not the account's (uid %d): %v", owner, err)
 	}
 	// Then the service path, as the account itself: not locked out.
-	out, code = run(bin, &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, "shutdown", "--if-idle", "gaming-pc")
+	out, code = run(bin, st.Cred, "shutdown", "--if-idle", "gaming-pc")
 	if code != 0 {
 		t.Errorf("the idle check as %s after root's runs: exit %d\n%s", u.Username, code, out)
 	}
 	// As the account, the wrapper runs gpuctl unchanged.
-	out, code = run(w, &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, "shutdown", "--if-idle", "gaming-pc")
+	out, code = run(w, st.Cred, "shutdown", "--if-idle", "gaming-pc")
 	if code != 0 {
 		t.Errorf("the wrapper as %s: exit %d\n%s", u.Username, code, out)
 	}
